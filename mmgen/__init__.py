@@ -1,0 +1,1 @@
+"""mmgen: native generative multimodal models (Chameleon / CM3leon style)."""

@@ -1,0 +1,69 @@
+"""Where each stage of a run reads and writes, derived from the run folder.
+
+Stages never hard-code each other's files: they ask ``RunPaths``. Every path is
+a string so any fsspec URL works as a run folder.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: str
+
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    # shapes world (or the user's corpus)
+    @property
+    def corpus_dir(self) -> str:
+        return self._join("corpus")
+
+    def corpus_split(self, split: str) -> str:
+        """Folder of the OBELICS parquet shards of one split ('train' or 'heldout')."""
+        return self._join("corpus", split)
+
+    def caption_pairs(self, split: str) -> str:
+        """Caption-pair jsonl of one split; image paths are relative to it."""
+        return self._join("corpus", f"captions-{split}.jsonl")
+
+    # tokenizers
+    @property
+    def text_tokenizer(self) -> str:
+        return self._join("tokenizers", "text.model")
+
+    @property
+    def image_tokenizer(self) -> str:
+        return self._join("tokenizers", "image")
+
+    @property
+    def vocab(self) -> str:
+        return self._join("tokenizers", "vocab.json")
+
+    # token shards
+    def tokens(self, split: str) -> str:
+        return self._join("tokens", split)
+
+    # pretraining
+    @property
+    def pretrain_dir(self) -> str:
+        return self._join("pretrain")
+
+    @property
+    def loss_log(self) -> str:
+        return self._join("pretrain", "loss_log.jsonl")
+
+    # sampling and summary
+    @property
+    def samples_dir(self) -> str:
+        return self._join("samples")
+
+    def stage_timing(self, stage: str) -> str:
+        return self._join("timings", f"{stage}.json")
+
+    @property
+    def summary(self) -> str:
+        return self._join("demo_summary.json")

@@ -1,0 +1,36 @@
+"""Device and precision choices shared by every stage."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def compute_dtype(setting: str, device: torch.device | str) -> torch.dtype:
+    """Resolve a precision setting ('auto', 'bfloat16', 'float32') for a device."""
+    if setting == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[setting]

@@ -1,0 +1,60 @@
+"""The demo summary: what each stage of a run achieved and how long it took.
+
+Reads only files the stages wrote (the pretraining loss log, the image
+tokenizer's metrics, the per-stage timing files, the samples), so it can be
+rebuilt for any finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import fsspec
+
+from mmgen.config import RunPaths
+
+STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
+
+
+def _read_json(path: str) -> Any:
+    fs, local = fsspec.core.url_to_fs(path)
+    if not fs.exists(local):
+        raise FileNotFoundError(f"missing input {path}")
+    with fs.open(local, "r") as f:
+        return json.load(f)
+
+
+def _loss_log(path: str) -> list[dict[str, Any]]:
+    fs, local = fsspec.core.url_to_fs(path)
+    if not fs.exists(local):
+        raise FileNotFoundError(f"missing input {path} (run train/pretrain.py first)")
+    with fs.open(local, "r") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    if not records:
+        raise FileNotFoundError(f"{path} holds no logged steps")
+    # a resumed run appends; keep the newest record of each step
+    return sorted({r["step"]: r for r in records}.values(), key=lambda r: r["step"])
+
+
+def demo_summary(paths: RunPaths) -> dict[str, Any]:
+    log = _loss_log(paths.loss_log)
+    first, last = log[0], log[-1]
+    vq = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))
+    seconds = {stage: round(_read_json(paths.stage_timing(stage))["seconds"], 2) for stage in STAGES}
+    fs, samples = fsspec.core.url_to_fs(paths.samples_dir)
+    sample_files = sorted(posixpath.basename(p) for p in fs.ls(samples, detail=False)) if fs.exists(samples) else []
+    return {
+        "text_loss_first": first["text_loss"],
+        "text_loss_last": last["text_loss"],
+        "image_loss_first": first["image_loss"],
+        "image_loss_last": last["image_loss"],
+        "first_logged_step": first["step"],
+        "last_logged_step": last["step"],
+        "vq_psnr": vq["psnr"],
+        "vq_codebook_usage": vq.get("codebook_usage"),
+        "stage_seconds": seconds,
+        "total_seconds": round(sum(seconds.values()), 2),
+        "samples": sample_files,
+    }

@@ -1,0 +1,66 @@
+"""Load a trained decoder from a pretraining run, without torchtitan.
+
+torchtitan saves distributed (DCP) checkpoints under ``<pretrain>/checkpoint/step-N``
+with the model's parameters at top-level keys; ``torch.distributed.checkpoint``
+reads just those keys into a plain ``Transformer`` in one process. The
+architecture comes from ``model.json``, which pretraining writes next to the
+checkpoints, so sampling cannot silently build a different model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import posixpath
+import re
+
+import fsspec
+import torch
+import torch.distributed.checkpoint as dcp
+
+from mmgen.config.schema import ModelConfig
+from mmgen.model.transformer import Transformer
+
+MODEL_FILE = "model.json"
+
+
+def save_model_description(pretrain_dir: str, model: ModelConfig, vocab_size: int) -> None:
+    with fsspec.open(posixpath.join(pretrain_dir, MODEL_FILE), "w", auto_mkdir=True) as f:
+        json.dump({"model": dataclasses.asdict(model), "vocab_size": vocab_size}, f, indent=2)
+
+
+def checkpoint_steps(checkpoint_dir: str) -> list[int]:
+    fs, root = fsspec.core.url_to_fs(checkpoint_dir)
+    if not fs.exists(root):
+        return []
+    steps = []
+    for entry in fs.ls(root, detail=False):
+        match = re.fullmatch(r"step-(\d+)", posixpath.basename(entry.rstrip("/")))
+        if match and fs.exists(posixpath.join(entry, ".metadata")):
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoint", step: int = -1,
+                       device: torch.device | str = "cpu") -> tuple[Transformer, int]:
+    """The decoder of a pretraining run at ``step`` (-1: the newest), in eval mode; returns (model, step)."""
+    description = posixpath.join(pretrain_dir, MODEL_FILE)
+    fs, local = fsspec.core.url_to_fs(description)
+    if not fs.exists(local):
+        raise FileNotFoundError(f"missing input {description} (run train/pretrain.py first)")
+    with fs.open(local, "r") as f:
+        saved = json.load(f)
+    cfg = ModelConfig(**saved["model"])
+    checkpoint_dir = posixpath.join(pretrain_dir, checkpoint_folder)
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint under {checkpoint_dir} (run train/pretrain.py first)")
+    if step == -1:
+        step = steps[-1]
+    elif step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} under {checkpoint_dir} (have {steps})")
+    model = Transformer(cfg, saved["vocab_size"])
+    state = model.state_dict()
+    dcp.load(state, checkpoint_id=posixpath.join(checkpoint_dir, f"step-{step}"), no_dist=True)
+    model.load_state_dict(state)
+    return model.to(device).eval(), step

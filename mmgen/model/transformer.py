@@ -1,0 +1,225 @@
+"""The early-fusion decoder: one Llama-2-style transformer over text and image tokens.
+
+Chameleon's recipe: RMSNorm, SwiGLU, RoPE, no biases, untied output head,
+QK-norm, and a choice of norm placement ('pre', or the 'swin' reordering of
+Chameleon-34B). ``layers`` is an ``nn.ModuleDict`` of ``TransformerBlock`` so
+torchtitan's FSDP2 and activation checkpointing can wrap each block.
+
+The model owns no buffers (RoPE is computed from positions), so it can be
+built on the meta device, moved with ``to_empty`` and filled by
+``init_weights``. ``forward`` has two modes:
+- training/scoring: ``forward(tokens, document_ids=..., positions=...)``;
+- cached generation: ``setup_cache`` once, then ``forward(tokens,
+  input_pos=...)`` with per-sequence cache slots (see kv_cache.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmgen.config.schema import ModelConfig
+from mmgen.model.attention import Attention
+from mmgen.model.kv_cache import KVCache
+from mmgen.model.masks import (
+    cache_causal_mask,
+    document_causal_mask,
+    flex_block_mask,
+    positions_from_document_ids,
+)
+from mmgen.model.norms import RMSNorm
+from mmgen.model.rope import rope_rotation
+
+
+def ffn_hidden_dim(cfg: ModelConfig) -> int:
+    """SwiGLU width: cfg.ffn_hidden_dim, or 8/3·dim rounded up to a multiple of 64."""
+    if cfg.ffn_hidden_dim:
+        return cfg.ffn_hidden_dim
+    return 64 * math.ceil(int(8 * cfg.dim / 3) / 64)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, *, dim: int, hidden_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """'pre': h = x + attn(norm(x)); out = h + ffn(norm(h)).
+    'swin': h = x + norm(attn(x)); out = h + norm(ffn(h))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.norm_placement not in ("pre", "swin"):
+            raise ValueError(f"norm_placement must be 'pre' or 'swin', got {cfg.norm_placement!r}")
+        self.swin = cfg.norm_placement == "swin"
+        self.attention = Attention(
+            dim=cfg.dim,
+            n_heads=cfg.n_heads,
+            n_kv_heads=cfg.n_kv_heads or cfg.n_heads,
+            qk_norm=cfg.qk_norm,
+            norm_eps=cfg.norm_eps,
+            dropout=cfg.dropout,
+        )
+        self.feed_forward = FeedForward(dim=cfg.dim, hidden_dim=ffn_hidden_dim(cfg))
+        self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, rotation, mask=None, input_pos=None):
+        if self.swin:
+            h = x + self.dropout(self.attention_norm(self.attention(x, rotation, mask, input_pos)))
+            return h + self.dropout(self.ffn_norm(self.feed_forward(h)))
+        h = x + self.dropout(self.attention(self.attention_norm(x), rotation, mask, input_pos))
+        return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        if cfg.attention_backend not in ("sdpa", "flex"):
+            raise ValueError(f"attention_backend must be 'sdpa' or 'flex', got {cfg.attention_backend!r}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.tok_embeddings = nn.Embedding(vocab_size, cfg.dim)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
+        self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
+        self._tie()
+
+    def _tie(self) -> None:
+        # to_empty() from meta replaces each module's parameters separately, which unties them;
+        # init_weights calls this again.
+        if self.cfg.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            self.output.weight = self.tok_embeddings.weight
+
+    # ----- initialisation -----
+
+    @torch.no_grad()
+    def init_weights(self, buffer_device: torch.device | None = None, *, seed: int | None = None) -> None:
+        """(Re)initialise every parameter from torch's RNG (or from ``seed`` without touching it).
+
+        Works after ``to_empty`` from the meta device and on FSDP-sharded DTensor
+        parameters. ``buffer_device`` is accepted for torchtitan's call signature;
+        the model has no buffers (KV caches are made by ``setup_cache``).
+        """
+        del buffer_device
+        if seed is not None:
+            device = self.tok_embeddings.weight.device
+            devices = [device] if device.type not in ("cpu", "meta") else []
+            with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+                torch.manual_seed(seed)
+                self.init_weights()
+            return
+        self._tie()
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=std)
+        for block in self.layers.values():
+            attn, ffn = block.attention, block.feed_forward
+            for linear in (attn.wq, attn.wk, attn.wv, ffn.w1, ffn.w3):
+                nn.init.normal_(linear.weight, std=std)
+            for linear in (attn.wo, ffn.w2):
+                nn.init.normal_(linear.weight, std=out_std)
+            for norm in (block.attention_norm, block.ffn_norm, attn.q_norm, attn.k_norm):
+                if norm is not None:
+                    norm.reset_parameters()
+        self.norm.reset_parameters()
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.output.weight, std=std)
+
+    # ----- forward -----
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        *,
+        document_ids: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        input_pos: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens [B, T] -> logits [B, T, V] in the compute dtype.
+
+        document_ids [B, T]: packed documents; attention stays inside each and
+        positions restart per document unless ``positions`` is given.
+        input_pos [B, T] or [T]: KV-cache slots to write (cached generation);
+        positions default to the slots.
+        """
+        B, T = tokens.shape
+        if input_pos is not None:
+            if document_ids is not None:
+                raise ValueError("document_ids cannot be combined with the KV cache")
+            input_pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
+            mask = cache_causal_mask(input_pos, self._cache_len())
+            if positions is None:
+                positions = input_pos
+        else:
+            mask = self._training_mask(document_ids, B, T, tokens.device)
+            if positions is None:
+                if document_ids is not None:
+                    positions = positions_from_document_ids(document_ids)
+                else:
+                    positions = torch.arange(T, device=tokens.device).expand(B, T)
+        rotation = rope_rotation(positions, self.head_dim, self.cfg.rope_theta)
+        h = self.tok_embeddings(tokens)
+        for block in self.layers.values():
+            h = block(h, rotation, mask, input_pos)
+        return self.output(self.norm(h))
+
+    def _training_mask(self, document_ids, B, T, device):
+        if self.cfg.attention_backend == "flex":
+            return flex_block_mask(document_ids, B, T, device)
+        return None if document_ids is None else document_causal_mask(document_ids)
+
+    # ----- KV cache -----
+
+    def setup_cache(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        """Allocate a static KV cache per layer (dtype/device default to the parameters')."""
+        weight = self.tok_embeddings.weight
+        for block in self.layers.values():
+            attn = block.attention
+            attn.kv_cache = KVCache(
+                batch_size=batch_size,
+                max_seq_len=max_seq_len,
+                n_kv_heads=attn.n_kv_heads,
+                head_dim=attn.head_dim,
+                dtype=dtype or weight.dtype,
+                device=device or weight.device,
+            )
+
+    def clear_cache(self) -> None:
+        for block in self.layers.values():
+            block.attention.kv_cache = None
+
+    def _cache_len(self) -> int:
+        cache = next(iter(self.layers.values())).attention.kv_cache
+        if cache is None:
+            raise RuntimeError("input_pos given but no KV cache: call model.setup_cache first")
+        return cache.max_seq_len
+
+    # ----- accounting -----
+
+    def num_params(self, *, exclude_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding and not self.cfg.tie_embeddings:
+            n -= self.tok_embeddings.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token, torchtitan's convention: 6·(non-embedding params) + 12·layers·dim·seq_len."""
+        return 6 * self.num_params(exclude_embedding=True) + 12 * self.cfg.n_layers * self.cfg.dim * seq_len

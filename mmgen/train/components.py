@@ -1,0 +1,108 @@
+"""torchtitan components for mmgen: the packing data loader and the modality-aware loss."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchtitan.components.dataloader import BaseDataLoader
+from torchtitan.components.loss import BaseLoss
+from torchtitan.config import CompileConfig
+
+from mmgen.data.packing import IGNORE_INDEX, PackedBatches
+from mmgen.data.token_shards import TokenShards
+
+
+class PackedDataLoader(BaseDataLoader):
+    """Packed token-shard batches for one data-parallel rank; checkpointed per rank."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(BaseDataLoader.Config):
+        tokens_dir: str = ""
+        """Token-shard folder written by tokenizers/encode.py."""
+        pad_id: int = 0
+        """Vocabulary id of the padding token."""
+        seed: int = 0
+        """Seed of the document order."""
+
+    def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, seq_len: int, local_batch_size: int, **_: Any):
+        self.dp_rank = dp_rank
+        self.dp_world_size = dp_world_size
+        self.batches = PackedBatches(
+            TokenShards(config.tokens_dir),
+            seq_len=seq_len,
+            batch_size=local_batch_size,
+            pad_id=config.pad_id,
+            seed=config.seed,
+            dp_rank=dp_rank,
+            dp_world_size=dp_world_size,
+        )
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    # Each rank saves its own key: DCP keeps only one copy of a non-tensor value per key.
+    def state_dict(self) -> dict[str, Any]:
+        return {f"dp_rank_{self.dp_rank}": json.dumps(self.batches.state_dict()), "world_size": self.dp_world_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if state_dict.get("world_size") != self.dp_world_size:
+            raise ValueError(
+                f"checkpoint data loader was saved with {state_dict.get('world_size')} data-parallel ranks, "
+                f"this run has {self.dp_world_size}; resharding the data order is not supported"
+            )
+        self.batches.load_state_dict(json.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
+
+
+class ModalityLoss(BaseLoss):
+    """Next-token cross-entropy plus z-loss, with running text/image loss sums for logging.
+
+    Returns torchtitan's convention: the local summed loss divided by the global
+    number of valid tokens. Sums are kept on device (no host sync per step) and
+    read and reset by the trainer when it logs.
+    """
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(BaseLoss.Config):
+        image_start: int = 0
+        """First vocabulary id of image codes."""
+        image_stop: int = 0
+        """One past the last vocabulary id of image codes."""
+        z_loss_weight: float = 0.0
+        """Weight of logsumexp(logits)² per token."""
+
+    def __init__(self, config: Config, *, compile_config: CompileConfig | None = None):
+        self.config = config
+        self.fn = self._summed_loss
+        self._maybe_compile(compile_config)
+        # text loss sum, text tokens, image loss sum, image tokens
+        self.sums: torch.Tensor | None = None
+
+    def _summed_loss(self, pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = pred.flatten(0, 1).float()
+        labels = labels.flatten()
+        valid = labels != IGNORE_INDEX
+        lse = torch.logsumexp(logits, dim=-1)
+        target = logits.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
+        nll = torch.where(valid, lse - target, 0.0)
+        loss = nll.sum() + self.config.z_loss_weight * torch.where(valid, lse.square(), 0.0).sum()
+        is_image = valid & (labels >= self.config.image_start) & (labels < self.config.image_stop)
+        is_text = valid & ~is_image
+        nll = nll.detach()
+        stats = torch.stack([(nll * is_text).sum(), is_text.sum(), (nll * is_image).sum(), is_image.sum()]).float()
+        return loss, stats
+
+    def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
+        loss, stats = self.fn(pred, labels)
+        self.sums = stats if self.sums is None else self.sums + stats
+        if global_valid_tokens is not None:
+            loss = loss / global_valid_tokens
+        return loss, {}
+
+    def pop_sums(self) -> torch.Tensor | None:
+        sums, self.sums = self.sums, None
+        return sums

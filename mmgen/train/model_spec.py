@@ -1,0 +1,98 @@
+"""mmgen's decoder as a torchtitan model: the ModelSpec and its parallelize function.
+
+The decoder itself is plain PyTorch (``mmgen.model``); here it only gains the
+torchtitan protocol (``BaseModel`` + a nested ``Config``), so its state-dict
+keys are the plain model's and checkpoints load without torchtitan. The
+parallelize function follows torchtitan's order — activation checkpointing,
+then per-block compile, then FSDP2 per block and at the root with a
+mixed-precision policy — and supports data parallelism only (FSDP/HSDP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torchtitan.config import TORCH_DTYPE_MAP
+from torchtitan.distributed.fsdp import get_fsdp_reshard_after_forward_policy
+from torchtitan.protocols import BaseModel
+from torchtitan.protocols.model_spec import ModelSpec
+
+from mmgen.config.schema import ModelConfig
+from mmgen.model.transformer import Transformer
+
+
+class TitanTransformer(Transformer, BaseModel):
+    """The plain decoder, speaking torchtitan's model protocol."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(BaseModel.Config):
+        model: ModelConfig = field(default_factory=ModelConfig)
+        vocab_size: int = 0
+
+        def update_from_config(self, *, config, **kwargs) -> None:
+            if config.training.seq_len > self.model.max_seq_len:
+                raise ValueError(
+                    f"training.seq_len ({config.training.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+                )
+
+        def get_nparams_and_flops(self, model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
+            return count_params_and_flops(model, self.model, seq_len)
+
+    def __init__(self, config: Config):
+        Transformer.__init__(self, config.model, config.vocab_size)
+
+    def init_weights(self, buffer_device: torch.device | None = None, **kwargs) -> None:
+        Transformer.init_weights(self, buffer_device=buffer_device)
+
+    def verify_module_protocol(self) -> None:
+        # the submodules are plain nn.Modules by design (the model must not depend on torchtitan)
+        pass
+
+
+def count_params_and_flops(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> tuple[int, int]:
+    """Parameters, and training FLOPs per token (6·N for matmuls + causal attention), as torchtitan counts them."""
+    nparams = sum(p.numel() for p in model.parameters())
+    embedding = model.tok_embeddings.weight.numel()
+    attention = 12 * cfg.n_layers * cfg.dim * seq_len  # QK^T and AV, forward and backward
+    return nparams, 6 * (nparams - embedding) + attention
+
+
+def parallelize_decoder(model, *, parallel_dims, training, parallelism, compile_config, ac_config, dump_folder):
+    """Activation checkpointing → per-block compile → FSDP2 (per block, then root)."""
+    if parallel_dims.tp_enabled or parallel_dims.cp_enabled or parallel_dims.pp_enabled or parallel_dims.ep_enabled:
+        raise NotImplementedError("mmgen parallelizes over data only (FSDP2/HSDP); set tensor/context/pipeline/expert degrees to 1")
+    if ac_config is not None:
+        ac_config.build(dump_folder=dump_folder).apply(model)
+    if compile_config.enable and "model" in compile_config.components:
+        for name, block in list(model.layers.named_children()):
+            model.layers.register_module(name, torch.compile(block, backend=compile_config.backend, fullgraph=True))
+
+    names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
+    mesh = parallel_dims.get_optional_mesh(names)
+    if mesh is None:  # one process: nothing to shard; it trains in training.dtype
+        return model
+    mp_policy = MixedPrecisionPolicy(
+        param_dtype=TORCH_DTYPE_MAP[training.mixed_precision_param],
+        reduce_dtype=TORCH_DTYPE_MAP[training.mixed_precision_reduce],
+    )
+    reshard = get_fsdp_reshard_after_forward_policy(parallelism.fsdp_reshard_after_forward, False)
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard)
+    # the root unit holds embeddings, final norm and head; it is needed right after the last block
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    return model
+
+
+def build_model_spec(model: ModelConfig, vocab_size: int, name: str) -> ModelSpec:
+    return ModelSpec(
+        name="mmgen",
+        flavor=name,
+        model=TitanTransformer.Config(model=dataclasses.replace(model), vocab_size=vocab_size),
+        parallelize_fn=parallelize_decoder,
+        pipelining_fn=None,
+        post_optimizer_build_fn=None,
+        state_dict_adapter=None,
+    )

@@ -1,0 +1,184 @@
+"""Pretraining through torchtitan's Trainer, configured from the experiment config.
+
+``build_trainer_config`` maps the experiment config's torchtitan sections onto
+torchtitan's ``Trainer.Config`` field by field (same names), and plugs in
+mmgen's model spec, packing data loader and modality-aware loss.
+``MMGenTrainer`` adds one thing to the stock trainer: at every logged step it
+reduces the text-token and image-token losses across ranks and writes them to
+TensorBoard and to a JSONL loss log that later stages (the demo summary) read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import torch
+import torch.distributed as dist
+from torchtitan.components.optimizer import ParamGroupConfig
+from torchtitan.components.tokenizer import BaseTokenizer
+from torchtitan.distributed.activation_checkpoint import FullAC
+from torchtitan.trainer import Trainer
+
+from mmgen.config import ExperimentConfig, RunPaths
+from mmgen.device import compute_dtype, default_device
+from mmgen.model.checkpoint import save_model_description
+from mmgen.tokenizers.text import TextTokenizer
+from mmgen.tokenizers.vocab import Vocab
+from mmgen.train.components import ModalityLoss, PackedDataLoader
+from mmgen.train.model_spec import build_model_spec
+
+
+class VocabTokenizer(BaseTokenizer):
+    """torchtitan's tokenizer slot, filled with mmgen's text side (the trainer only asks for sizes and EOS)."""
+
+    @dataclass(kw_only=True, slots=True)
+    class Config(BaseTokenizer.Config):
+        vocab_path: str = ""
+        text_tokenizer_path: str = ""
+
+    def __init__(self, config: Config, **_: Any):
+        super().__init__()
+        self.vocab = Vocab.load(config.vocab_path)
+        self.text = TextTokenizer.load(config.text_tokenizer_path)
+        self.eos_id = self.vocab.eos
+
+    def encode(self, text: str) -> list[int]:
+        return [self.vocab.text_to_id(i) for i in self.text.encode(text)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.text.decode([self.vocab.id_to_text(i) for i in ids if self.vocab.is_text(i)])
+
+    def get_vocab_size(self) -> int:
+        return self.vocab.size
+
+
+class MMGenTrainer(Trainer):
+    @dataclass(kw_only=True, slots=True)
+    class Config(Trainer.Config):
+        loss_log: str = ""
+        """JSONL file receiving text and image losses at every logged step."""
+
+    def train_step(self, data_iterator):
+        super().train_step(data_iterator)
+        if not self.metrics_processor.should_log(self.step):
+            return
+        sums = self.loss_fn.pop_sums()
+        if sums is None:
+            return
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(sums)
+        text_sum, text_n, image_sum, image_n = sums.tolist()
+        metrics = {
+            "loss_metrics/text_loss": text_sum / max(text_n, 1.0),
+            "loss_metrics/image_loss": image_sum / max(image_n, 1.0),
+            "loss_metrics/loss": (text_sum + image_sum) / max(text_n + image_n, 1.0),
+        }
+        self.metrics_processor.logger.log(metrics, self.step)
+        if self.config.loss_log and (not dist.is_initialized() or dist.get_rank() == 0):
+            record = {"step": self.step, "time": time.time(), "text_tokens": int(text_n), "image_tokens": int(image_n)}
+            record.update({k.split("/")[1]: v for k, v in metrics.items()})
+            with fsspec.open(self.config.loss_log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
+    paths = RunPaths(cfg.run_dir)
+    vocab = Vocab.load(paths.vocab)
+    tc = MMGenTrainer.Config(
+        model_spec=build_model_spec(cfg.model, vocab.size, cfg.name),
+        dump_folder=paths.pretrain_dir,
+        loss_log=paths.loss_log,
+    )
+    tc.tokenizer = VocabTokenizer.Config(vocab_path=paths.vocab, text_tokenizer_path=paths.text_tokenizer)
+    tc.dataloader = PackedDataLoader.Config(tokens_dir=paths.tokens("train"), pad_id=vocab.pad, seed=cfg.data.shuffle_seed)
+    image_start, image_stop = vocab.image_range
+    tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
+
+    t = cfg.training
+    tc.training.local_batch_size = t.local_batch_size
+    tc.training.seq_len = t.seq_len
+    tc.training.steps = t.steps
+    tc.training.max_norm = t.max_norm
+    precision = compute_dtype(t.mixed_precision_param, default_device())
+    tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
+    tc.training.mixed_precision_reduce = t.mixed_precision_reduce
+    # ModalityLoss accumulates its logging sums eagerly, which a captured CUDA graph would replay stale
+    tc.training.disable_cuda_graphs = True
+
+    o = cfg.optimizer
+    no_decay = r"(norm|bias|tok_embeddings)"
+    kwargs = {"lr": o.lr, "betas": (o.beta1, o.beta2), "eps": o.eps}
+    tc.optimizer.param_groups = [
+        ParamGroupConfig(pattern=no_decay, optimizer_name=o.name, optimizer_kwargs={**kwargs, "weight_decay": 0.0}),
+        ParamGroupConfig(pattern=r".*", optimizer_name=o.name, optimizer_kwargs={**kwargs, "weight_decay": o.weight_decay}),
+    ]
+    tc.optimizer.implementation = "fused" if torch.cuda.is_available() else "foreach"
+
+    s = cfg.lr_scheduler
+    tc.lr_scheduler.warmup_steps = s.warmup_steps
+    tc.lr_scheduler.decay_ratio = s.decay_ratio
+    tc.lr_scheduler.decay_type = s.decay_type
+    tc.lr_scheduler.min_lr_factor = s.min_lr_factor
+
+    c = cfg.checkpoint
+    tc.checkpoint.enable = c.enable
+    tc.checkpoint.folder = c.folder
+    tc.checkpoint.interval = c.interval
+    tc.checkpoint.keep_latest_k = c.keep_latest_k
+    # resuming from the last step needs the optimizer and data loader too
+    tc.checkpoint.last_save_model_only = False
+
+    m = cfg.metrics
+    tc.metrics.log_freq = m.log_freq
+    tc.metrics.enable_tensorboard = m.enable_tensorboard
+    tc.metrics.save_tb_folder = m.save_tb_folder
+
+    p = cfg.parallelism
+    tc.parallelism.data_parallel_shard_degree = p.data_parallel_shard_degree
+    tc.parallelism.data_parallel_replicate_degree = p.data_parallel_replicate_degree
+    tc.parallelism.fsdp_reshard_after_forward = p.fsdp_reshard_after_forward
+    # mmgen's decoder is plain PyTorch, not written in torchtitan's spmd_types dialect
+    tc.parallelism.spmd_backend = "partial_dtensor"
+
+    tc.activation_checkpoint = FullAC.Config() if cfg.activation_checkpoint.mode == "full" else None
+    tc.compile.enable = cfg.compile.enable
+    tc.debug.seed = cfg.seed
+    tc.debug.enable_structured_logging = False
+    return tc
+
+
+def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
+    """Fail before any process starts when an earlier stage's output is missing."""
+    paths = RunPaths(cfg.run_dir)
+    needed = {
+        paths.vocab: "tokenizers/train_image.py",
+        paths.text_tokenizer: "tokenizers/train_text.py",
+        paths.tokens("train") + "/manifest.json": "tokenizers/encode.py",
+    }
+    for path, stage in needed.items():
+        fs, local = fsspec.core.url_to_fs(path)
+        if not fs.exists(local):
+            raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
+
+
+def run_pretraining(cfg: ExperimentConfig) -> None:
+    """Train in this process as one rank of a torchrun job (or alone)."""
+    from torchtitan.tools.logging import init_logger
+
+    check_pretraining_inputs(cfg)
+    init_logger()
+    trainer_config = build_trainer_config(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        save_model_description(trainer_config.dump_folder, cfg.model, trainer_config.model_spec.model.vocab_size)
+    trainer = trainer_config.build()
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded shapes world, every stage in order:
+#   corpus -> text tokenizer -> image tokenizer -> token shards -> pretraining (2 ranks) -> sample -> summary
+# Usage: scripts/demo.sh [CONFIG] [--section.field VALUE ...]   (CONFIG defaults to demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+CONFIG=${1:-demo}
+shift || true
+PY=.venv/bin/python
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
+run() { echo; echo "=== $*"; "$@"; }
+run $PY data/make_world.py --config "$CONFIG" "$@"
+run $PY tokenizers/train_text.py --config "$CONFIG" "$@"
+run $PY tokenizers/train_image.py --config "$CONFIG" "$@"
+run $PY tokenizers/encode.py --config "$CONFIG" "$@"
+# one thread per rank: two ranks share the two cores
+OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/pretrain.py --config "$CONFIG" "$@"
+run $PY eval/sample.py --config "$CONFIG" "$@"
+run $PY eval/summary.py --config "$CONFIG" "$@"

@@ -1,0 +1,106 @@
+"""The sampler obeys the interleaved grammar and is reproducible."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgen.config.schema import ModelConfig
+from mmgen.generation.sampler import sample
+from mmgen.model import Transformer
+from mmgen.tokenizers.vocab import Vocab
+
+VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 3))
+HW = VOCAB.grid[0] * VOCAB.grid[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), VOCAB.size)
+    m.init_weights()
+    return m.eval()
+
+
+T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
+PROMPTS = [
+    [VOCAB.bos, T0 + 1, T0 + 2, T0 + 3],
+    [VOCAB.bos],
+    [VOCAB.bos, T0 + 4, VOCAB.boi, *range(I0, I0 + HW), VOCAB.eoi, T0 + 5],
+]
+
+
+def check_grammar(seq: list[int], *, max_images: int, max_new_tokens: int, eos_stops: bool = True):
+    assert len(seq) <= max_new_tokens
+    images, i = 0, 0
+    while i < len(seq):
+        tok = seq[i]
+        if tok == VOCAB.boi:
+            codes = seq[i + 1 : i + 1 + HW]
+            assert len(codes) == HW and all(VOCAB.image_range[0] <= c < VOCAB.image_range[1] for c in codes)
+            assert seq[i + 1 + HW] == VOCAB.eoi
+            images += 1
+            i += HW + 2
+            continue
+        assert tok == VOCAB.eos or VOCAB.text_range[0] <= tok < VOCAB.text_range[1], seq
+        if tok == VOCAB.eos and eos_stops:
+            assert i == len(seq) - 1
+        i += 1
+    assert images <= max_images
+    return images
+
+
+@pytest.mark.parametrize("max_images", [0, 1, 2])
+def test_samples_obey_grammar(model, max_images):
+    prompts = PROMPTS * 3
+    outs = sample(model, VOCAB, prompts, max_new_tokens=60, temperature=1.0, max_images=max_images, seed=3,
+                  eos_stops=False)
+    images = [check_grammar(o, max_images=max_images, max_new_tokens=60, eos_stops=False) for o in outs]
+    assert all(len(o) == 60 for o in outs)
+    if max_images:
+        assert max(images) > 0  # BOI is reachable from text mode
+
+
+def test_eos_ends_sequences_and_budget_holds(model):
+    outs = sample(model, VOCAB, PROMPTS * 4, max_new_tokens=40, temperature=1.5, top_k=20, max_images=3, seed=1)
+    for o in outs:
+        check_grammar(o, max_images=3, max_new_tokens=40)
+    assert any(o and o[-1] == VOCAB.eos for o in outs)
+
+
+def test_image_needs_room_in_budget(model):
+    # HW + 2 = 8 tokens would overflow a budget of 7, so BOI is never allowed.
+    outs = sample(model, VOCAB, PROMPTS * 4, max_new_tokens=7, max_images=2, force_image=True, seed=0)
+    assert all(VOCAB.boi not in o for o in outs)
+
+
+def test_seed_reproduces(model):
+    kwargs = dict(max_new_tokens=30, temperature=1.0, top_p=0.9, max_images=1, eos_stops=False)
+    a = sample(model, VOCAB, PROMPTS, seed=7, **kwargs)
+    b = sample(model, VOCAB, PROMPTS, seed=7, **kwargs)
+    c = sample(model, VOCAB, PROMPTS, seed=8, **kwargs)
+    assert a == b and a != c
+
+
+def test_force_image_opens_an_image(model):
+    outs = sample(model, VOCAB, PROMPTS, max_new_tokens=12, max_images=1, force_image=True, seed=2,
+                  eos_stops=False)
+    for o in outs:
+        assert o[0] == VOCAB.boi and o[HW + 1] == VOCAB.eoi
+        check_grammar(o, max_images=1, max_new_tokens=12, eos_stops=False)
+
+
+def test_greedy_batch_equals_single_prompts(model):
+    kwargs = dict(max_new_tokens=15, temperature=0.0, max_images=1, seed=0, eos_stops=False)
+    batched = sample(model, VOCAB, PROMPTS, **kwargs)
+    assert batched == [sample(model, VOCAB, [p], **kwargs)[0] for p in PROMPTS]
+
+
+def test_prompt_ending_inside_an_image_is_completed(model):
+    prompts = [[VOCAB.bos, T0 + 1, VOCAB.boi], [VOCAB.bos, VOCAB.boi, I0, I0 + 1]]
+    outs = sample(model, VOCAB, prompts, max_new_tokens=HW + 6, max_images=1, seed=4, eos_stops=False)
+    for prompt, out in zip(prompts, outs):
+        due = HW - (len(prompt) - prompt.index(VOCAB.boi) - 1)
+        assert all(VOCAB.image_range[0] <= c < VOCAB.image_range[1] for c in out[:due])
+        assert out[due] == VOCAB.eoi
+        assert VOCAB.boi not in out  # the open image used up max_images
