@@ -31,6 +31,9 @@ def main() -> None:
     s = cfg.sample
     start = time.time()
     device = default_device()
+    if device.type == "cpu":
+        # one-token decode steps are tiny: a second thread costs more in handoff than it computes
+        torch.set_num_threads(1)
     tokenizer = MultimodalTokenizer(
         Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer, device=device)
     )

@@ -10,7 +10,9 @@ from mmgen.config.schema import ExperimentConfig
 
 
 def demo() -> ExperimentConfig:
-    return ExperimentConfig(name="demo")
+    cfg = ExperimentConfig(name="demo")
+    cfg.world.train_documents = 6000
+    return cfg
 
 
 def debug() -> ExperimentConfig:
@@ -20,7 +22,7 @@ def debug() -> ExperimentConfig:
     cfg.world.train_caption_pairs = 40
     cfg.world.heldout_caption_pairs = 8
     cfg.world.documents_per_shard = 50
-    cfg.text_tokenizer.vocab_size = 200
+    cfg.text_tokenizer.vocab_size = 384
     cfg.image_tokenizer.channels = 32
     cfg.image_tokenizer.res_blocks = 1
     cfg.image_tokenizer.codebook_size = 64

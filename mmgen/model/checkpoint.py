@@ -13,6 +13,7 @@ import dataclasses
 import json
 import posixpath
 import re
+import warnings
 
 import fsspec
 import torch
@@ -61,6 +62,8 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
         raise FileNotFoundError(f"no checkpoint for step {step} under {checkpoint_dir} (have {steps})")
     model = Transformer(cfg, saved["vocab_size"])
     state = model.state_dict()
-    dcp.load(state, checkpoint_id=posixpath.join(checkpoint_dir, f"step-{step}"), no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=posixpath.join(checkpoint_dir, f"step-{step}"), no_dist=True)
     model.load_state_dict(state)
     return model.to(device).eval(), step

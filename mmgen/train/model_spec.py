@@ -39,7 +39,7 @@ class TitanTransformer(Transformer, BaseModel):
                 )
 
         def get_nparams_and_flops(self, model: torch.nn.Module, seq_len: int) -> tuple[int, int]:
-            return count_params_and_flops(model, self.model, seq_len)
+            return model.num_params(), model.flops_per_token(seq_len)
 
     def __init__(self, config: Config):
         Transformer.__init__(self, config.model, config.vocab_size)
@@ -50,14 +50,6 @@ class TitanTransformer(Transformer, BaseModel):
     def verify_module_protocol(self) -> None:
         # the submodules are plain nn.Modules by design (the model must not depend on torchtitan)
         pass
-
-
-def count_params_and_flops(model: torch.nn.Module, cfg: ModelConfig, seq_len: int) -> tuple[int, int]:
-    """Parameters, and training FLOPs per token (6·N for matmuls + causal attention), as torchtitan counts them."""
-    nparams = sum(p.numel() for p in model.parameters())
-    embedding = model.tok_embeddings.weight.numel()
-    attention = 12 * cfg.n_layers * cfg.dim * seq_len  # QK^T and AV, forward and backward
-    return nparams, 6 * (nparams - embedding) + attention
 
 
 def parallelize_decoder(model, *, parallel_dims, training, parallelism, compile_config, ac_config, dump_folder):

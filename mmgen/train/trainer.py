@@ -156,7 +156,7 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
     """Fail before any process starts when an earlier stage's output is missing."""
     paths = RunPaths(cfg.run_dir)
     needed = {
-        paths.vocab: "tokenizers/train_image.py",
+        paths.vocab: "tokenizers/encode.py",
         paths.text_tokenizer: "tokenizers/train_text.py",
         paths.tokens("train") + "/manifest.json": "tokenizers/encode.py",
     }
