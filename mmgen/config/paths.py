@@ -47,6 +47,19 @@ class RunPaths:
     def tokens(self, split: str) -> str:
         return self._join("tokens", split)
 
+    # retrieval
+    @property
+    def retrieval_encoder(self) -> str:
+        return self._join("retrieval", "encoder")
+
+    @property
+    def memory_bank(self) -> str:
+        return self._join("retrieval", "bank")
+
+    def neighbours(self, split: str) -> str:
+        """Retrieved-neighbour table [documents, k] stored beside a split's token shards."""
+        return self._join("tokens", split, "neighbours.npy")
+
     # pretraining
     @property
     def pretrain_dir(self) -> str:

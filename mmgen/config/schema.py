@@ -156,6 +156,37 @@ class SampleConfig:
     """Pretraining checkpoint step to load; -1 means the latest."""
 
 
+@dataclass
+class RetrievalConfig:
+    enable: bool = False
+    """Prefix each training document with retrieved neighbours (CM3leon); needs retrieval/build_index.py."""
+    neighbours: int = 2
+    """Retrieved documents per training document."""
+    candidates: int = 32
+    """Nearest candidates examined per query before filtering."""
+    max_similarity: float = 0.95
+    """Skip candidates more similar than this to the query or to an already chosen neighbour."""
+    query_dropout: float = 0.2
+    """Share of the query's tokens hidden when embedding it for retrieval."""
+    retrieved_loss_weight: float = 0.5
+    """Loss weight of the retrieved part of a training sequence (the main document has weight 1)."""
+    index_kind: Literal["flat", "ivfpq", "hnsw"] = "flat"
+    """FAISS index: exact for small banks, IVF-PQ or HNSW for large ones."""
+    encoder_width: int = 128
+    """Width of each tower of the dual encoder."""
+    encoder_layers: int = 2
+    """Transformer layers of each tower."""
+    embed_dim: int = 64
+    """Dimension of the joint embedding space."""
+    encoder_steps: int = 600
+    """Contrastive training steps of the dual encoder."""
+    encoder_batch_size: int = 128
+    """Image-text pairs per training batch (the sigmoid loss suits small batches)."""
+    encoder_lr: float = 1e-3
+    """Peak learning rate of the dual encoder."""
+    seed: int = 0
+    """Seed of encoder training and query dropout."""
+
 # ----- torchtitan trainer sections (names as in torchtitan's Trainer.Config) -----
 
 
@@ -263,6 +294,7 @@ class ExperimentConfig:
     image_tokenizer: ImageTokenizerConfig = field(default_factory=ImageTokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)

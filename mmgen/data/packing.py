@@ -8,6 +8,10 @@ are never split (an image cut in half would train the model on a grid with no
 gap is padding with label ``-100``. Documents longer than a row are truncated and
 counted.
 
+Sources may also give per-token loss weights (a ``weights(i)`` method, as the
+retrieval-augmented view does); batches then carry ``loss_weights`` aligned
+with the labels.
+
 Order: every epoch draws a fresh permutation from ``seed + epoch``; data-parallel
 rank ``r`` of ``n`` takes positions ``r, r + n, …`` of it. The state is just
 ``(epoch, cursor)`` at a batch boundary, so a resumed run reads the very
@@ -68,26 +72,33 @@ class PackedBatches:
         self.truncated_documents = int(state.get("truncated_documents", 0))
         self._order = self._epoch_order(self.epoch)
 
-    def _next_document(self) -> np.ndarray | None:
+    @property
+    def weighted(self) -> bool:
+        return hasattr(self.shards, "weights")
+
+    def _next_document(self) -> tuple[np.ndarray, np.ndarray | None] | None:
         if self.cursor >= len(self._order):
             if not self.infinite:
                 return None
             self.epoch += 1
             self.cursor = 0
             self._order = self._epoch_order(self.epoch)
-        return self.shards[int(self._order[self.cursor])]
+        i = int(self._order[self.cursor])
+        return self.shards[i], (self.shards.weights(i) if self.weighted else None)
 
-    def _row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    def _row(self) -> tuple[np.ndarray, ...] | None:
         T = self.seq_len
         inputs = np.full(T, self.pad_id, dtype=np.int64)
         labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
         doc_ids = np.zeros(T, dtype=np.int64)
         positions = np.zeros(T, dtype=np.int64)
+        weights = np.zeros(T, dtype=np.float32)
         filled, doc = 0, 0
         while filled < T:
-            tokens = self._next_document()
-            if tokens is None:
+            item = self._next_document()
+            if item is None:
                 break
+            tokens, token_weights = item
             n = len(tokens) - 1
             if n > T:
                 tokens, n = tokens[: T + 1], T
@@ -97,7 +108,8 @@ class PackedBatches:
                     raise AssertionError("unreachable: a truncated document always fits an empty row")
                 break
             inputs[filled : filled + n] = tokens[:-1]
-            labels[filled : filled + n] = tokens[1:]
+            labels[filled : filled + n] = tokens[1 : n + 1]
+            weights[filled : filled + n] = 1.0 if token_weights is None else token_weights[1 : n + 1]
             doc_ids[filled : filled + n] = doc
             positions[filled : filled + n] = np.arange(n)
             filled += n
@@ -108,7 +120,7 @@ class PackedBatches:
         # padding is its own document, so real tokens never attend to it
         doc_ids[filled:] = doc
         positions[filled:] = np.arange(T - filled)
-        return inputs, labels, doc_ids, positions
+        return inputs, labels, doc_ids, positions, weights
 
     def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         while True:
@@ -120,5 +132,8 @@ class PackedBatches:
                 rows.append(row)
             if len(rows) < self.batch_size:
                 return
-            inputs, labels, doc_ids, positions = (torch.from_numpy(np.stack(col)) for col in zip(*rows))
-            yield {"input": inputs, "document_ids": doc_ids, "positions": positions}, labels
+            inputs, labels, doc_ids, positions, weights = (torch.from_numpy(np.stack(col)) for col in zip(*rows))
+            batch = {"input": inputs, "document_ids": doc_ids, "positions": positions}
+            if self.weighted:
+                batch["loss_weights"] = weights
+            yield batch, labels

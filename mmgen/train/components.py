@@ -13,6 +13,8 @@ from torchtitan.config import CompileConfig
 
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
 from mmgen.data.token_shards import TokenShards
+from mmgen.retrieval.augment import RetrievalAugmented
+from mmgen.retrieval.neighbours import load_neighbours
 
 
 class PackedDataLoader(BaseDataLoader):
@@ -26,12 +28,25 @@ class PackedDataLoader(BaseDataLoader):
         """Vocabulary id of the padding token."""
         seed: int = 0
         """Seed of the document order."""
+        neighbours_path: str = ""
+        """Neighbour table of the shards (retrieval/build_index.py); empty: no retrieval augmentation."""
+        specials: tuple[int, int, int] = (0, 0, 0)
+        """Vocabulary ids of BOS, EOS and SEP, for building augmented sequences."""
+        retrieved_loss_weight: float = 1.0
+        """Loss weight of the retrieved prefix of an augmented sequence."""
 
     def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, seq_len: int, local_batch_size: int, **_: Any):
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
+        documents = TokenShards(config.tokens_dir)
+        if config.neighbours_path:
+            bos, eos, sep = config.specials
+            documents = RetrievalAugmented(
+                documents, documents, load_neighbours(config.neighbours_path, len(documents)),
+                bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight,
+            )
         self.batches = PackedBatches(
-            TokenShards(config.tokens_dir),
+            documents,
             seq_len=seq_len,
             batch_size=local_batch_size,
             pad_id=config.pad_id,
@@ -63,7 +78,10 @@ class ModalityLoss(BaseLoss):
 
     Returns torchtitan's convention: the local summed loss divided by the global
     number of valid tokens. Sums are kept on device (no host sync per step) and
-    read and reset by the trainer when it logs.
+    read and reset by the trainer when it logs. When the batch carries per-token
+    ``loss_weights`` (retrieval augmentation), the trainer hands them over through
+    ``weights`` before the forward pass; each token's loss is scaled by its weight
+    and the logged text/image losses cover the main documents (weight 1) only.
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -81,15 +99,21 @@ class ModalityLoss(BaseLoss):
         self._maybe_compile(compile_config)
         # text loss sum, text tokens, image loss sum, image tokens
         self.sums: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
 
-    def _summed_loss(self, pred: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _summed_loss(self, pred: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         logits = pred.flatten(0, 1).float()
         labels = labels.flatten()
         valid = labels != IGNORE_INDEX
         lse = torch.logsumexp(logits, dim=-1)
         target = logits.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
         nll = torch.where(valid, lse - target, 0.0)
-        loss = nll.sum() + self.config.z_loss_weight * torch.where(valid, lse.square(), 0.0).sum()
+        per_token = nll + self.config.z_loss_weight * torch.where(valid, lse.square(), 0.0)
+        if weights is not None:
+            weights = weights.flatten().to(per_token.dtype)
+            per_token = per_token * weights
+            valid = valid & (weights == 1)
+        loss = per_token.sum()
         is_image = valid & (labels >= self.config.image_start) & (labels < self.config.image_stop)
         is_text = valid & ~is_image
         nll = nll.detach()
@@ -97,7 +121,8 @@ class ModalityLoss(BaseLoss):
         return loss, stats
 
     def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
-        loss, stats = self.fn(pred, labels)
+        loss, stats = self.fn(pred, labels, self.weights)
+        self.weights = None
         self.sums = stats if self.sums is None else self.sums + stats
         if global_valid_tokens is not None:
             loss = loss / global_valid_tokens

@@ -63,6 +63,12 @@ class MMGenTrainer(Trainer):
         loss_log: str = ""
         """JSONL file receiving text and image losses at every logged step."""
 
+    def post_dataloading_process(self, input_dict, labels):
+        # per-token loss weights are for the loss, not the model: hand them over before the forward pass
+        weights = input_dict.pop("loss_weights", None)
+        self.loss_fn.weights = weights
+        return super().post_dataloading_process(input_dict, labels)
+
     def train_step(self, data_iterator):
         super().train_step(data_iterator)
         if not self.metrics_processor.should_log(self.step):
@@ -95,7 +101,14 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         loss_log=paths.loss_log,
     )
     tc.tokenizer = VocabTokenizer.Config(vocab_path=paths.vocab, text_tokenizer_path=paths.text_tokenizer)
-    tc.dataloader = PackedDataLoader.Config(tokens_dir=paths.tokens("train"), pad_id=vocab.pad, seed=cfg.data.shuffle_seed)
+    tc.dataloader = PackedDataLoader.Config(
+        tokens_dir=paths.tokens("train"),
+        pad_id=vocab.pad,
+        seed=cfg.data.shuffle_seed,
+        neighbours_path=paths.neighbours("train") if cfg.retrieval.enable else "",
+        specials=(vocab.bos, vocab.eos, vocab.sep),
+        retrieved_loss_weight=cfg.retrieval.retrieved_loss_weight,
+    )
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
 
@@ -160,6 +173,8 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         paths.text_tokenizer: "tokenizers/train_text.py",
         paths.tokens("train") + "/manifest.json": "tokenizers/encode.py",
     }
+    if cfg.retrieval.enable:
+        needed[paths.neighbours("train")] = "retrieval/build_index.py"
     for path, stage in needed.items():
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
