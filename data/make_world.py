@@ -6,17 +6,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import fsspec
 
-import fsspec  # noqa: E402
-
-from mmgen.cli import run_cli  # noqa: E402
-from mmgen.config import RunPaths, load_config  # noqa: E402
-from mmgen.data.shapes_world import generate_world  # noqa: E402
+from mmgen.cli import run_cli
+from mmgen.config import RunPaths, load_config
+from mmgen.data.shapes_world import generate_world
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the embedded shapes world, every stage in order:
-#   corpus -> text tokenizer -> image tokenizer -> token shards -> pretraining (2 ranks) -> sample -> summary
+#   corpus -> text tokenizer -> image tokenizer -> token shards -> pretraining (2 ranks) -> sample
+#   -> SFT (full and LoRA) -> SFT comparison -> evaluation report -> summary
 # Usage: scripts/demo.sh [CONFIG] [--section.field VALUE ...]   (CONFIG defaults to demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,11 @@ run $PY tokenizers/encode.py --config "$CONFIG" "$@"
 # one thread per rank: two ranks share the two cores
 OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/pretrain.py --config "$CONFIG" "$@"
 run $PY eval/sample.py --config "$CONFIG" "$@"
+# fine-tuning: the task mixture, full SFT and LoRA SFT, then both against the pretrained checkpoint
+run $PY tokenizers/encode_sft.py --config "$CONFIG" "$@"
+OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/sft.py --config "$CONFIG" "$@"
+OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/sft.py --config "$CONFIG" --sft.folder sft_lora --sft.lora_rank 8 --sft.lr 5e-3 "$@"
+run $PY eval/compare_sft.py --config "$CONFIG" "$@"
+# the report covers the pretrained model and shows the fine-tuned ones beside it
+run $PY eval/report.py --config "$CONFIG" "$@"
 run $PY eval/summary.py --config "$CONFIG" "$@"

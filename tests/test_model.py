@@ -215,3 +215,119 @@ def test_flex_matches_sdpa_on_gpu():
     with torch.no_grad():
         for ids in (None, doc_ids):
             torch.testing.assert_close(flex(x, document_ids=ids), sdpa(x, document_ids=ids), atol=2e-3, rtol=2e-3)
+
+
+def test_attention_dropout_is_separate_from_residual_dropout():
+    x = rand_tokens(1, 8)
+    residual_only = make_model(dropout=0.5, attention_dropout=0.0).train()
+    attention_only = make_model(dropout=0.0, attention_dropout=0.5).train()
+    assert residual_only.layers["0"].attention.dropout == 0.0
+    assert attention_only.layers["0"].attention.dropout == 0.5
+    assert make_model(dropout=0.3).layers["0"].attention.dropout == 0.3  # None follows dropout
+    with torch.no_grad():
+        assert not torch.allclose(attention_only(x), attention_only(x))
+        torch.testing.assert_close(attention_only.eval()(x), residual_only.eval()(x))
+
+
+def test_qk_norm_eps_reaches_the_norms():
+    model = make_model(norm_eps=1e-6, qk_norm_eps=1e-3)
+    attn = model.layers["1"].attention
+    assert attn.q_norm.eps == attn.k_norm.eps == 1e-3
+    assert model.layers["1"].attention_norm.eps == 1e-6
+
+
+def test_decode_step_is_captured_whole_by_torch_compile():
+    from torch._dynamo.testing import CompileCounter
+
+    model = make_model()
+    x = rand_tokens(2, 10)
+    counter = CompileCounter()
+    with torch.no_grad():
+        full = model(x)
+        model.setup_cache(2, 16)
+        model(x[:, :6], input_pos=torch.arange(6))
+        step = torch.compile(lambda tok, pos: model(tok, input_pos=pos), backend=counter, fullgraph=True, dynamic=False)
+        outs = [step(x[:, t : t + 1], torch.full((2, 1), t)) for t in range(6, 10)]
+        model.clear_cache()
+    torch.testing.assert_close(torch.cat(outs, dim=1), full[:, 6:], atol=1e-4, rtol=1e-4)
+    assert counter.frame_count == 1  # one graph, no recompilation as positions advance
+
+
+def test_rope_real_formulation_under_compile_matches_eager():
+    from mmgen.model.rope import apply_rope, rope_rotation
+
+    x = torch.randn(2, 5, 3, 8)
+    rotation = rope_rotation(torch.arange(5).expand(2, 5) * 7, 8, 10000.0)
+    eager = apply_rope(x, rotation)
+    compiled = torch.compile(apply_rope, backend="eager", fullgraph=True)(x, rotation)
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+    # a rotation keeps each pair's norm and turns pair i of position p by p·theta^(-2i/D)
+    torch.testing.assert_close(eager.reshape(2, 5, 3, 4, 2).norm(dim=-1), x.reshape(2, 5, 3, 4, 2).norm(dim=-1))
+    angle = 7 * 10000.0 ** (-2 / 8)  # position 1, pair 1
+    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    x0, x1 = x[0, 1, 0, 2], x[0, 1, 0, 3]
+    torch.testing.assert_close(eager[0, 1, 0, 2:4], torch.stack([x0 * c - x1 * s, x0 * s + x1 * c]))
+
+
+def test_parallelize_applies_checkpointing_and_per_block_compile_without_changing_the_function():
+    import types
+
+    import mmgen.train  # noqa: F401  (applies the CPU compat layer before torchtitan loads)
+    from torchtitan.config import CompileConfig
+    from torchtitan.distributed.activation_checkpoint import FullAC
+
+    from mmgen.train.model_spec import parallelize_decoder
+
+    reference = make_model(norm_placement="swin").train()
+    model = make_model(norm_placement="swin").train()
+    one_process = types.SimpleNamespace(
+        tp_enabled=False, cp_enabled=False, pp_enabled=False, ep_enabled=False,
+        dp_replicate_enabled=False, get_optional_mesh=lambda names: None,
+    )
+    # aot_eager traces forward and backward like inductor does (fullgraph: no graph breaks), without C++ codegen
+    model = parallelize_decoder(
+        model, parallel_dims=one_process, training=None, parallelism=None, dump_folder="",
+        compile_config=CompileConfig(enable=True, components=["model"], backend="aot_eager"), ac_config=FullAC.Config(),
+    )
+    assert all("checkpoint" in type(b._orig_mod).__name__.lower() for b in model.layers.values())
+    x = rand_tokens(2, 16)
+    doc_ids = torch.tensor([[0] * 6 + [1] * 10] * 2)
+    for m in (reference, model):
+        lm_loss(m(x, document_ids=doc_ids)[:, :-1], x[:, 1:]).backward()
+    for (name, p), q in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_loss_gradient_matches_autograd_of_the_formula(dtype, monkeypatch):
+    import mmgen.model.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "_row_block", lambda logits: 3)  # several row blocks, the last one short
+    logits = (torch.randn(2, 5, VOCAB) * 3).to(dtype)
+    targets = torch.randint(0, VOCAB, (2, 5))
+    targets[1, 3] = -100
+    fused = logits.clone().requires_grad_()
+    lm_loss(fused[:, :-1], targets[:, 1:], z_loss_weight=0.01).backward()
+    plain = logits.clone().requires_grad_()
+    lf, keep = plain[:, :-1].float(), targets[:, 1:] != -100
+    lse = torch.logsumexp(lf, -1)
+    ce = F.cross_entropy(lf.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=-100)
+    (ce + 0.01 * lse[keep].square().mean()).backward()
+    assert fused.grad.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(fused.grad.float(), plain.grad.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.slow
+def test_flex_matches_sdpa_on_packed_batches_cpu_forward():
+    # Compiled FlexAttention runs forward (not backward) on CPU, so its document mask is checked without a GPU.
+    sdpa = make_model(norm_placement="swin", n_kv_heads=2)
+    flex = make_model(norm_placement="swin", n_kv_heads=2, attention_backend="flex")
+    flex.load_state_dict(sdpa.state_dict())
+    x = rand_tokens(2, 256)
+    doc_ids = torch.stack([torch.arange(256) // 100, torch.arange(256) // 37])
+    with torch.no_grad():
+        # make_model's x10 weights amplify float32 rounding: both backends sit ~1e-3 from a float64 run
+        for ids in (None, doc_ids):
+            torch.testing.assert_close(flex(x, document_ids=ids), sdpa(x, document_ids=ids), atol=3e-3, rtol=0)
+        assert (flex(x, document_ids=doc_ids) - flex(x)).abs().max() > 0.1  # the document mask matters

@@ -1,9 +1,11 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
-from mmgen.data.token_shards import TokenShardError, TokenShards, TokenShardWriter
+from mmgen.data.token_shards import TokenShardError, TokenShards, TokenShardWriter, write_manifest, write_mixture
 
 
 def write_docs(folder, docs, tokens_per_shard=50):
@@ -55,7 +57,7 @@ def test_packed_rows_hold_whole_documents_with_in_document_labels(tmp_path, docs
 def test_ranks_partition_documents(tmp_path, docs):
     write_docs(tmp_path, docs)
     shards = TokenShards(str(tmp_path))
-    taken = [set(PackedBatches(shards, seq_len=64, batch_size=1, pad_id=0, dp_rank=r, dp_world_size=2)._order) for r in range(2)]
+    taken = [set(PackedBatches(shards, seq_len=64, batch_size=1, pad_id=0, dp_rank=r, dp_world_size=2).streams[0].order) for r in range(2)]
     assert not taken[0] & taken[1] and len(taken[0] | taken[1]) == len(docs)
 
 
@@ -84,3 +86,68 @@ def test_overlong_documents_are_truncated_and_counted(tmp_path):
     rows = list(batches)
     assert batches.truncated_documents == 1
     assert rows[0][0]["input"][0].tolist() == list(range(1, 33))
+
+
+def write_component(folder, n_docs, token, length, hashes=None):
+    writer = TokenShardWriter(str(folder), vocab_size=1000, tokens_per_shard=60)
+    for i in range(n_docs):
+        writer.add([token] * length, {"source": f"src-{token}", "row": i},
+                   content_hash=0 if hashes is None else hashes[i])
+    writer.finish()
+    return write_manifest(str(folder), writer.shards, vocab_size=1000, sources=writer.sources, dedup=True)
+
+
+def mixture(tmp_path, weights):
+    write_component(tmp_path / "a", 30, 7, 9)  # short documents
+    write_component(tmp_path / "b", 5, 8, 25)  # a small corpus of long ones: it repeats
+    write_mixture(str(tmp_path), [{"folder": "a", "weight": weights[0]}, {"folder": "b", "weight": weights[1]}])
+    return TokenShards(str(tmp_path))
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (0.8, 0.2)])
+def test_mixture_follows_token_weights(tmp_path, weights):
+    shards = mixture(tmp_path, weights)
+    assert shards.is_mixture and len(shards) == 35 and shards.provenance(31) == ("src-8", 1)
+    batches = PackedBatches(shards, seq_len=64, batch_size=4, pad_id=0, seed=0)
+    counts = {7: 0, 8: 0}
+    it = iter(batches)
+    for _ in range(40):
+        inputs, labels = next(it)
+        for token in counts:
+            counts[token] += int((inputs["input"] == token).sum())
+    share = counts[7] / (counts[7] + counts[8])
+    assert abs(share - weights[0]) < 0.03, share
+
+
+def test_mixture_state_resumes_exactly(tmp_path):
+    shards = mixture(tmp_path, (0.6, 0.4))
+    reference = PackedBatches(shards, seq_len=48, batch_size=2, pad_id=0, seed=5, dp_rank=1, dp_world_size=2)
+    it = iter(reference)
+    expected = [next(it) for _ in range(15)]
+    partial = PackedBatches(shards, seq_len=48, batch_size=2, pad_id=0, seed=5, dp_rank=1, dp_world_size=2)
+    it = iter(partial)
+    for _ in range(6):
+        next(it)
+    state = json.loads(json.dumps(partial.state_dict()))  # the trainer stores it as JSON
+    resumed = PackedBatches(shards, seq_len=48, batch_size=2, pad_id=0, seed=5, dp_rank=1, dp_world_size=2)
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    for ref in expected[6:]:
+        got = next(it)
+        assert torch.equal(got[0]["input"], ref[0]["input"]) and torch.equal(got[0]["document_ids"], ref[0]["document_ids"])
+
+
+def test_cross_shard_duplicates_are_marked_and_never_loaded(tmp_path):
+    manifest = write_component(tmp_path, 12, 5, 20, hashes=[1, 2, 3, 1, 4, 2, 0, 0, 5, 6, 5, 7])
+    assert len(manifest["shards"]) > 1 and manifest["duplicates"] == 3
+    shards = TokenShards(str(tmp_path))
+    assert shards.duplicates.tolist() == [3, 5, 10]  # later copies; hash 0 means "not hashed"
+    order = PackedBatches(shards, seq_len=32, batch_size=1, pad_id=0).streams[0].order
+    assert sorted(order.tolist()) == [0, 1, 2, 4, 6, 7, 8, 9, 11]
+
+
+def test_old_single_corpus_state_still_loads(tmp_path, docs):
+    write_docs(tmp_path, docs)
+    batches = PackedBatches(TokenShards(str(tmp_path)), seq_len=48, batch_size=2, pad_id=0)
+    batches.load_state_dict({"epoch": 1, "cursor": 3, "truncated_documents": 0})
+    assert batches.streams[0].epoch == 1 and batches.streams[0].cursor == 3

@@ -34,6 +34,7 @@ def test_debug_pipeline_every_stage_then_resume(tmp_path):
     stage(script("tokenizers/encode.py"), out)
     stage([*TORCHRUN, str(ROOT / "train/pretrain.py")], out)
     stage(script("eval/sample.py"), out, "--prompt", "a small blue square")
+    stage(script("eval/report.py"), out)
     stage(script("eval/summary.py"), out)
 
     assert list((out / "corpus" / "train").glob("*.parquet"))
@@ -46,12 +47,17 @@ def test_debug_pipeline_every_stage_then_resume(tmp_path):
     sample = json.loads((out / "samples" / "sample-0.json").read_text())
     assert sample["images"], "force_image makes every sample hold an image"
     assert (out / "samples" / sample["images"][0]).exists()
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    for key in ("text_bits_per_token", "image_bits_per_token", "caption_accuracy", "t2i_accuracy", "vq_psnr",
+                "classify_accuracy_image_given_label", "classify_accuracy_label_given_image"):
+        assert key in metrics
+    assert (out / "eval" / "report.html").exists()
 
     summary = json.loads((out / "demo_summary.json").read_text())
     for key in ("text_loss_first", "text_loss_last", "image_loss_first", "image_loss_last", "vq_psnr"):
         assert isinstance(summary[key], float)
     assert summary["text_loss_last"] < summary["text_loss_first"]
-    assert set(summary["stage_seconds"]) == {"world", "train_text", "train_image", "encode", "pretrain", "sample"}
+    assert {"world", "train_text", "train_image", "encode", "pretrain", "sample", "report"} <= set(summary["stage_seconds"])
 
     # the same command with a higher step budget continues from the last checkpoint
     proc = stage(script("train/pretrain.py"), out, "--training.steps", "8")

@@ -1,12 +1,15 @@
-"""The sampler obeys the interleaved grammar and is reproducible."""
+"""The sampler obeys the interleaved grammar, is reproducible, and its cache and guidance paths are exact."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmgen.config.schema import ModelConfig
-from mmgen.generation.sampler import sample
+from mmgen.generation.logits_processors import contrastive_top_k, guide, repetition_penalty
+from mmgen.generation.sampler import guidance_prompt, sample
 from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
 
@@ -104,3 +107,74 @@ def test_prompt_ending_inside_an_image_is_completed(model):
         assert all(VOCAB.image_range[0] <= c < VOCAB.image_range[1] for c in out[:due])
         assert out[due] == VOCAB.eoi
         assert VOCAB.boi not in out  # the open image used up max_images
+
+
+# ----- cache, guidance and processors -----
+
+@pytest.mark.parametrize("options", [dict(), dict(cfg_scale=3.0, image_cfg_scale=1.5), dict(cdk_k=4)])
+def test_kv_cache_equals_full_forward(model, options):
+    kwargs = dict(max_new_tokens=2 * (HW + 2) + 6, temperature=1.0, max_images=2, seed=5, eos_stops=False, **options)
+    prompts = PROMPTS + [[VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3]]
+    cached = sample(model, VOCAB, prompts, **kwargs)
+    full = sample(model, VOCAB, prompts, use_cache=False, **kwargs)
+    assert cached == full
+    assert any(VOCAB.boi in o for o in cached)  # images were sampled, so guidance was exercised
+
+
+def test_cfg_scale_one_equals_unguided(model):
+    kwargs = dict(max_new_tokens=3 * (HW + 2), temperature=1.0, max_images=3, force_image=True, seed=11,
+                  eos_stops=False)
+    unguided = sample(model, VOCAB, PROMPTS * 2, **kwargs)
+    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=1.0, **kwargs) == unguided
+    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=1.0, image_cfg_scale=1.0, **kwargs) == unguided
+    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=5.0, **kwargs) != unguided
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**16),
+    temperature=st.sampled_from([0.0, 0.7, 1.0, 2.0]),
+    top_k=st.sampled_from([0, 1, 5]),
+    top_p=st.sampled_from([0.5, 1.0]),
+    penalty=st.sampled_from([1.0, 1.3]),
+    cfg=st.sampled_from([0.0, 1.0, 4.0]),
+    image_cfg=st.sampled_from([0.0, 2.0]),
+    cdk_k=st.sampled_from([0, 3]),
+    max_images=st.integers(0, 3),
+    force_image=st.booleans(),
+    max_new_tokens=st.integers(1, 30),
+)
+def test_property_never_mixes_modalities(model, seed, temperature, top_k, top_p, penalty, cfg, image_cfg, cdk_k,
+                                         max_images, force_image, max_new_tokens):
+    outs = sample(model, VOCAB, PROMPTS, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                  top_p=top_p, repetition_penalty=penalty, cfg_scale=cfg, image_cfg_scale=image_cfg, cdk_k=cdk_k,
+                  cdk_alpha=0.1, max_images=max_images, force_image=force_image, seed=seed)
+    for o in outs:
+        check_grammar(o, max_images=max_images, max_new_tokens=max_new_tokens)
+
+
+def test_guidance_prompts_drop_text_and_keep_open_image():
+    image = [VOCAB.boi, *range(I0, I0 + HW), VOCAB.eoi]
+    prompt = [VOCAB.bos, T0 + 1, *image, T0 + 2, VOCAB.boi, I0 + 1]
+    assert guidance_prompt(prompt, VOCAB, keep_images=False) == [VOCAB.bos, VOCAB.boi, I0 + 1]
+    assert guidance_prompt(prompt, VOCAB, keep_images=True) == [VOCAB.bos, *image, VOCAB.boi, I0 + 1]
+    assert guidance_prompt([VOCAB.bos, T0 + 3], VOCAB, keep_images=True) == [VOCAB.bos]
+
+
+def test_repetition_penalty_lowers_seen_tokens_only():
+    logits = torch.tensor([[2.0, -1.0, 3.0, 0.5]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
+
+
+def test_guide_formula_and_cdk_head():
+    cond, uncond, io = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[1.0, 1.0]])
+    assert torch.allclose(guide(cond, uncond, 3.0), uncond + 3.0 * (cond - uncond))
+    chameleon = uncond + 1.5 * (io - uncond) + 3.0 * (cond - io)
+    assert torch.allclose(guide(cond, uncond, 3.0, image_only=io, image_scale=1.5), chameleon)
+    expert = torch.tensor([[5.0, 4.0, 0.0, -9.0]])
+    amateur = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
+    scores = contrastive_top_k(expert, amateur, k=2, alpha=0.5)
+    # head: p >= 0.5 * p(2nd best) keeps tokens 0 and 1; the amateur's favourite (0) loses to 1
+    assert torch.isinf(scores[0, 2:]).all() and scores[0, 1] > scores[0, 0]

@@ -6,18 +6,16 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
-from pathlib import Path
+from itertools import islice
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import fsspec
 
-import fsspec  # noqa: E402
-
-from mmgen.cli import run_cli  # noqa: E402
-from mmgen.config import RunPaths, load_config  # noqa: E402
-from mmgen.data.obelics import ReadStats, read_obelics  # noqa: E402
-from mmgen.tokenizers.text import train_text_tokenizer  # noqa: E402
+from mmgen.cli import run_cli
+from mmgen.config import RunPaths, load_config
+from mmgen.data.corpus import read_documents
+from mmgen.data.obelics import CorpusError, ReadStats
+from mmgen.tokenizers.text import train_text_tokenizer
 
 
 def main() -> None:
@@ -26,7 +24,10 @@ def main() -> None:
     corpus = cfg.data.train_corpus or paths.corpus_split("train")
     start = time.perf_counter()
     stats = ReadStats()
-    texts = (text for doc in read_obelics(corpus, stats=stats) for text in doc.texts)
+    passages = (text for doc in read_documents(corpus, options=cfg.data, stats=stats) for text in doc.texts if text)
+    texts = list(islice(passages, cfg.text_tokenizer.max_sentences))
+    if not texts:
+        raise CorpusError(f"{corpus} holds no text to train the text tokenizer on")
     tokenizer = train_text_tokenizer(texts, cfg.text_tokenizer, paths.text_tokenizer)
     seconds = time.perf_counter() - start
     print(f"{corpus}: {stats.summary()}")

@@ -69,6 +69,10 @@ class RunPaths:
     def loss_log(self) -> str:
         return self._join("pretrain", "loss_log.jsonl")
 
+    # supervised fine-tuning
+    def sft_dir(self, folder: str = "sft") -> str:
+        return self._join(folder)
+
     # sampling and summary
     @property
     def samples_dir(self) -> str:

@@ -11,6 +11,8 @@ from mmgen.config.schema import ExperimentConfig
 
 def demo() -> ExperimentConfig:
     cfg = ExperimentConfig(name="demo")
+    # one residual block per level: the VQGAN layout's mid block and extra decoder block cost what a second did
+    cfg.image_tokenizer.res_blocks = 1
     cfg.world.train_documents = 6000
     return cfg
 
@@ -30,6 +32,7 @@ def debug() -> ExperimentConfig:
     cfg.image_tokenizer.train_steps = 30
     cfg.image_tokenizer.batch_size = 16
     cfg.image_tokenizer.max_train_seconds = 60
+    cfg.image_tokenizer.precision = "float32"  # bf16 convolutions this narrow run slower than fp32 on CPUs
     cfg.model.dim = 64
     cfg.model.n_layers = 2
     cfg.model.n_heads = 2

@@ -41,15 +41,57 @@ class WorldConfig:
 @dataclass
 class DataConfig:
     train_corpus: str = ""
-    """OBELICS parquet shards for training: a file, folder or glob, any fsspec URL. Empty: the run's shapes world."""
+    """Training corpus (see corpus_kind): a file, folder or glob, any fsspec URL; several, comma-separated, are mixed by train_weights. Empty: the run's shapes world."""
     heldout_corpus: str = ""
-    """OBELICS parquet shards held out for evaluation. Empty: the run's shapes world held-out split."""
+    """Corpus held out for evaluation, like train_corpus. Empty: the run's shapes world held-out split."""
     tokens_per_shard: int = 2_000_000
     """Upper bound on tokens in one pretokenized token shard."""
     encode_batch_size: int = 64
     """Images encoded by the VQ-VAE per batch during pretokenization."""
     shuffle_seed: int = 0
     """Seed of the document order in the packing data loader."""
+    cm3_rate: float = 0.0
+    """Share of pretraining documents in CM3's causal-masked form (a span moved to the end behind a sentinel)."""
+    cm3_image_share: float = 0.5
+    """Of CM3-masked documents, the share whose masked span is a whole image (the rest mask a text span)."""
+    condition_dropout: float = 0.0
+    """Share of pretraining documents whose text before one image is removed (trains the unconditional stream of CFG)."""
+    corpus_kind: Literal["auto", "obelics", "mmc4", "captions", "imagefolder"] = "auto"
+    """Format of the corpora: OBELICS parquet, MMC4 jsonl(.zip), caption-pair jsonl, or an ImageFolder; 'auto' tells them apart from file names and the first record."""
+    train_weights: list[float] = field(default_factory=list)
+    """With several comma-separated train_corpus URLs: each one's share of training tokens (normalised). Empty: in proportion to their sizes."""
+    allow_network: bool = False
+    """Fetch images given as http(s) URLs (OBELICS images, MMC4 raw_url); off means such images count as missing."""
+    network_timeout: float = 10.0
+    """Seconds before one image download attempt is abandoned."""
+    network_retries: int = 2
+    """Further attempts after a failed image download (exponential back-off from 0.5 s)."""
+    image_root: str = ""
+    """Folder (any fsspec URL) that relative image paths resolve against; empty: the folder of the shard that names them."""
+    missing_image: Literal["skip_document", "drop_image"] = "skip_document"
+    """A missing or undecodable image skips its whole document, or only drops that image (counted either way)."""
+    max_image_pixels: int = 40_000_000
+    """Decompression-bomb limit: images with more pixels (read from the header) are not decoded."""
+    image_resize: Literal["stretch", "center_crop", "pad"] = "stretch"
+    """How a non-square image becomes the tokenizer's square: stretch it, keep the central square, or pad onto white."""
+    caption_template: str = "a photo of a {label}"
+    """Caption of an ImageFolder image; {label} is its class folder name (underscores read as spaces)."""
+    caption_order: Literal["text_first", "image_first"] = "text_first"
+    """Order of caption and image in caption-pair and ImageFolder documents."""
+    min_text_chars: int = 0
+    """Documents with fewer text characters are skipped ('text_too_short')."""
+    max_text_chars: int = 0
+    """Documents with more text characters are skipped ('text_too_long'); 0 means no limit."""
+    min_image_side: int = 0
+    """Images whose shorter side is below this many pixels are dropped from their document ('image_too_small')."""
+    max_aspect_ratio: float = 0.0
+    """Images whose long/short side ratio exceeds this are dropped ('bad_aspect_ratio'); 0 means no limit."""
+    max_images_per_document: int = 0
+    """Documents with more images are skipped ('too_many_images'); 0 means no limit."""
+    dedup_documents: bool = True
+    """Skip exact duplicate documents (same texts and image bytes) within a shard, and across shards when encoding."""
+    dedup_images: bool = True
+    """Drop an image whose bytes already appeared in the same shard ('duplicate_image')."""
 
 
 @dataclass
@@ -96,6 +138,41 @@ class ImageTokenizerConfig:
     """Peak learning rate of VQ-VAE training."""
     seed: int = 0
     """Seed of VQ-VAE initialisation and batch order."""
+    channel_multipliers: tuple[int, ...] = ()
+    """Stage widths relative to the widest (channels), finest first; len = log2(downsample) + 1 (Chameleon: 1,1,2,2,4).
+    Empty: each finer stage halves, down to 16 channels."""
+    latent_channels: int = 0
+    """Channels of the encoder output and decoder input around quant_conv / post_quant_conv; 0 means channels."""
+    attention_at_lowest: bool = False
+    """Self-attention in the middle block at the code-grid resolution (VQGAN and Chameleon have it)."""
+    norm_groups: int = 0
+    """GroupNorm groups; 0: VQGAN's 32, fewer on narrow stages so each group keeps at least 4 channels."""
+    attention_resolutions: tuple[int, ...] = ()
+    """Feature-map sides at which each residual block is followed by self-attention (VQGAN's attn_resolutions)."""
+    quantizer: Literal["vq", "fsq"] = "vq"
+    """'vq': a learned codebook (VectorQuantize); 'fsq': finite scalar quantization, nothing to collapse."""
+    fsq_levels: tuple[int, ...] = (8, 8, 8)
+    """Levels per latent dimension of FSQ; their product must equal codebook_size."""
+    cosine_lookup: bool = False
+    """Pick the nearest code by cosine similarity of l2-normalised vectors instead of Euclidean distance."""
+    kmeans_init: bool = True
+    """Initialise the codebook by k-means on the first batch (against dead codes from the start)."""
+    l1_weight: float = 1.0
+    """Weight of the L1 reconstruction loss (keeps flat regions and hard edges crisp)."""
+    l2_weight: float = 1.0
+    """Weight of the L2 (MSE) reconstruction loss (what PSNR measures)."""
+    perceptual_weight: float = 0.0
+    """Weight of the LPIPS-style perceptual loss; needs perceptual_weights (never downloaded)."""
+    perceptual_weights: str = ""
+    """Local safetensors file with VGG16 features (torchvision key names), optionally LPIPS's lin<k>.weight."""
+    adversarial_weight: float = 0.0
+    """Weight of the PatchGAN hinge loss on the decoder; 0 leaves the discriminator out."""
+    gan_start_step: int = 0
+    """Step from which the discriminator trains and its loss counts (reconstruction warms up first)."""
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Compute dtype of encoder and decoder; 'auto' is bf16 where the hardware computes it natively. The quantizer is always float32."""
+    checkpoint_every: int = 500
+    """Training steps between resumable checkpoints (safetensors) in the output folder; 0 saves none."""
 
 
 @dataclass
@@ -111,15 +188,19 @@ class ModelConfig:
     ffn_hidden_dim: int = 0
     """SwiGLU hidden width; 0 means 8/3·dim rounded up to a multiple of 64."""
     norm_eps: float = 1e-5
-    """Epsilon of RMSNorm and QK LayerNorm."""
+    """Epsilon of RMSNorm."""
     rope_theta: float = 10000.0
     """RoPE base."""
     qk_norm: bool = True
     """LayerNorm over head_dim on q and k before RoPE (Chameleon)."""
+    qk_norm_eps: float = 1e-5
+    """Epsilon of the QK LayerNorm (Hugging Face Chameleon fixes it at 1e-5 whatever rms_norm_eps is)."""
     norm_placement: Literal["pre", "swin"] = "pre"
     """'pre': x + attn(norm(x)); 'swin': x + norm(attn(x)) (Chameleon-34B)."""
     dropout: float = 0.0
     """Dropout on attention and residual branches during training."""
+    attention_dropout: float | None = None
+    """Dropout on attention probabilities (SDPA backend only); None means ``dropout``. Hugging Face Chameleon has only this one."""
     z_loss_weight: float = 1e-5
     """Weight of the z-loss logsumexp(logits)² that keeps logits from drifting."""
     tie_embeddings: bool = False
@@ -154,6 +235,67 @@ class SampleConfig:
     """Documents sampled from the prompt."""
     checkpoint_step: int = -1
     """Pretraining checkpoint step to load; -1 means the latest."""
+    repetition_penalty: float = 1.0
+    """CTRL repetition penalty on text tokens already in the prompt or sample; 1 turns it off."""
+    cfg_scale: float = 0.0
+    """Classifier-free guidance scale of image codes (conditional vs unconditional stream); 0 turns it off."""
+    image_cfg_scale: float = 0.0
+    """Scale of Chameleon's image-only stream (the prompt's images without its text); 0 leaves the stream out."""
+    cdk_k: int = 0
+    """CM3leon contrastive-decoding top-k for image codes (expert: guided stream, amateur: unconditional); 0 off."""
+    cdk_alpha: float = 0.1
+    """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
+    compile: bool = False
+    """torch.compile the one-token decode step."""
+    prompt_images: str = ""
+    """Comma-separated image files (any fsspec URL) placed after the prompt text, in order."""
+    context: str = ""
+    """Retrieved context put before the prompt as ``BOS r1 SEP r2 SEP prompt`` (CM3leon): passages separated by '|'."""
+
+
+@dataclass
+class EvalConfig:
+    heldout_documents: int = 100
+    """Held-out token-shard documents scored for text/image bits per token (0: all)."""
+    caption_images: int = 48
+    """Held-out scenes (rendered like the corpus) captioned for caption_accuracy."""
+    caption_prompt: str = "Look at this picture."
+    """Text before the image in a captioning prompt."""
+    caption_lead: str = "It shows"
+    """Text after the image that the caption continues (the parser reads lead + caption)."""
+    caption_max_tokens: int = 48
+    """Tokens sampled per caption."""
+    t2i_prompts: int = 48
+    """Held-out scenes drawn for t2i_accuracy."""
+    t2i_template: str = "Here is a drawing. Draw {caption}."
+    """Text-to-image prompt; {caption} is the held-out scene's canonical caption."""
+    t2i_temperature: float = 0.7
+    """Temperature of image sampling in the report."""
+    t2i_top_k: int = 0
+    """Top-k of image sampling in the report; 0 keeps all."""
+    t2i_cfg_scale: float = 2.0
+    """Classifier-free guidance scale of image sampling in the report; 0 turns it off (2 measured best on the demo)."""
+    classify_images: int = 96
+    """Held-out single-shape images classified by shape and by colour."""
+    classify_prompt: str = "Here is a drawing of {caption}."
+    """Prompt of log p(image | label); {caption} is the image's caption with the label in place."""
+    classify_lead: str = "Look at this picture."
+    """Text before the image in log p(label | image)."""
+    classify_follow: str = "It shows {caption}."
+    """Text after the image in log p(label | image); the tokens after the labels' common prefix are scored."""
+    calibrate: bool = False
+    """Subtract the unconditional likelihood (label prior in label|image, image prior in image|label)."""
+    batch_size: int = 32
+    """Sequences per forward pass when scoring."""
+    seed: int = 0
+    """Seed of the report's sampling and chance baselines."""
+    image_folder: str = ""
+    """eval/classify.py: ImageFolder root (one subfolder per class); empty: held-out shapes by shape and colour."""
+    template: str = "Here is a drawing of a {label}."
+    """eval/classify.py: prompt with {label} for ImageFolder classification."""
+    images_per_class: int = 0
+    """eval/classify.py: ImageFolder images read per class; 0 reads all."""
+
 
 
 @dataclass
@@ -186,6 +328,30 @@ class RetrievalConfig:
     """Peak learning rate of the dual encoder."""
     seed: int = 0
     """Seed of encoder training and query dropout."""
+
+
+@dataclass
+class SFTConfig:
+    tasks: str = "caption=1,t2i=1,vqa=1"
+    """Task mixture as task=weight (examples per caption pair; fractions sample a share): caption, t2i, vqa."""
+    condition_dropout: float = 0.1
+    """Probability that a text-to-image example loses its caption, so the model also learns p(image) for CFG."""
+    epochs: float = 2.0
+    """Passes over the SFT examples; sets the number of fine-tuning steps."""
+    lr: float = 1e-3
+    """Peak learning rate of fine-tuning."""
+    warmup_steps: int = 10
+    """Linear warm-up steps of fine-tuning."""
+    from_step: int = -1
+    """Pretraining checkpoint step to start from; -1 means the latest."""
+    lora_rank: int = 0
+    """Rank of LoRA adapters on the attention and MLP projections; 0 fine-tunes every parameter."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: adapters add (alpha / rank)·BA."""
+    folder: str = "sft"
+    """Folder of the fine-tuning run inside the run folder (e.g. sft_lora for a LoRA run beside a full one)."""
+    seed: int = 0
+    """Seed of the task mixture and condition dropout."""
 
 # ----- torchtitan trainer sections (names as in torchtitan's Trainer.Config) -----
 
@@ -295,6 +461,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)

@@ -2,103 +2,52 @@
 
 The schema (DESIGN §5): ``texts: list<string|null>`` and ``images: list<binary|string|null>`` aligned, one
 non-null per position; optional ``metadata`` (JSON list, null at text positions) and ``general_metadata``
-(JSON dict). Images may be embedded bytes (PNG/JPEG...) or paths relative to the shard; URLs are not
-fetched, so a document that needs one is skipped.
+(JSON dict). Images may be embedded bytes (PNG/JPEG...), paths relative to the shard, or URLs (the
+published OBELICS form), fetched only when the config allows network.
 
-Two kinds of failure, on purpose: a bad *row* (undecodable image, misaligned lists, empty document, bad
-metadata) is skipped and counted in a ``ReadStats`` with its shard and row, so one bad record never stops a
-run; a bad *file* (not parquet, missing or mistyped columns) raises ``CorpusError`` naming the file, because
-it means the user pointed at the wrong thing. Files are resolved eagerly (no match fails at the call) and
-opened lazily as iteration reaches them.
+A bad *row* (undecodable image, misaligned lists, empty document, bad metadata) is skipped and counted in a
+``ReadStats`` with its shard and row; a bad *file* (not parquet, missing or mistyped columns) raises
+``CorpusError`` naming the file. Files are resolved eagerly (no match fails at the call) and opened lazily
+as iteration reaches them. ``read_obelics`` reads rows as they are; ``mmgen.data.corpus.open_corpus``
+reads the same shards with the config's curation (filters, dedup, resizing).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
 
-from mmgen.data.document import Document, Part
+from mmgen.data.curation import Curator, ImageItem
+from mmgen.data.document import Document
+from mmgen.data.reading import CorpusError, ReadStats, SkipRow, list_files, source_name
+
+__all__ = ["CorpusError", "ReadStats", "SkipRow", "list_shards", "read_obelics", "read_shard"]
 
 REQUIRED_COLUMNS = ("texts", "images")
 OPTIONAL_COLUMNS = ("metadata", "general_metadata")
+SUFFIXES = (".parquet",)
 BATCH_ROWS = 256
-
-
-class CorpusError(ValueError):
-    """A corpus file (or URL) that is wrong as a whole; the message names it."""
-
-
-class SkipRow(Exception):
-    """Internal: the row is bad for the reason given."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class ReadStats:
-    """What a read produced and what it skipped, with a few examples to show the user."""
-
-    documents_read: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    """Skipped rows by reason (e.g. 'undecodable_image', 'misaligned', 'empty_document')."""
-    examples: list[tuple[str, int, str]] = field(default_factory=list)
-    """Up to ``max_examples`` skipped rows as (source, row, reason)."""
-    max_examples: int = 20
-
-    def skip(self, source: str, row: int, reason: str) -> None:
-        self.skipped[reason] += 1
-        if len(self.examples) < self.max_examples:
-            self.examples.append((source, row, reason))
-
-    @property
-    def total_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def summary(self) -> str:
-        if not self.skipped:
-            return f"read {self.documents_read} documents, skipped none"
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
-        first = "; ".join(f"{src} row {row} ({reason})" for src, row, reason in self.examples[:3])
-        return f"read {self.documents_read} documents, skipped {self.total_skipped} ({reasons}); e.g. {first}"
 
 
 def list_shards(url: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     """The parquet files a URL names: a file, a folder (searched recursively) or a glob."""
-    fs, path = fsspec.core.url_to_fs(url)
-    if any(ch in path for ch in "*?["):
-        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-    elif fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-    elif fs.isfile(path):
-        files = [path]
-    else:
-        files = []
-    if not files:
-        raise CorpusError(f"no parquet shards at {url}")
-    return fs, files
+    return list_files(url, SUFFIXES, "parquet shards")
 
 
 def read_obelics(url: str, *, stats: ReadStats | None = None) -> Iterator[Document]:
-    """Documents of every shard at ``url`` in file and row order; pass ``stats`` to see what was skipped."""
+    """Documents of every shard at ``url`` in file and row order, uncurated; pass ``stats`` to see skips."""
     fs, files = list_shards(url)
-    keep_protocol = "://" in url
     stats = stats if stats is not None else ReadStats()
+    curator = Curator(curate=False)
 
     def generate() -> Iterator[Document]:
         for path in files:
-            source = fs.unstrip_protocol(path) if keep_protocol else path
-            yield from _read_shard(fs, path, source, stats)
+            yield from read_shard(fs, path, source_name(fs, path, url), curator, stats)
 
     return generate()
 
@@ -123,17 +72,19 @@ def _open_shard(fs: fsspec.AbstractFileSystem, path: str, source: str) -> tuple[
     return parquet, columns
 
 
-def _read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, stats: ReadStats) -> Iterator[Document]:
+def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator,
+               stats: ReadStats) -> Iterator[Document]:  # fmt: skip
+    """Documents of one parquet shard, curated by ``curator``."""
     parquet, columns = _open_shard(fs, path, source)
+    refs = curator.refs(fs, posixpath.dirname(path))
     row = 0
     try:
-        batches = parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns)
-        for batch in batches:
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             data = batch.to_pydict()
             for i in range(batch.num_rows):
-                record = {c: data[c][i] for c in columns}
                 try:
-                    doc = _document(record, fs, posixpath.dirname(path))
+                    items, metadata = parse_record({c: data[c][i] for c in columns})
+                    doc = curator.document(items, metadata, refs, stats)
                 except SkipRow as skip:
                     stats.skip(source, row, skip.reason)
                 else:
@@ -145,7 +96,8 @@ def _read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, stats: Re
         raise CorpusError(f"{source}: cannot read rows from {row} on ({err})") from None
 
 
-def _document(record: dict[str, Any], fs: fsspec.AbstractFileSystem, shard_dir: str) -> Document:
+def parse_record(record: dict[str, Any]) -> tuple[list[str | ImageItem], dict[str, Any]]:
+    """Texts and images of one row in order, and its general metadata; ``SkipRow`` when malformed."""
     texts, images = record["texts"], record["images"]
     if texts is None or images is None or len(texts) != len(images):
         raise SkipRow("misaligned")
@@ -157,22 +109,18 @@ def _document(record: dict[str, Any], fs: fsspec.AbstractFileSystem, shard_dir: 
     general = _json(record.get("general_metadata"), dict) or {}
     if metadata is not None and len(metadata) != len(texts):
         raise SkipRow("bad_metadata")
-
-    parts: list[Part] = []
-    image_metadata: list[dict[str, Any]] = []
+    items: list[str | ImageItem] = []
     for position, (text, image) in enumerate(zip(texts, images)):
         if (text is None) == (image is None):
             raise SkipRow("misaligned")
         if text is not None:
-            if text:  # empty strings carry nothing
-                parts.append(text)
+            items.append(text)
             continue
-        parts.append(_decode_image(image, fs, shard_dir))
         entry = metadata[position] if metadata is not None else None
-        image_metadata.append(entry if isinstance(entry, dict) else {})
-    if not parts:
-        raise SkipRow("empty_document")
-    return Document(parts=parts, image_metadata=image_metadata, metadata=dict(general))
+        entry = entry if isinstance(entry, dict) else {}
+        fallback = entry.get("src") if isinstance(image, str) and not image.startswith(("http://", "https://")) else None
+        items.append(ImageItem(ref=image, metadata=entry, fallback_url=fallback if isinstance(fallback, str) else None))
+    return items, dict(general)
 
 
 def _json(text: str | None, kind: type) -> Any:
@@ -185,19 +133,3 @@ def _json(text: str | None, kind: type) -> Any:
     if value is not None and not isinstance(value, kind):
         raise SkipRow("bad_metadata")
     return value
-
-
-def _decode_image(image: bytes | str, fs: fsspec.AbstractFileSystem, shard_dir: str) -> Image.Image:
-    if isinstance(image, str):
-        if "://" in image:
-            raise SkipRow("url_image")  # network fetching is off
-        try:
-            with fs.open(posixpath.join(shard_dir, image), "rb") as f:
-                image = f.read()
-        except (OSError, ValueError):
-            raise SkipRow("missing_image") from None
-    try:
-        with Image.open(io.BytesIO(image)) as im:
-            return im.convert("RGB")
-    except Exception:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError, ...)
-        raise SkipRow("undecodable_image") from None

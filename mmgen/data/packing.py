@@ -9,13 +9,22 @@ gap is padding with label ``-100``. Documents longer than a row are truncated an
 counted.
 
 Sources may also give per-token loss weights (a ``weights(i)`` method, as the
-retrieval-augmented view does); batches then carry ``loss_weights`` aligned
-with the labels.
+retrieval-augmented and SFT views do); batches then carry ``loss_weights``
+aligned with the labels, and weight-0 tokens are context only (label ``-100``).
 
-Order: every epoch draws a fresh permutation from ``seed + epoch``; data-parallel
-rank ``r`` of ``n`` takes positions ``r, r + n, …`` of it. The state is just
-``(epoch, cursor)`` at a batch boundary, so a resumed run reads the very
-batches the interrupted one would have read.
+Order: every epoch of every corpus draws a fresh permutation from
+``(seed, corpus, epoch)``; data-parallel rank ``r`` of ``n`` takes positions
+``r, r + n, …`` of it. Cross-shard duplicates that encode marked are left out.
+
+Mixing: a mixture folder (several corpora, each with a weight) is read by
+stride scheduling on tokens — the next document comes from the corpus whose
+consumed tokens divided by its weight is smallest — so every prefix of the
+stream holds each corpus in its share of *tokens*, with no random draws to
+replay; a small corpus simply repeats (its own epochs) more often. A view
+over the shards (retrieval-augmented, SFT) reads as one corpus.
+
+The state is ``(epoch, cursor, tokens)`` per corpus at a batch boundary, so a
+resumed run reads the very batches the interrupted one would have read.
 """
 
 from __future__ import annotations
@@ -30,8 +39,56 @@ from mmgen.data.token_shards import TokenShards
 IGNORE_INDEX = -100
 
 
+class _Stream:
+    """One corpus's document order on one data-parallel rank: a cursor over seeded per-epoch permutations."""
+
+    def __init__(self, source: Any, *, seed: int, index: int, dp_rank: int, dp_world_size: int):
+        self.source = source
+        self.weighted = hasattr(source, "weights")
+        kept = getattr(source, "kept_indices", None)
+        self.kept = kept() if kept is not None else np.arange(len(source))
+        if len(self.kept) < dp_world_size:
+            raise ValueError(
+                f"{source.folder} holds {len(self.kept)} documents, fewer than {dp_world_size} data-parallel ranks"
+            )
+        self.seed, self.index = seed, index
+        self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
+        self.epoch = self.cursor = self.tokens = 0
+        self.order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng((self.seed, self.index, epoch)).permutation(self.kept)
+        return perm[self.dp_rank :: self.dp_world_size]
+
+    def peek(self, infinite: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+        if self.cursor >= len(self.order):
+            if not infinite:
+                return None
+            self.epoch += 1
+            self.cursor = 0
+            self.order = self._epoch_order(self.epoch)
+        i = int(self.order[self.cursor])
+        return self.source[i], (self.source.weights(i) if self.weighted else None)
+
+    def advance(self, tokens: int) -> None:
+        self.cursor += 1
+        self.tokens += tokens
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor, "tokens": self.tokens}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.tokens = int(state.get("tokens", 0))
+        self.order = self._epoch_order(self.epoch)
+
+
 class PackedBatches:
-    """Iterator of ``({"input", "document_ids", "positions"}, labels)`` batches of shape [B, T]."""
+    """Iterator of ``({"input", "document_ids", "positions"[, "loss_weights"]}, labels)`` batches of shape [B, T].
+
+    ``shards`` is a ``TokenShards`` folder (a mixture folder mixes its corpora) or any view with ``len``,
+    ``[i]``, ``folder`` and optionally ``weights(i)``.
+    """
 
     def __init__(
         self,
@@ -45,8 +102,6 @@ class PackedBatches:
         dp_world_size: int = 1,
         infinite: bool = True,
     ):
-        if len(shards) < dp_world_size:
-            raise ValueError(f"{shards.folder} holds {len(shards)} documents, fewer than {dp_world_size} data-parallel ranks")
         self.shards = shards
         self.seq_len = seq_len
         self.batch_size = batch_size
@@ -55,36 +110,37 @@ class PackedBatches:
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         self.infinite = infinite
-        self.epoch = 0
-        self.cursor = 0
         self.truncated_documents = 0
-        self._order = self._epoch_order(0)
-
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng(self.seed + epoch).permutation(len(self.shards))
-        return perm[self.dp_rank :: self.dp_world_size]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "truncated_documents": self.truncated_documents}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
-        self.truncated_documents = int(state.get("truncated_documents", 0))
-        self._order = self._epoch_order(self.epoch)
+        components = getattr(shards, "components", None) or [(shards, 1.0)]
+        weights = [w for _, w in components]
+        if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise ValueError(f"{shards.folder}: mixture weights must be >= 0 and not all 0, got {weights}")
+        self.streams = [
+            _Stream(source, seed=seed, index=i, dp_rank=dp_rank, dp_world_size=dp_world_size)
+            for i, (source, w) in enumerate(components)
+            if w > 0
+        ]
+        self.weights = [w for w in weights if w > 0]
 
     @property
     def weighted(self) -> bool:
-        return hasattr(self.shards, "weights")
+        return any(s.weighted for s in self.streams)
 
-    def _next_document(self) -> tuple[np.ndarray, np.ndarray | None] | None:
-        if self.cursor >= len(self._order):
-            if not self.infinite:
-                return None
-            self.epoch += 1
-            self.cursor = 0
-            self._order = self._epoch_order(self.epoch)
-        i = int(self._order[self.cursor])
-        return self.shards[i], (self.shards.weights(i) if self.weighted else None)
+    def state_dict(self) -> dict[str, Any]:
+        return {"streams": [s.state() for s in self.streams], "truncated_documents": self.truncated_documents}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        streams = state.get("streams", [state])  # a single-corpus state from before mixing was (epoch, cursor)
+        if len(streams) != len(self.streams):
+            raise ValueError(f"loader state holds {len(streams)} corpora, {self.shards.folder} has {len(self.streams)}")
+        for stream, s in zip(self.streams, streams):
+            stream.load(s)
+        self.truncated_documents = int(state.get("truncated_documents", 0))
+
+    def _stream(self) -> _Stream:
+        if len(self.streams) == 1:
+            return self.streams[0]
+        return min(zip(self.streams, self.weights), key=lambda sw: sw[0].tokens / sw[1])[0]
 
     def _row(self) -> tuple[np.ndarray, ...] | None:
         T = self.seq_len
@@ -95,26 +151,33 @@ class PackedBatches:
         weights = np.zeros(T, dtype=np.float32)
         filled, doc = 0, 0
         while filled < T:
-            item = self._next_document()
+            stream = self._stream()
+            item = stream.peek(self.infinite)
             if item is None:
                 break
             tokens, token_weights = item
             n = len(tokens) - 1
-            if n > T:
+            truncated = n > T
+            if truncated:
                 tokens, n = tokens[: T + 1], T
-                self.truncated_documents += 1
             if n > T - filled:
                 if filled == 0:
                     raise AssertionError("unreachable: a truncated document always fits an empty row")
-                break
+                break  # starts the next row (and is counted there)
+            self.truncated_documents += truncated
             inputs[filled : filled + n] = tokens[:-1]
             labels[filled : filled + n] = tokens[1 : n + 1]
-            weights[filled : filled + n] = 1.0 if token_weights is None else token_weights[1 : n + 1]
+            if token_weights is None:
+                weights[filled : filled + n] = 1.0
+            else:
+                weights[filled : filled + n] = token_weights[1 : n + 1]
+                # weight 0 is context, not a target: it must not count as a valid token either
+                labels[filled : filled + n][token_weights[1 : n + 1] == 0] = IGNORE_INDEX
             doc_ids[filled : filled + n] = doc
             positions[filled : filled + n] = np.arange(n)
             filled += n
             doc += 1
-            self.cursor += 1
+            stream.advance(n)
         if filled == 0:
             return None
         # padding is its own document, so real tokens never attend to it

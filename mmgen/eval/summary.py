@@ -16,6 +16,7 @@ import fsspec
 from mmgen.config import RunPaths
 
 STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
+OPTIONAL_STAGES = ("report", "encode_sft", "sft", "sft_lora", "compare_sft")
 
 
 def _read_json(path: str) -> Any:
@@ -43,6 +44,10 @@ def demo_summary(paths: RunPaths) -> dict[str, Any]:
     first, last = log[0], log[-1]
     vq = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))
     seconds = {stage: round(_read_json(paths.stage_timing(stage))["seconds"], 2) for stage in STAGES}
+    for stage in OPTIONAL_STAGES:
+        fs, local = fsspec.core.url_to_fs(paths.stage_timing(stage))
+        if fs.exists(local):
+            seconds[stage] = round(_read_json(paths.stage_timing(stage))["seconds"], 2)
     fs, samples = fsspec.core.url_to_fs(paths.samples_dir)
     sample_files = sorted(posixpath.basename(p) for p in fs.ls(samples, detail=False)) if fs.exists(samples) else []
     return {

@@ -1,11 +1,19 @@
-"""Logits processors for sampling: modality masks, temperature, top-k, top-p.
+"""Logits processors for sampling: modality masks, temperature, top-k, top-p,
+repetition penalty, classifier-free guidance and contrastive decoding (CD-K).
 
 Everything is batched tensor code without host synchronisation: the modality
 state of every sequence is a tensor, and the allowed-token mask of each state
 is one row of a precomputed additive table (0 or -inf) picked by indexing.
+
+Guidance is written as ``cond + (s - 1)·(cond - uncond)`` rather than
+``uncond + s·(cond - uncond)``: the two are equal, but only the first returns
+``cond`` bit for bit at ``s = 1``, so guided sampling at scale 1 reproduces
+unguided sampling exactly.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -71,3 +79,49 @@ def draw(
     # Exponential-race sampling (argmax p/E, E ~ Exp(1)) equals multinomial sampling without a host sync.
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / race).argmax(dim=-1)
+
+
+def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: logits of tokens in ``seen`` [B, V] (bool) are divided by ``penalty`` when
+    positive and multiplied by it when negative, so a seen token always becomes less likely."""
+    if penalty == 1.0:
+        return logits
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def guide(
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    scale: float,
+    *,
+    image_only: torch.Tensor | None = None,
+    image_scale: float = 1.0,
+) -> torch.Tensor:
+    """Classifier-free guidance of raw logits.
+
+    Two streams: ``uncond + s·(cond - uncond)``. With Chameleon's image-only
+    stream (the prompt's images without its text) the text and image
+    conditions get their own scales:
+    ``uncond + s_img·(image_only - uncond) + s·(cond - image_only)``.
+    """
+    if image_only is None:
+        return cond + (scale - 1.0) * (cond - uncond)
+    return cond + (scale - 1.0) * (cond - image_only) + (image_scale - 1.0) * (image_only - uncond)
+
+
+def contrastive_top_k(expert: torch.Tensor, amateur: torch.Tensor, *, k: int, alpha: float) -> torch.Tensor:
+    """CM3leon's CD-K: contrastive decoding whose plausibility head is set by the k-th best token.
+
+    Candidates are tokens with p_expert >= alpha · (k-th largest p_expert); each
+    candidate is scored log p_expert - log p_amateur, the rest get -inf.
+    Inputs are logits [B, V] (masked entries -inf); returns scores to sample from.
+    """
+    log_expert = expert.float().log_softmax(dim=-1)
+    log_amateur = amateur.float().log_softmax(dim=-1)
+    k = max(1, min(k, expert.shape[-1]))
+    kth = torch.topk(log_expert, k, dim=-1).values[..., -1:]
+    head = log_expert >= kth + math.log(alpha) if alpha > 0 else torch.isfinite(log_expert)
+    # an amateur that rules a token out (-inf) must not make it infinitely good
+    score = log_expert - log_amateur.clamp(min=-1e4)
+    return score.masked_fill(~head, float("-inf"))

@@ -45,6 +45,7 @@ class Attention(nn.Module):
         norm_eps: float,
         dropout: float = 0.0,
     ):
+        """norm_eps: QK-norm epsilon; dropout: on attention probabilities, SDPA only."""
         super().__init__()
         if dim % n_heads or n_heads % n_kv_heads:
             raise ValueError(f"dim {dim}, n_heads {n_heads}, n_kv_heads {n_kv_heads} do not divide")

@@ -20,14 +20,16 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from mmgen.config.schema import ModelConfig
+from mmgen.model.lora import add_lora, merge_lora
 from mmgen.model.transformer import Transformer
 
 MODEL_FILE = "model.json"
 
 
-def save_model_description(pretrain_dir: str, model: ModelConfig, vocab_size: int) -> None:
-    with fsspec.open(posixpath.join(pretrain_dir, MODEL_FILE), "w", auto_mkdir=True) as f:
-        json.dump({"model": dataclasses.asdict(model), "vocab_size": vocab_size}, f, indent=2)
+def save_model_description(run_dir: str, model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> None:
+    description = {"model": dataclasses.asdict(model), "vocab_size": vocab_size, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+    with fsspec.open(posixpath.join(run_dir, MODEL_FILE), "w", auto_mkdir=True) as f:
+        json.dump(description, f, indent=2)
 
 
 def checkpoint_steps(checkpoint_dir: str) -> list[int]:
@@ -44,7 +46,10 @@ def checkpoint_steps(checkpoint_dir: str) -> list[int]:
 
 def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoint", step: int = -1,
                        device: torch.device | str = "cpu") -> tuple[Transformer, int]:
-    """The decoder of a pretraining run at ``step`` (-1: the newest), in eval mode; returns (model, step)."""
+    """The decoder of a pretraining (or SFT) run at ``step`` (-1: the newest), in eval mode; returns (model, step).
+
+    LoRA adapters of a LoRA fine-tuning run are merged into the base weights.
+    """
     description = posixpath.join(pretrain_dir, MODEL_FILE)
     fs, local = fsspec.core.url_to_fs(description)
     if not fs.exists(local):
@@ -61,9 +66,13 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
     elif step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} under {checkpoint_dir} (have {steps})")
     model = Transformer(cfg, saved["vocab_size"])
+    if saved.get("lora_rank"):
+        add_lora(model, rank=saved["lora_rank"], alpha=saved["lora_alpha"])
     state = model.state_dict()
     with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
         warnings.simplefilter("ignore", UserWarning)
         dcp.load(state, checkpoint_id=posixpath.join(checkpoint_dir, f"step-{step}"), no_dist=True)
     model.load_state_dict(state)
+    if saved.get("lora_rank"):
+        merge_lora(model)
     return model.to(device).eval(), step

@@ -66,8 +66,8 @@ class TransformerBlock(nn.Module):
             n_heads=cfg.n_heads,
             n_kv_heads=cfg.n_kv_heads or cfg.n_heads,
             qk_norm=cfg.qk_norm,
-            norm_eps=cfg.norm_eps,
-            dropout=cfg.dropout,
+            norm_eps=cfg.qk_norm_eps,
+            dropout=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
         )
         self.feed_forward = FeedForward(dim=cfg.dim, hidden_dim=ffn_hidden_dim(cfg))
         self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)

@@ -1,34 +1,33 @@
-"""Image–caption pairs as token ids: the dual encoder's training and evaluation data."""
+"""Image–caption pairs: read from a caption-pair jsonl, or as token ids for the dual encoder."""
 
 from __future__ import annotations
 
-import json
-import posixpath
+from typing import Any
 
-import fsspec
 import torch
 from PIL import Image
 
+from mmgen.config.schema import DataConfig
+from mmgen.data.corpus import open_corpus
+
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
+
+
+def read_caption_pairs(jsonl_url: str, options: DataConfig | None = None) -> list[tuple[Image.Image, str, dict[str, Any]]]:
+    """(RGB image, caption, image metadata) of each readable pair of a caption-pair file (bad rows are skipped and counted)."""
+    pairs = []
+    for doc in open_corpus(jsonl_url, kind="captions", options=options):
+        caption = " ".join(doc.texts)
+        pairs.append((doc.images[0], caption, doc.image_metadata[0] if doc.image_metadata else {}))
+    return pairs
 
 
 def tokenized_caption_pairs(
     jsonl_url: str, text: TextTokenizer, image: ImageTokenizer, *, batch_size: int = 256
 ) -> tuple[torch.Tensor, list[list[int]], list[str]]:
     """(code grids [N, h, w], caption piece ids, caption strings) of a caption-pair jsonl file."""
-    fs, path = fsspec.core.url_to_fs(jsonl_url)
-    if not fs.exists(path):
-        raise FileNotFoundError(f"missing input {jsonl_url}")
-    base = posixpath.dirname(path)
-    with fs.open(path, "r") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    captions = [r["caption"] for r in records]
-    grids = []
-    for start in range(0, len(records), batch_size):
-        images = []
-        for r in records[start : start + batch_size]:
-            with fs.open(posixpath.join(base, r["image"]), "rb") as f:
-                images.append(Image.open(f).convert("RGB"))
-        grids.append(image.encode(images).cpu())
+    pairs = read_caption_pairs(jsonl_url)
+    captions = [caption for _, caption, _ in pairs]
+    grids = [image.encode([p[0] for p in pairs[i : i + batch_size]]).cpu() for i in range(0, len(pairs), batch_size)]
     return torch.cat(grids), [text.encode(c) for c in captions], captions

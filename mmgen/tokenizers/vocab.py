@@ -86,7 +86,12 @@ class Vocab:
 
     @classmethod
     def build(
-        cls, text_vocab_size: int, codebook_size: int, grid: tuple[int, int], *, specials: Sequence[str] = DEFAULT_SPECIALS
+        cls,
+        text_vocab_size: int,
+        codebook_size: int,
+        grid: tuple[int, int],
+        *,
+        specials: Sequence[str] = DEFAULT_SPECIALS,
     ) -> "Vocab":
         """mmgen's default layout: specials, then text pieces, then image codes."""
         ids = {name: i for i, name in enumerate(specials)}
@@ -220,7 +225,9 @@ class MultimodalTokenizer:
             raise ValueError(f"image codes must lie in [0, {self.vocab.image_size})")
         return [self.vocab.boi, *self.vocab.code_to_id(codes.flatten()).tolist(), self.vocab.eoi]
 
-    def encode_parts(self, parts: Sequence[Union[str, torch.Tensor, Image.Image]], *, bos: bool = True, eos: bool = True) -> list[int]:
+    def encode_parts(
+        self, parts: Sequence[Union[str, torch.Tensor, Image.Image]], *, bos: bool = True, eos: bool = True
+    ) -> list[int]:
         """Text, code grids (LongTensor [h, w]) and PIL images, in order, framed by BOS/EOS."""
         pil = [p for p in parts if isinstance(p, Image.Image)]
         grids = iter(self._encode_images(pil)) if pil else iter(())
@@ -243,7 +250,9 @@ class MultimodalTokenizer:
         """Like ``encode_document`` for each, with all images of all documents encoded in one batch."""
         images = [p for doc in docs for p in doc.parts if isinstance(p, Image.Image)]
         grids = iter(self._encode_images(images)) if images else iter(())
-        return [self.encode_parts([next(grids) if isinstance(p, Image.Image) else p for p in doc.parts]) for doc in docs]
+        return [
+            self.encode_parts([next(grids) if isinstance(p, Image.Image) else p for p in doc.parts]) for doc in docs
+        ]
 
     def _encode_images(self, images: list[Image.Image]) -> torch.Tensor:
         if self.image_tok is None:

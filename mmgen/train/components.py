@@ -11,10 +11,14 @@ from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
+from mmgen.data.objectives import CM3Documents, ConditionDropout
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
+from mmgen.model.loss import nll_and_logsumexp
 from mmgen.data.token_shards import TokenShards
 from mmgen.retrieval.augment import RetrievalAugmented
 from mmgen.retrieval.neighbours import load_neighbours
+from mmgen.tokenizers.sft import SFTSequences
+from mmgen.tokenizers.vocab import Vocab
 
 
 class PackedDataLoader(BaseDataLoader):
@@ -34,15 +38,34 @@ class PackedDataLoader(BaseDataLoader):
         """Vocabulary ids of BOS, EOS and SEP, for building augmented sequences."""
         retrieved_loss_weight: float = 1.0
         """Loss weight of the retrieved prefix of an augmented sequence."""
+        sft: bool = False
+        """The shards hold SFT examples: only each example's output is a target."""
+        vocab_path: str = ""
+        """The run's vocab.json (needed by the CM3 transform)."""
+        cm3_rate: float = 0.0
+        """Share of documents in CM3's causal-masked form."""
+        cm3_image_share: float = 0.5
+        """Share of CM3 spans that are whole images."""
+        condition_dropout: float = 0.0
+        """Share of documents whose caption before one image is removed (CFG training)."""
 
     def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, seq_len: int, local_batch_size: int, **_: Any):
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         documents = TokenShards(config.tokens_dir)
-        if config.neighbours_path:
+        if config.sft:
+            documents = SFTSequences(documents)
+        else:
+            if config.condition_dropout > 0:
+                documents = ConditionDropout(documents, Vocab.load(config.vocab_path), rate=config.condition_dropout, seed=config.seed)
+            if config.cm3_rate > 0:
+                documents = CM3Documents(documents, Vocab.load(config.vocab_path), rate=config.cm3_rate,
+                                         image_share=config.cm3_image_share, seed=config.seed)
+        if config.neighbours_path and not config.sft:
             bos, eos, sep = config.specials
+            bank = TokenShards(config.tokens_dir)
             documents = RetrievalAugmented(
-                documents, documents, load_neighbours(config.neighbours_path, len(documents)),
+                documents, bank, load_neighbours(config.neighbours_path, len(documents)),
                 bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight,
             )
         self.batches = PackedBatches(
@@ -102,12 +125,11 @@ class ModalityLoss(BaseLoss):
         self.weights: torch.Tensor | None = None
 
     def _summed_loss(self, pred: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = pred.flatten(0, 1).float()
         labels = labels.flatten()
         valid = labels != IGNORE_INDEX
-        lse = torch.logsumexp(logits, dim=-1)
-        target = logits.gather(1, labels.clamp(min=0).unsqueeze(1)).squeeze(1)
-        nll = torch.where(valid, lse - target, 0.0)
+        # the fused kernel never materialises float32 log-probabilities of the whole vocabulary
+        nll, lse = nll_and_logsumexp(pred.flatten(0, 1), labels.clamp(min=0))
+        nll = torch.where(valid, nll, 0.0)
         per_token = nll + self.config.z_loss_weight * torch.where(valid, lse.square(), 0.0)
         if weights is not None:
             weights = weights.flatten().to(per_token.dtype)

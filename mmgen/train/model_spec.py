@@ -21,6 +21,7 @@ from torchtitan.protocols import BaseModel
 from torchtitan.protocols.model_spec import ModelSpec
 
 from mmgen.config.schema import ModelConfig
+from mmgen.model.lora import LoRALinear, add_lora
 from mmgen.model.transformer import Transformer
 
 
@@ -31,6 +32,9 @@ class TitanTransformer(Transformer, BaseModel):
     class Config(BaseModel.Config):
         model: ModelConfig = field(default_factory=ModelConfig)
         vocab_size: int = 0
+        lora_rank: int = 0
+        """LoRA adapters of this rank on every projection (0: none; the base weights are then frozen)."""
+        lora_alpha: float = 16.0
 
         def update_from_config(self, *, config, **kwargs) -> None:
             if config.training.seq_len > self.model.max_seq_len:
@@ -43,9 +47,14 @@ class TitanTransformer(Transformer, BaseModel):
 
     def __init__(self, config: Config):
         Transformer.__init__(self, config.model, config.vocab_size)
+        if config.lora_rank:
+            add_lora(self, rank=config.lora_rank, alpha=config.lora_alpha)
 
     def init_weights(self, buffer_device: torch.device | None = None, **kwargs) -> None:
         Transformer.init_weights(self, buffer_device=buffer_device)
+        for module in self.modules():
+            if isinstance(module, LoRALinear):
+                module.reset_adapter()
 
     def verify_module_protocol(self) -> None:
         # the submodules are plain nn.Modules by design (the model must not depend on torchtitan)
@@ -69,6 +78,8 @@ def parallelize_decoder(model, *, parallel_dims, training, parallelism, compile_
     mp_policy = MixedPrecisionPolicy(
         param_dtype=TORCH_DTYPE_MAP[training.mixed_precision_param],
         reduce_dtype=TORCH_DTYPE_MAP[training.mixed_precision_reduce],
+        # block inputs include float32 RoPE factors, which must not be rounded to the compute dtype
+        cast_forward_inputs=False,
     )
     reshard = get_fsdp_reshard_after_forward_policy(parallelism.fsdp_reshard_after_forward, False)
     for block in model.layers.values():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,10 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         neighbours_path=paths.neighbours("train") if cfg.retrieval.enable else "",
         specials=(vocab.bos, vocab.eos, vocab.sep),
         retrieved_loss_weight=cfg.retrieval.retrieved_loss_weight,
+        vocab_path=paths.vocab,
+        cm3_rate=cfg.data.cm3_rate,
+        cm3_image_share=cfg.data.cm3_image_share,
+        condition_dropout=cfg.data.condition_dropout,
     )
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
@@ -181,18 +186,37 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
 
 
-def run_pretraining(cfg: ExperimentConfig) -> None:
-    """Train in this process as one rank of a torchrun job (or alone)."""
+def save_adapters(model: torch.nn.Module, path: str) -> None:
+    """Gather the LoRA adapters (collective: every rank calls it) and write them from rank 0."""
+    from safetensors.torch import save
+
+    from mmgen.model.lora import lora_state_dict
+
+    adapters = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().contiguous()
+                for k, v in lora_state_dict(model).items()}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        with fsspec.open(path + ".tmp", "wb") as f:
+            f.write(save(adapters))
+        fs, local = fsspec.core.url_to_fs(path)
+        fs.mv(local + ".tmp", local)
+
+
+def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config | None = None) -> None:
+    """Train in this process as one rank of a torchrun job (or alone); SFT passes its own trainer config."""
     from torchtitan.tools.logging import init_logger
 
-    check_pretraining_inputs(cfg)
     init_logger()
-    trainer_config = build_trainer_config(cfg)
+    if trainer_config is None:
+        check_pretraining_inputs(cfg)
+        trainer_config = build_trainer_config(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
-        save_model_description(trainer_config.dump_folder, cfg.model, trainer_config.model_spec.model.vocab_size)
+        spec = trainer_config.model_spec.model
+        save_model_description(trainer_config.dump_folder, cfg.model, spec.vocab_size, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha)
     trainer = trainer_config.build()
     try:
         trainer.train()
+        if trainer_config.model_spec.model.lora_rank:
+            save_adapters(trainer.model_parts[0], posixpath.join(trainer_config.dump_folder, "adapters.safetensors"))
     finally:
         trainer.close()
         if dist.is_initialized():

@@ -1,0 +1,98 @@
+"""Generation and generative-classification throughput, each against a baseline measured in the same run.
+
+    python benchmarks/generation.py [--dim 256 --layers 4 --batch 4 --new-tokens 132 --labels 3,6,16]
+
+1. Decode tokens/s of ``sample`` (KV cache, batch of prompts): eager vs
+   ``torch.compile`` of the one-token step (compile time reported apart, not
+   in the rate), and the uncached full-forward reference.
+2. Classification images/s for N labels, both directions, with and without
+   prefix KV reuse.
+The model has random weights (throughput does not depend on training) and the
+shapes of the demo (vocab 512 text + 512 codes, 8x8 code grid). On CPU it runs
+on one thread, as the CLIs do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from mmgen.config.schema import ModelConfig
+from mmgen.eval.classify import image_given_label_scores, label_given_image_scores
+from mmgen.generation.sampler import sample
+from mmgen.model import Transformer
+from mmgen.tokenizers.vocab import Vocab
+
+
+def timed(fn, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls (noise on a shared machine only ever adds time)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--new-tokens", type=int, default=132, help="two 8x8 images' worth")
+    parser.add_argument("--labels", default="3,6,16")
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-compile", action="store_true")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    vocab = Vocab.build(text_vocab_size=512, codebook_size=512, grid=(8, 8))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=4), vocab.size).to(device).eval()
+    model.init_weights()
+    print(f"device {device}, threads {torch.get_num_threads()}, model {model.num_params() / 1e6:.2f}M params")
+
+    T0 = vocab.text_range[0]
+    prompts = [[vocab.bos, *range(T0 + 1, T0 + 1 + 10 + b)] for b in range(args.batch)]
+    kw = dict(max_new_tokens=args.new_tokens, temperature=1.0, max_images=2, force_image=True, eos_stops=False)
+    tokens = args.batch * args.new_tokens
+
+    eager = timed(lambda: sample(model, vocab, prompts, **kw), args.repeats)
+    print(f"decode eager:    {tokens / eager:8.1f} tokens/s  (batch {args.batch}, {args.new_tokens} new tokens)")
+    full = timed(lambda: sample(model, vocab, prompts, use_cache=False, **kw), 1)
+    print(f"decode no cache: {tokens / full:8.1f} tokens/s  (KV cache speed-up x{full / eager:.2f})")
+    cfg = timed(lambda: sample(model, vocab, prompts, cfg_scale=3.0, **kw), args.repeats)
+    print(f"decode with CFG: {tokens / cfg:8.1f} tokens/s  (2 streams batched; x{cfg / eager:.2f} the time)")
+    if not args.no_compile:
+        start = time.perf_counter()
+        sample(model, vocab, prompts, compile=True, **kw)
+        warmup = time.perf_counter() - start
+        compiled = timed(lambda: sample(model, vocab, prompts, compile=True, **kw), args.repeats)
+        print(f"decode compiled: {tokens / compiled:8.1f} tokens/s  (x{eager / compiled:.2f} vs eager; "
+              f"first call incl. compile {warmup:.1f}s)")
+
+    generator = torch.Generator().manual_seed(0)
+    grids = [torch.randint(0, 512, (8, 8), generator=generator) for _ in range(args.images)]
+    for n in (int(x) for x in args.labels.split(",")):
+        # prompts share "BOS Here is a drawing of a" and differ in one label token, like the report's captions
+        prompts_n = [[vocab.bos, *range(T0 + 1, T0 + 7), T0 + 100 + k, T0 + 8] for k in range(n)]
+        follows = [[T0 + 20, T0 + 21, T0 + 100 + k, T0 + 22] for k in range(n)]
+        for direction, fn in (
+            ("image|label", lambda reuse: image_given_label_scores(
+                model, vocab, grids, [prompts_n] * len(grids), batch_size=64, reuse_prefix=reuse)),
+            ("label|image", lambda reuse: label_given_image_scores(
+                model, vocab, grids, [vocab.bos], [follows] * len(grids), batch_size=64, reuse_prefix=reuse)),
+        ):
+            with_reuse = timed(lambda: fn(True), args.repeats)
+            without = timed(lambda: fn(False), args.repeats)
+            print(f"classify {direction} N={n:2d}: {len(grids) / with_reuse:7.1f} images/s with prefix reuse, "
+                  f"{len(grids) / without:7.1f} without (x{without / with_reuse:.2f})")
+
+
+if __name__ == "__main__":
+    with torch.inference_mode():
+        main()

@@ -1,0 +1,182 @@
+"""mmgen's training step against Hugging Face's ChameleonForConditionalGeneration, in one process.
+
+Both models get the same configuration, the same weights (the Hugging Face
+model is built at random and imported into mmgen with mmgen.interop), the same
+token batches and the same dtype. A step is forward, loss, backward and an
+AdamW update:
+- mmgen: ``model(tokens)`` then ``lm_loss`` with the configured z-loss (the
+  formula of pretraining's ModalityLoss);
+- reference: ``model(input_ids=tokens, labels=tokens).loss`` (its shifted
+  cross-entropy, which also masks image-token logits inside the forward).
+Tokens are drawn from the text ids: the reference's logit mask would make
+image-code targets infinitely unlikely. Before timing, float32 logits are
+checked to agree, and the losses once mmgen's logits get the reference's
+image-code mask (and no z-loss). Steps alternate between the
+two models and the median step time of each is reported, as tokens per
+wall-clock second and per CPU-second of the process (the latter hardly moves
+when other jobs share the cores; read it on a busy machine).
+
+Presets: ``demo`` is mmgen's demo decoder (dim 256, 4 layers, 1042 ids);
+``chameleon-vocab`` keeps a small body but Chameleon's 65,536-id vocabulary, so
+the output head dominates. Any field can be overridden on the command line.
+
+    .venv/bin/python benchmarks/train_step_vs_hf.py --preset demo
+    .venv/bin/python benchmarks/train_step_vs_hf.py --preset demo --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from mmgen.config.schema import ModelConfig
+from mmgen.interop.hf_chameleon import hf_config_from_model, hf_state_to_mmgen
+from mmgen.model import Transformer, lm_loss
+from mmgen.tokenizers.vocab import Vocab
+
+PRESETS = {
+    "demo": dict(dim=256, layers=4, heads=4, kv_heads=4, text=512, codes=512, seq=512, batch=8),
+    "chameleon-vocab": dict(dim=256, layers=4, heads=4, kv_heads=4, text=57_342, codes=8192, seq=512, batch=2),
+}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="demo")
+    for name in ("dim", "layers", "heads", "kv_heads", "text", "codes", "seq", "batch"):
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=int, default=None)
+    p.add_argument("--swin", action="store_true", help="swin norm placement (Chameleon-34B)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
+    p.add_argument("--compile", action="store_true", help="also time mmgen with torch.compile per block")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def build_models(args):
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    vocab = Vocab.build(args.text, args.codes, (32, 32))
+    cfg = ModelConfig(
+        dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
+        norm_placement="swin" if args.swin else "pre", max_seq_len=args.seq,
+    )
+    hf_cfg = hf_config_from_model(cfg, vocab)
+    # The VQ-VAE is not part of either training step; keep it tiny.
+    hf_cfg["vq_config"] = dict(embed_dim=4, num_embeddings=16, latent_channels=4, resolution=16,
+                               base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1)
+    torch.manual_seed(0)
+    hf = ChameleonForConditionalGeneration(ChameleonConfig(**hf_cfg))
+    with torch.no_grad():  # random norms too, so the equality check below covers them
+        for name, p in hf.named_parameters():
+            if "norm" in name and "vqmodel" not in name:
+                p.add_(0.1 * torch.randn_like(p))
+    theirs = hf.state_dict()
+    model = Transformer(cfg, vocab.size)
+    model.load_state_dict(hf_state_to_mmgen(theirs.__getitem__, cfg))
+    return model, hf, vocab
+
+
+def check_same_function(model, hf, vocab, batch) -> float:
+    """Same logits, and the same loss once mmgen's logits get the reference's image-code mask."""
+    with torch.no_grad():
+        logits = model(batch)
+        reference = hf.lm_head(hf.model(input_ids=batch).last_hidden_state)
+        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+        start, stop = vocab.image_range
+        logits[..., start:stop] = torch.finfo(logits.dtype).min
+        ours = lm_loss(logits[:, :-1], batch[:, 1:]).item()
+        ref = hf(input_ids=batch, labels=batch).loss.item()
+    if abs(ours - ref) > 1e-4 * max(1.0, abs(ref)):
+        raise SystemExit(f"losses differ before timing: mmgen {ours:.6f}, reference {ref:.6f}")
+    return ref
+
+
+def make_steps(model, hf, z_loss_weight):
+    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+    opt_ref = torch.optim.AdamW([p for n, p in hf.named_parameters() if "vqmodel" not in n], lr=1e-4, foreach=True)
+
+    def ours(batch):
+        logits = model(batch)
+        loss = lm_loss(logits[:, :-1], batch[:, 1:], z_loss_weight=z_loss_weight)
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def ref(batch):
+        loss = hf(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt_ref.step()
+        opt_ref.zero_grad(set_to_none=True)
+
+    return ours, ref
+
+
+def timed(fn, batch) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds of one step."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(batch)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    model, hf, vocab = build_models(args)
+    gen = torch.Generator().manual_seed(1)
+    lo, hi = vocab.text_range
+    batches = [torch.randint(lo, hi, (args.batch, args.seq), generator=gen) for _ in range(args.warmup + args.steps)]
+    ref_loss = check_same_function(model, hf, vocab, batches[0][:, :64])
+
+    dtype = getattr(torch, args.dtype)
+    model.to(dtype).train()
+    hf.to(dtype).train()
+    ours, ref = make_steps(model, hf, model.cfg.z_loss_weight)
+    runners = {"mmgen": ours, "reference": ref}
+    if args.compile:
+        compiled = Transformer(model.cfg, vocab.size).to(dtype)
+        compiled.load_state_dict(model.state_dict())
+        for name, block in list(compiled.layers.named_children()):  # as mmgen.train.model_spec does
+            compiled.layers.register_module(name, torch.compile(block, fullgraph=True))
+        runners["mmgen compiled"] = make_steps(compiled.train(), hf, model.cfg.z_loss_weight)[0]
+
+    times = {name: [] for name in runners}
+    for i, batch in enumerate(batches):
+        for name, fn in runners.items():
+            seconds = timed(fn, batch)
+            if i >= args.warmup:
+                times[name].append(seconds)
+
+    tokens = args.batch * args.seq
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        f"preset {args.preset}: dim {args.dim}, layers {args.layers}, heads {args.heads}/{args.kv_heads} kv, "
+        f"vocab {vocab.size}, {params / 1e6:.1f}M params, batch {args.batch}x{args.seq}, {args.dtype}, "
+        f"{'swin' if args.swin else 'pre'}-norm, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps; float32 loss check passed ({ref_loss:.4f})"
+    )
+    # Wall time is what a user waits for; CPU time (the process's, all threads) is what the step costs and
+    # hardly moves when other jobs share the cores. Both are medians over the timed steps.
+    wall = {name: tokens / statistics.median(w for w, _ in t) for name, t in times.items()}
+    cpu = {name: tokens / statistics.median(c for _, c in t) for name, t in times.items()}
+    for name in runners:
+        print(f"  {name:15s} {wall[name]:8.0f} tokens/s wall   {cpu[name]:8.0f} tokens per CPU-second")
+    for name in runners:
+        if name != "reference":
+            print(f"  ratio {name} / reference: {wall[name] / wall['reference']:.2f}x wall, "
+                  f"{cpu[name] / cpu['reference']:.2f}x CPU")
+
+if __name__ == "__main__":
+    main()

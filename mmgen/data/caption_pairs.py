@@ -1,0 +1,50 @@
+"""Read caption-pair jsonl (``{"image": ..., "caption": ..., "metadata": {...}}`` per line) into documents.
+
+``image`` is a path relative to the jsonl file (or ``data.image_root``), an fsspec URL, or an http(s) URL
+(fetched only when the config allows network); the optional ``metadata`` dict becomes the image's
+metadata (the shapes world keeps each scene's ground truth there). A document is the caption and the
+image in ``data.caption_order``. Files may be plain, ``.zip`` or ``.gz`` like MMC4's.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Any, Iterator
+
+import fsspec
+
+from mmgen.data.curation import Curator, ImageItem
+from mmgen.data.document import Document
+from mmgen.data.mmc4 import jsonl_lines, parse_json_line
+from mmgen.data.reading import ReadStats, SkipRow
+
+SUFFIXES = (".jsonl", ".jsonl.zip", ".jsonl.gz")
+
+
+def parse_record(record: dict[str, Any], caption_order: str) -> tuple[list[str | ImageItem], dict[str, Any]]:
+    image, caption, metadata = record.get("image"), record.get("caption"), record.get("metadata", {})
+    if not isinstance(caption, str) or not isinstance(image, str) or not image:
+        raise SkipRow("bad_record")
+    if not isinstance(metadata, dict):
+        metadata = {"value": metadata}
+    item = ImageItem(ref=image, metadata=metadata)
+    items = [caption, item] if caption_order == "text_first" else [item, caption]
+    return items, {"image": image}
+
+
+def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator,
+               stats: ReadStats) -> Iterator[Document]:  # fmt: skip
+    refs = curator.refs(fs, posixpath.dirname(path))
+    for row, line in jsonl_lines(fs, path, source):
+        try:
+            record = parse_json_line(line)
+            if record is None:
+                continue
+            items, metadata = parse_record(record, curator.options.caption_order)
+            doc = curator.document(items, metadata, refs, stats)
+        except SkipRow as skip:
+            stats.skip(source, row, skip.reason)
+            continue
+        doc.metadata.update(source=source, row=row)
+        stats.documents_read += 1
+        yield doc

@@ -1,0 +1,128 @@
+"""Read MMC4 jsonl shards (plain, ``.jsonl.zip`` as published, or ``.jsonl.gz``) into ``Document``s.
+
+The published schema (allenai/mmc4 README): one JSON object per line with ``text_list`` (sentences),
+``image_info`` (``image_name``, ``raw_url``, ``matched_text_index``, ``matched_sim``, ``face_detections``),
+``similarity_matrix`` (``len(image_info) × len(text_list)``), ``url`` and ``could_have_url_duplicate``.
+
+Each image goes immediately before the sentence of its ``matched_text_index`` (OpenFlamingo's convention;
+images matched to one sentence keep their ``image_info`` order); the sentences between images are joined
+with spaces into one text part. ``image_name`` is looked up beside the shard (or under ``data.image_root``);
+when it is missing there, ``raw_url`` is fetched if the config allows network. A ``null`` sentence is
+empty text. The row of a record is its line number in the (unzipped) shard.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import posixpath
+import zipfile
+from typing import Any, Iterator
+
+import fsspec
+
+from mmgen.data.curation import Curator, ImageItem
+from mmgen.data.document import Document
+from mmgen.data.reading import CorpusError, ReadStats, SkipRow
+
+SUFFIXES = (".jsonl", ".jsonl.zip", ".jsonl.gz")
+
+
+def jsonl_lines(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a jsonl file, unzipping ``.zip`` (every member, in name order) and ``.gz``."""
+    try:
+        with fs.open(path, "rb") as raw:
+            if path.endswith(".zip"):
+                with zipfile.ZipFile(raw) as archive:
+                    members = sorted(n for n in archive.namelist() if not n.endswith("/"))
+                    row = 0
+                    for name in members:
+                        with archive.open(name) as f:
+                            for line in f:
+                                yield row, line
+                                row += 1
+            elif path.endswith(".gz"):
+                with gzip.open(raw) as f:
+                    yield from enumerate(f)
+            else:
+                yield from enumerate(raw)
+    except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, OSError) as err:
+        raise CorpusError(f"{source} is not a readable jsonl file ({type(err).__name__}: {err})") from None
+
+
+def parse_json_line(line: bytes) -> dict[str, Any] | None:
+    """The record of one line; None for a blank line; ``SkipRow`` for non-UTF-8 or bad JSON."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SkipRow("non_utf8") from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        raise SkipRow("bad_json") from None
+    if not isinstance(record, dict):
+        raise SkipRow("bad_record")
+    return record
+
+
+def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator,
+               stats: ReadStats) -> Iterator[Document]:  # fmt: skip
+    refs = curator.refs(fs, posixpath.dirname(path))
+    for row, line in jsonl_lines(fs, path, source):
+        try:
+            record = parse_json_line(line)
+            if record is None:
+                continue
+            items, metadata = parse_record(record)
+            doc = curator.document(items, metadata, refs, stats)
+        except SkipRow as skip:
+            stats.skip(source, row, skip.reason)
+            continue
+        doc.metadata.update(source=source, row=row)
+        stats.documents_read += 1
+        yield doc
+
+
+def parse_record(record: dict[str, Any]) -> tuple[list[str | ImageItem], dict[str, Any]]:
+    """Sentences and images in reading order, and the document metadata; ``SkipRow`` when malformed."""
+    texts, images = record.get("text_list"), record.get("image_info", [])
+    if not isinstance(texts, list) or not isinstance(images, list):
+        raise SkipRow("bad_record")
+    if not all(t is None or isinstance(t, str) for t in texts):
+        raise SkipRow("bad_record")
+    before: dict[int, list[ImageItem]] = {}
+    for info in images:
+        if not isinstance(info, dict):
+            raise SkipRow("bad_record")
+        index = info.get("matched_text_index")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(texts):
+            raise SkipRow("misaligned")
+        name, url = info.get("image_name"), info.get("raw_url")
+        url = url if isinstance(url, str) and url else None
+        ref = name if isinstance(name, str) and name else url
+        if ref is None:
+            raise SkipRow("bad_image_reference")
+        before.setdefault(index, []).append(ImageItem(ref=ref, metadata=dict(info), fallback_url=url))
+    matrix = record.get("similarity_matrix")
+    if matrix is not None and (
+        not isinstance(matrix, list) or len(matrix) != len(images)
+        or any(not isinstance(r, list) or len(r) != len(texts) for r in matrix)
+    ):  # fmt: skip
+        raise SkipRow("misaligned")
+
+    items: list[str | ImageItem] = []
+    sentences: list[str] = []
+    for j, sentence in enumerate(texts):
+        if j in before:
+            if sentences:
+                items.append(" ".join(sentences))
+                sentences = []
+            items.extend(before[j])
+        if sentence:
+            sentences.append(sentence)
+    if sentences:
+        items.append(" ".join(sentences))
+    metadata = {k: record[k] for k in ("url", "could_have_url_duplicate") if k in record}
+    return items, metadata

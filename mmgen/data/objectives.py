@@ -1,0 +1,109 @@
+"""Token-level training transforms: CM3's causal-masked form, and condition dropout for CFG.
+
+CM3 cuts a span out, leaves a sentinel, and appends the span at the end:
+
+``BOS A B C EOS`` becomes ``BOS A <infill_0> C <infill_0> B EOS``; plain
+next-token training on this form teaches the model to fill a hole given what
+comes before *and after* it. The span is a whole image (BOI … EOI) or a run of
+text tokens. At sampling time the prompt ``BOS A <infill_0> C <infill_0>``
+asks for the missing span. The choice per document is seeded by the
+document's index, so an epoch is reproducible and a resumed run sees the same
+sequences.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def image_spans(ids: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
+    starts = np.flatnonzero(ids == boi)
+    ends = np.flatnonzero(ids == eoi)
+    return [(int(s), int(e) + 1) for s, e in zip(starts, ends) if e > s]
+
+
+def text_spans(ids: np.ndarray, text_range: tuple[int, int]) -> list[tuple[int, int]]:
+    """Maximal runs of text tokens."""
+    is_text = (ids >= text_range[0]) & (ids < text_range[1])
+    edges = np.diff(np.concatenate([[0], is_text.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def cm3_transform(ids: np.ndarray, span: tuple[int, int], *, sentinel: int, eos: int) -> np.ndarray:
+    """Move ``ids[span]`` to the end behind ``sentinel``, leaving ``sentinel`` in its place."""
+    start, stop = span
+    body = ids[:-1] if len(ids) and ids[-1] == eos else ids
+    return np.concatenate([body[:start], [sentinel], body[stop:], [sentinel], ids[start:stop], [eos]]).astype(np.int64)
+
+
+def choose_span(ids: np.ndarray, vocab, rng: np.random.Generator, *, image_share: float, max_text_fraction: float = 0.5) -> tuple[int, int] | None:
+    images = image_spans(ids, vocab.boi, vocab.eoi)
+    texts = [(s, e) for s, e in text_spans(ids, vocab.text_range) if e - s >= 2]
+    if images and (not texts or rng.random() < image_share):
+        return images[int(rng.integers(len(images)))]
+    if not texts:
+        return None
+    start, stop = texts[int(rng.integers(len(texts)))]
+    length = int(rng.integers(1, max(2, int((stop - start) * max_text_fraction) + 1)))
+    offset = start + int(rng.integers(0, stop - start - length + 1))
+    return offset, offset + length
+
+
+class CM3Documents:
+    """A view over token shards: a ``rate`` share of documents (chosen per index) in CM3 form."""
+
+    def __init__(self, shards, vocab, *, rate: float, image_share: float, seed: int):
+        self.shards = shards
+        self.folder = shards.folder
+        self.vocab = vocab
+        self.rate = rate
+        self.image_share = image_share
+        self.seed = seed
+        self.sentinel = vocab.special("infill_0")
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        ids = self.shards[i]
+        rng = np.random.default_rng((self.seed, i))
+        if rng.random() >= self.rate:
+            return ids
+        span = choose_span(ids, self.vocab, rng, image_share=self.image_share)
+        return ids if span is None else cm3_transform(ids, span, sentinel=self.sentinel, eos=self.vocab.eos)
+
+
+def drop_condition(ids: np.ndarray, vocab, rng: np.random.Generator) -> np.ndarray:
+    """Remove the text right before one image (chosen at random), giving that image its unconditional context.
+
+    This is the training half of classifier-free guidance: the model also
+    learns p(image | what precedes the caption), which the sampler's
+    unconditional stream asks for.
+    """
+    spans = image_spans(ids, vocab.boi, vocab.eoi)
+    text = {stop: start for start, stop in text_spans(ids, vocab.text_range)}
+    conditioned = [text[s] for s, _ in spans if s in text]
+    if not conditioned:
+        return ids
+    start = conditioned[int(rng.integers(len(conditioned)))]
+    stop = next(s for s, _ in spans if text.get(s) == start)
+    return np.concatenate([ids[:start], ids[stop:]]).astype(np.int64)
+
+
+class ConditionDropout:
+    """A view over token shards: a ``rate`` share of documents (chosen per index) lose one image's caption."""
+
+    def __init__(self, shards, vocab, *, rate: float, seed: int):
+        self.shards = shards
+        self.folder = shards.folder
+        self.vocab = vocab
+        self.rate = rate
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        ids = self.shards[i]
+        rng = np.random.default_rng((self.seed, i, 1))
+        return drop_condition(ids, self.vocab, rng) if rng.random() < self.rate else ids

@@ -1,0 +1,154 @@
+"""The evaluation report of a run: ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``.
+
+Measures, on held-out data only: bits per token per modality (held-out token
+shards), caption accuracy, text-to-image accuracy (through the scene
+analyser, itself checked on exact renders and on VQ round trips in the same
+run), generative classification of shape and colour in both directions, and
+the image tokenizer's PSNR (read from its metrics file). Every accuracy comes
+with its chance level measured on the same predictions. Both files are
+written under a temporary name and renamed, so a reader never sees half a
+report.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from typing import Any, Callable
+
+import fsspec
+import torch
+
+from mmgen.config import ExperimentConfig, RunPaths
+from mmgen.data.token_shards import TokenShards
+from mmgen.eval import html as H
+from mmgen.eval.classify import confusion_png
+from mmgen.eval.likelihood import bits_per_token
+from mmgen.eval.shapes_eval import caption_eval, classify_eval, heldout_scenes, t2i_eval
+
+
+def _read_json(path: str) -> Any:
+    fs, local = fsspec.core.url_to_fs(path)
+    if not fs.exists(local):
+        raise FileNotFoundError(f"missing input {path}")
+    with fs.open(local, "r") as f:
+        return json.load(f)
+
+
+def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
+             log: Callable[[str], None] = print) -> tuple[dict, str]:
+    """Run every measurement; returns (metrics, report HTML)."""
+    e, world = cfg.eval, cfg.world
+    timings: dict[str, float] = {}
+    metrics: dict[str, Any] = {"step": step}
+
+    def timed(name: str, fn):
+        start = time.time()
+        log(f"[report] {name} ...")
+        result = fn()
+        timings[name] = round(time.time() - start, 2)
+        log(f"[report] {name} done in {timings[name]:.1f}s")
+        return result
+
+    shards = TokenShards(paths.tokens("heldout"))
+    count = len(shards) if e.heldout_documents <= 0 else min(e.heldout_documents, len(shards))
+    bits = timed("bits per token", lambda: bits_per_token(
+        model, (shards[i] for i in range(count)), image_range=tokenizer.vocab.image_range,
+        pad_id=tokenizer.vocab.pad, max_len=cfg.model.max_seq_len, batch_size=e.batch_size))
+    metrics.update(bits)
+
+    caption = timed("captions", lambda: caption_eval(
+        model, tokenizer, heldout_scenes(e.caption_images, world, seed=e.seed), e, world.image_size))
+    metrics["caption_accuracy"], metrics["caption_accuracy_chance"] = caption["accuracy"], caption["chance"]
+
+    t2i = timed("text-to-image", lambda: t2i_eval(
+        model, tokenizer, heldout_scenes(e.t2i_prompts, world, seed=e.seed + 1), e, world.image_size))
+    metrics["t2i_accuracy"], metrics["t2i_accuracy_chance"] = t2i["accuracy"], t2i["chance"]
+    metrics["analyser_accuracy_renders"] = t2i["analyser_accuracy_renders"]
+    metrics["analyser_accuracy_vq"] = t2i["analyser_accuracy_vq"]
+
+    classes = timed("classification", lambda: classify_eval(
+        model, tokenizer, heldout_scenes(e.classify_images, world, seed=e.seed + 2, max_shapes=1), e,
+        world.image_size))
+    for direction in ("image_given_label", "label_given_image"):
+        tasks = [classes[f"{key}/{direction}"] for key in ("shape", "color")]
+        metrics[f"classify_accuracy_{direction}"] = sum(t["top1"] for t in tasks) / len(tasks)
+        metrics[f"classify_accuracy_{direction}_chance"] = sum(t["chance"] for t in tasks) / len(tasks)
+        for key, task in zip(("shape", "color"), tasks):
+            metrics[f"classify_{key}_accuracy_{direction}"] = task["top1"]
+            metrics[f"classify_{key}_accuracy_{direction}_chance"] = task["chance"]
+    metrics["vq_psnr"] = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
+    metrics["seconds"] = timings
+    return metrics, _html(cfg, metrics, caption, t2i, classes, paths)
+
+
+_ACCURACIES = (
+    ("caption_accuracy", "share of true attributes a generated caption states"),
+    ("t2i_accuracy", "share of prompt attributes the analyser reads in the generated image"),
+    ("classify_accuracy_image_given_label", "shape and colour by log p(image | label prompt)"),
+    ("classify_accuracy_label_given_image", "shape and colour by log p(label text | image)"),
+)
+
+
+def _sft_table(paths: RunPaths) -> str:
+    """Pretrained and fine-tuned checkpoints side by side, from eval/compare_sft.py's output when it exists."""
+    path = posixpath.join(eval_dir(paths), "sft_metrics.json")
+    fs, local = fsspec.core.url_to_fs(path)
+    if not fs.exists(local):
+        return ""
+    with fs.open(local, "r") as f:
+        runs = json.load(f)
+    keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, float)]
+    head = "".join(f"<th>{H.escape(name)} (step {r['step']})</th>" for name, r in runs.items())
+    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{r.get(k, float('nan')):.3f}</td>" for r in runs.values())
+                   + "</tr>" for k in keys)
+    return f"<h2>Fine-tuning (held-out SFT prompts)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None) -> str:
+    rows = "".join(
+        f"<tr><td>{key}</td><td>{metrics[key]:.3f}</td><td>{metrics[key + '_chance']:.3f}</td><td>{H.escape(what)}</td></tr>"
+        for key, what in _ACCURACIES)
+    other = "".join(f"<tr><td>{key}</td><td>{metrics[key]:.3f}</td></tr>" for key in (
+        "text_bits_per_token", "image_bits_per_token", "vq_psnr", "analyser_accuracy_renders", "analyser_accuracy_vq"))
+    body = [f"<p>Run <code>{H.escape(cfg.run_dir)}</code>, checkpoint step {metrics['step']}.</p>",
+            "<h2>Accuracies</h2><table><tr><th>metric</th><th>value</th><th>chance (same run)</th><th>what</th></tr>",
+            rows, "</table><h2>Other measures</h2><table>", other, "</table>", _sft_table(paths) if paths else ""]
+    body.append("<h2>Text to image</h2><div class='grid'>")
+    for item in t2i["items"]:
+        body.append(f"<div class='card'>{H.img_tag(item['image'])} {H.img_tag(item['truth_image'], width=40)}<br>"
+                    f"<b>prompt:</b> {H.escape(item['prompt'])}<br><b>read:</b> {H.escape(item['read'])}</div>")
+    body.append("</div><h2>Captions</h2><div class='grid'>")
+    for item in caption["items"]:
+        body.append(f"<div class='card'>{H.img_tag(item['image'])}<br><b>generated:</b> {H.escape(item['caption'])}"
+                    f"<br><b>truth:</b> {H.escape(item['truth'])}</div>")
+    body.append("</div><h2>Generative classification</h2><div class='grid'>")
+    for name, task in classes.items():
+        png = confusion_png(task["confusion"], task["labels"])
+        body.append(f"<div><b>{H.escape(name)}</b>: top-1 {task['top1']:.3f} (chance {task['chance']:.3f}), "
+                    f"top-5 {task['top5']:.3f}<br><img src='{H.png_data_uri(png)}'></div>")
+    body.append("</div>")
+    return H.page(f"mmgen evaluation: {cfg.name}", "\n".join(body))
+
+
+def write_atomically(path: str, data: str) -> None:
+    fs, local = fsspec.core.url_to_fs(path)
+    fs.makedirs(posixpath.dirname(local), exist_ok=True)
+    with fs.open(local + ".tmp", "w") as f:
+        f.write(data)
+    fs.mv(local + ".tmp", local)
+
+
+def eval_dir(paths: RunPaths) -> str:
+    return posixpath.join(paths.root, "eval")
+
+
+@torch.inference_mode()
+def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
+                 log: Callable[[str], None] = print) -> dict:
+    metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
+    out = eval_dir(paths)
+    write_atomically(posixpath.join(out, "report.html"), page)
+    write_atomically(posixpath.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,133 @@
+"""The shapes-world measurements of the report: captioning, text-to-image and classification.
+
+Scenes come from the held-out split of the run's world (``scene_split``), so
+none was seen in training; they are rendered exactly as the corpus renders
+them and VQ-encoded like training images. Each measurement returns its
+accuracy, the chance level measured on the same predictions (permutation
+baseline, see attributes.py) and the items for the report's grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmgen.config.schema import EvalConfig, SampleConfig, WorldConfig
+from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene, render_scene, scene_split
+from mmgen.eval.attributes import attribute_accuracy, caption_scene, label_chance, permutation_chance
+from mmgen.eval.classify import classification_metrics, image_given_label_scores, label_given_image_scores
+from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.generation.sampler import sample
+
+_KEYS = ("shape", "color", "size", "position")
+
+
+def heldout_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | None = None) -> list[dict]:
+    """``count`` scenes of the held-out split (attributes only), reproducible by seed."""
+    cfg = dataclasses.replace(world, max_shapes_per_image=max_shapes or world.max_shapes_per_image)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    scenes = []
+    while len(scenes) < count:
+        scene = random_scene(rng, cfg)
+        if scene_split(scene) == "heldout":
+            scenes.append({"background": scene["background"], "shapes": [{k: s[k] for k in _KEYS} for s in scene["shapes"]]})
+    return scenes
+
+
+def _first_sentence(text: str) -> str:
+    end = text.find(".")
+    return text if end < 0 else text[: end + 1]
+
+
+def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int) -> dict:
+    """Greedy captions of rendered scenes; accuracy = share of true attributes the caption states."""
+    images = [render_scene(s, image_size) for s in scenes]
+    prompts = [tokenizer.encode_parts([cfg.caption_prompt, im, cfg.caption_lead], eos=False) for im in images]
+    outs = sample(model, tokenizer.vocab, prompts, max_new_tokens=cfg.caption_max_tokens, temperature=0.0,
+                  max_images=0, seed=cfg.seed)
+    captions = []
+    for new in outs:
+        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
+        captions.append(_first_sentence(f"{cfg.caption_lead} {text.strip()}"))
+    stated = [caption_scene(c) for c in captions]
+    return {
+        "accuracy": attribute_accuracy(scenes, stated),
+        "chance": permutation_chance(scenes, stated, seed=cfg.seed),
+        "items": [{"image": im, "truth": describe_scene(s), "caption": c} for im, s, c in zip(images, scenes, captions)],
+    }
+
+
+def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int) -> dict:
+    """One image per held-out caption; accuracy = share of prompt attributes the analyser finds in it."""
+    vocab = tokenizer.vocab
+    texts = [cfg.t2i_template.format(caption=describe_scene(s)) for s in scenes]
+    prompts = [tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts]
+    outs = sample(model, vocab, prompts, max_new_tokens=vocab.image_tokens - 1, temperature=cfg.t2i_temperature,
+                  top_k=cfg.t2i_top_k, cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
+    hw = vocab.grid[0] * vocab.grid[1]
+    grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outs]
+    images = _at_size(tokenizer.decode_images(grids), image_size)
+    read = [analyse_scene(im) for im in images]
+    # the analyser on VQ round trips of the true renders: the best a perfect generator could score
+    truth_images = [render_scene(s, image_size) for s in scenes]
+    round_trip = _at_size(tokenizer.decode_images(tokenizer.image_tok.encode(truth_images)), image_size)
+    return {
+        "accuracy": attribute_accuracy(scenes, read),
+        "chance": permutation_chance(scenes, read, seed=cfg.seed),
+        "analyser_accuracy_renders": attribute_accuracy(scenes, [analyse_scene(im) for im in truth_images]),
+        "analyser_accuracy_vq": attribute_accuracy(scenes, [analyse_scene(im) for im in round_trip]),
+        "items": [{"prompt": t, "image": im, "truth_image": ti, "read": describe_scene(r) if r["shapes"] else "(nothing)"}
+                  for t, im, ti, r in zip(texts, images, truth_images, read)],
+    }
+
+
+def _at_size(images: list[Image.Image], size: int) -> list[Image.Image]:
+    """The analyser reads the world's geometry, so VQ outputs of another size are scaled back to it."""
+    return [im if im.size == (size, size) else im.resize((size, size), Image.Resampling.NEAREST) for im in images]
+
+
+def _with(scene: dict, key: str, value: str) -> dict:
+    return {"background": scene["background"], "shapes": [{**scene["shapes"][0], key: value}]}
+
+
+def classify_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int, *,
+                  reuse_prefix: bool = True) -> dict:
+    """Shape and colour of single-shape scenes, by likelihood in both directions.
+
+    The candidates for a scene are its caption with the label put in place of
+    the true attribute, so every label is scored in a sentence the model saw
+    the like of in training.
+    """
+    vocab = tokenizer.vocab
+    grids = tokenizer.image_tok.encode([render_scene(s, image_size) for s in scenes])
+    lead = tokenizer.encode_parts([cfg.classify_lead], eos=False)
+    results = {}
+    for key, labels in (("shape", SHAPES), ("color", tuple(COLORS))):
+        captions = [[describe_scene(_with(s, key, label)) for label in labels] for s in scenes]
+        truth = [labels.index(s["shapes"][0][key]) for s in scenes]
+        prompts = [[tokenizer.encode_parts([cfg.classify_prompt.format(caption=c)], eos=False) for c in cs]
+                   for cs in captions]
+        follows = [[tokenizer.encode_text(cfg.classify_follow.format(caption=c)) for c in cs] for cs in captions]
+        for direction, scores in (
+            ("image_given_label", image_given_label_scores(model, vocab, grids, prompts, batch_size=cfg.batch_size,
+                                                           reuse_prefix=reuse_prefix, calibrate=cfg.calibrate)),
+            ("label_given_image", label_given_image_scores(model, vocab, grids, lead, follows,
+                                                           batch_size=cfg.batch_size, reuse_prefix=reuse_prefix,
+                                                           calibrate=cfg.calibrate)),
+        ):
+            metrics = classification_metrics(scores, truth, list(labels))
+            metrics["chance"] = label_chance([labels[t] for t in truth], metrics["predictions"], seed=cfg.seed)
+            metrics["labels"] = list(labels)
+            results[f"{key}/{direction}"] = metrics
+    return results
+
+
+def sample_kwargs(s: SampleConfig) -> dict:
+    """The sampler's keyword arguments from the sample config section."""
+    return dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                max_images=s.max_images, force_image=s.force_image, cfg_scale=s.cfg_scale,
+                image_cfg_scale=s.image_cfg_scale, cdk_k=s.cdk_k, cdk_alpha=s.cdk_alpha, seed=s.seed,
+                compile=s.compile)

@@ -1,0 +1,373 @@
+"""Training loop of the image tokenizer: losses, budget, checkpoints, TensorBoard, data parallelism.
+
+Notable choices:
+- Training stops at ``train_steps`` or ``max_train_seconds``, whichever comes
+  first, and the learning-rate schedule (linear warm-up, cosine decay to 10%)
+  follows whichever budget is binding, so a run cut short by the clock still
+  ends with a low learning rate instead of stopping mid-plateau.
+- Loss: ``l2_weight·MSE + l1_weight·L1 + commitment``, plus a PatchGAN hinge
+  loss from ``gan_start_step`` when ``adversarial_weight > 0``, and an LPIPS-style
+  perceptual loss when ``perceptual_weight > 0`` and VGG16 weights exist locally
+  (``perceptual_weights``; nothing is downloaded).
+- Resumable: every ``checkpoint_every`` steps the model, discriminator, optimizer
+  moments, RNG states and elapsed time go to ``out_dir/checkpoint`` as
+  safetensors + JSON (written under a temporary name, then renamed); a rerun of
+  an interrupted run with the same config continues from there, the time budget
+  included. A finished run deletes its checkpoint, so a rerun trains afresh.
+- Under ``torchrun`` (an initialised process group) each rank trains on its own
+  slice of every batch (``batch_size`` is per rank) in DistributedDataParallel.
+  vector-quantize-pytorch syncs the codebook itself (k-means init, EMA statistics
+  and dead-code replacements are all-reduced across ranks) because the model is
+  built after the process group exists; rank 0 decides when the clock runs out,
+  evaluates and writes every file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import posixpath
+import time
+from typing import Callable
+
+import fsspec
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from mmgen.config.schema import ImageTokenizerConfig
+from mmgen.device import compute_dtype, default_device
+from mmgen.tokenizers.image import (
+    _EVAL_BATCH,
+    ImageTokenizer,
+    Images,
+    _to_model,
+    _to_uint8,
+    _write_atomic,
+    autocast,
+    code_statistics,
+    images_to_uint8,
+)
+from mmgen.tokenizers.perceptual import PerceptualLoss
+from mmgen.tokenizers.vqvae import VQVAE
+
+CHECKPOINT_DIR = "checkpoint"
+_GRID_IMAGES = 8
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN: a small strided conv net scoring overlapping patches as real or reconstructed."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+
+        def block(i: int, o: int, stride: int) -> list[nn.Module]:
+            # GroupNorm, not BatchNorm: statistics stay per sample under data parallelism
+            return [nn.Conv2d(i, o, 4, stride, 1), nn.GroupNorm(8, o), nn.LeakyReLU(0.2)]
+
+        self.net = nn.Sequential(
+            nn.Conv2d(3, channels, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            *block(channels, 2 * channels, 2),
+            *block(2 * channels, 4 * channels, 1),
+            nn.Conv2d(4 * channels, 1, 4, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _learning_rate(cfg: ImageTokenizerConfig, progress: float, step: int, warmup: int) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _adamw(params: list[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def _recon_grid(original: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[3, 2H, N·W]``: originals on top, reconstructions below."""
+    rows = [torch.cat(list(batch), dim=-1) for batch in (original, recon)]
+    return torch.cat(rows, dim=-2)
+
+
+# ----- checkpoints -----
+
+
+def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"{name}.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return out
+
+
+def _load_optimizer(name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    prefix = f"{name}."
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            index, field = key[len(prefix) :].split(".", 1)
+            state_dict["state"].setdefault(int(index), {})[field] = value
+    optimizer.load_state_dict(state_dict)
+
+
+def _module_tensors(prefix: str, module: nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _split(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
+@dataclasses.dataclass
+class _Progress:
+    step: int = 0
+    elapsed: float = 0.0
+    cursor: int = 0
+
+
+def _save_checkpoint(root: str, tensors: dict[str, torch.Tensor], progress: _Progress, cfg: ImageTokenizerConfig):
+    fs, path = fsspec.core.url_to_fs(posixpath.join(root, CHECKPOINT_DIR))
+    fs.makedirs(path, exist_ok=True)
+    _write_atomic(fs, posixpath.join(path, "state.safetensors"), save_safetensors(tensors))
+    meta = {**dataclasses.asdict(progress), "config": dataclasses.asdict(cfg)}
+    # the JSON is written last: a checkpoint without it (a crash mid-save) is ignored
+    _write_atomic(fs, posixpath.join(path, "progress.json"), json.dumps(meta).encode())
+
+
+def _read_checkpoint(
+    root: str, cfg: ImageTokenizerConfig, log: Callable[[str], None]
+) -> tuple[dict[str, torch.Tensor], _Progress] | None:
+    fs, path = fsspec.core.url_to_fs(posixpath.join(root, CHECKPOINT_DIR))
+    if not fs.exists(posixpath.join(path, "progress.json")):
+        return None
+    with fs.open(posixpath.join(path, "progress.json"), "r") as f:
+        meta = json.load(f)
+    if meta["config"] != json.loads(json.dumps(dataclasses.asdict(cfg))):
+        log(f"image tokenizer: ignoring the checkpoint in {root}/{CHECKPOINT_DIR}, made with another config")
+        return None
+    with fs.open(posixpath.join(path, "state.safetensors"), "rb") as f:
+        tensors = load_safetensors(f.read())
+    return tensors, _Progress(step=meta["step"], elapsed=meta["elapsed"], cursor=meta["cursor"])
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(*args, **kwargs) -> dict:
+    """Train the VQ-VAE, save it to ``out_dir`` and return held-out metrics (arguments as ``fit``)."""
+    return fit(*args, **kwargs)[1]
+
+
+def fit(
+    train_images: Images,
+    heldout_images: Images,
+    cfg: ImageTokenizerConfig,
+    out_dir: str,
+    log: Callable[[str], None] = print,
+    *,
+    device: torch.device | str | None = None,
+    log_every: int = 50,
+    tensorboard_dir: str | None = None,
+    resume: bool = True,
+) -> tuple[VQVAE, dict]:
+    """Train the VQ-VAE on ``train_images``, save it to ``out_dir``; return it and its held-out metrics.
+
+    Under torch.distributed every rank returns its own model (they hold the same
+    weights and codebook) and only rank 0 evaluates: the others return ``{}``.
+
+    ``tensorboard_dir`` defaults to ``out_dir/tensorboard`` for a local out_dir
+    (scalars and a grid of held-out reconstructions every ``log_every`` steps).
+    ``resume`` continues an interrupted run from ``out_dir/checkpoint`` when one
+    made with the same config is there.
+    """
+    rank, world = _world()
+    device = torch.device(device) if device is not None else default_device()
+    dtype = compute_dtype(cfg.precision, device)
+    pixels = images_to_uint8(train_images, cfg.image_size)
+    heldout = images_to_uint8(heldout_images, cfg.image_size)
+    if len(pixels) == 0:
+        raise ValueError("no training images for the image tokenizer")
+    torch.manual_seed(cfg.seed)
+    model = VQVAE.from_config(cfg).to(device).train()
+    perceptual = PerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weight > 0 else None
+    use_gan = cfg.adversarial_weight > 0
+    disc = PatchDiscriminator().to(device).train() if use_gan else None
+    params = list(model.parameters())
+    optimizer = _adamw(params, cfg.lr, (0.9, 0.99))
+    # VQGAN's discriminator betas: a short momentum memory keeps the two-player game from oscillating
+    disc_optimizer = _adamw(list(disc.parameters()), cfg.lr, (0.5, 0.9)) if disc is not None else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batch_size = min(cfg.batch_size, max(len(pixels) // world, 1))
+    warmup = max(1, min(100, cfg.train_steps // 20))
+
+    progress = _Progress()
+    checkpoint = _read_checkpoint(out_dir, cfg, log) if resume else None
+    if checkpoint is not None:
+        tensors, progress = checkpoint
+        try:
+            model.load_state_dict(_split("model", tensors))
+            _load_optimizer("opt", optimizer, tensors)
+            if disc is not None:
+                disc.load_state_dict(_split("disc", tensors))
+                _load_optimizer("disc_opt", disc_optimizer, tensors)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"the checkpoint in {out_dir}/{CHECKPOINT_DIR} does not fit this image tokenizer config "
+                f"({str(e).splitlines()[0]}); delete it or train into another folder"
+            ) from None
+        if len(tensors["order"]) != len(pixels):
+            raise ValueError(f"the checkpoint in {out_dir}/{CHECKPOINT_DIR} was trained on another image set")
+        generator.set_state(tensors["rng.batch"])
+        torch.set_rng_state(tensors["rng.torch"])  # dead-code restarts sample from the global generator
+        log(f"image tokenizer: resuming at step {progress.step} ({progress.elapsed:.0f} s trained)")
+    if world > 1:
+        # buffers (the codebook) are synced by the quantizer; DDP keeps its default broadcast as a safety net
+        ddp_model = nn.parallel.DistributedDataParallel(model)
+        ddp_disc = nn.parallel.DistributedDataParallel(disc) if disc is not None else None
+    else:
+        ddp_model, ddp_disc = model, disc
+
+    writer = None
+    if rank == 0:
+        if tensorboard_dir is None and "://" not in out_dir:
+            tensorboard_dir = posixpath.join(out_dir, "tensorboard")
+        if tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+            writer = SummaryWriter(tensorboard_dir)
+        log(
+            f"image tokenizer: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, {len(pixels)} train / "
+            f"{len(heldout)} held-out images, grid {model.grid}, {cfg.quantizer} codebook {cfg.codebook_size}, "
+            f"{dtype} on {device}, {world} rank(s)"
+            + (f", PatchGAN weight {cfg.adversarial_weight} from step {cfg.gan_start_step}" if use_gan else "")
+        )
+
+    grid_images = (heldout if len(heldout) else pixels)[:_GRID_IMAGES]
+    order = tensors["order"] if checkpoint is not None else torch.randperm(len(pixels), generator=generator)
+    start = time.perf_counter() - progress.elapsed
+    window: dict[str, float] = {"loss": 0.0, "mse": 0.0, "gan": 0.0}
+    window_codes: list[torch.Tensor] = []
+    window_steps = 0
+    while progress.step < cfg.train_steps:
+        elapsed = time.perf_counter() - start
+        stop = torch.tensor([float(cfg.max_train_seconds > 0 and elapsed >= cfg.max_train_seconds)], device=device)
+        if world > 1:
+            dist.broadcast(stop, src=0)  # rank 0's clock decides, so every rank runs the same steps
+        if stop.item():
+            break
+        step = progress.step
+        fraction = step / cfg.train_steps
+        if cfg.max_train_seconds > 0:
+            fraction = max(fraction, elapsed / cfg.max_train_seconds)
+        lr = _learning_rate(cfg, fraction, step, warmup)
+        for opt in (optimizer, disc_optimizer):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr
+
+        if progress.cursor + world * batch_size > len(pixels):
+            order, progress.cursor = torch.randperm(len(pixels), generator=generator), 0
+        lo = progress.cursor + rank * batch_size
+        x = _to_model(pixels[order[lo : lo + batch_size]], device)
+        progress.cursor += world * batch_size
+
+        with autocast(device, dtype):
+            recon, codes, commit_loss = ddp_model(x)
+        recon = recon.float()
+        mse = F.mse_loss(recon, x)
+        loss = cfg.l2_weight * mse + cfg.l1_weight * F.l1_loss(recon, x) + commit_loss
+        if perceptual is not None:
+            loss = loss + cfg.perceptual_weight * perceptual(recon, x)
+        gan_active = use_gan and step >= cfg.gan_start_step
+        if gan_active:
+            with autocast(device, dtype):
+                g_loss = -ddp_disc(recon).float().mean()
+            loss = loss + cfg.adversarial_weight * g_loss
+            window["gan"] += g_loss.item()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        if gan_active:
+            disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on it
+            with autocast(device, dtype):
+                real, fake = ddp_disc(x).float(), ddp_disc(recon.detach()).float()
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+            d_loss.backward()
+            disc_optimizer.step()
+        progress.step += 1
+
+        window["loss"] += loss.item()
+        window["mse"] += mse.item()
+        window_codes.append(codes.detach().flatten().cpu())
+        window_steps += 1
+        done = progress.step == cfg.train_steps
+        if rank == 0 and (progress.step % log_every == 0 or done):
+            stats = code_statistics(torch.cat(window_codes), cfg.codebook_size)
+            # mse is on [-1, 1] images: 255² / (mse · 127.5²) = 4 / mse
+            train_psnr = 10 * math.log10(4 / max(window["mse"] / window_steps, 1e-12))
+            log(
+                f"image tokenizer step {progress.step}: loss {window['loss'] / window_steps:.4f} "
+                f"train psnr {train_psnr:.2f} dB usage {stats['codebook_usage']:.2f} lr {lr:.2e} "
+                + (f"gan {window['gan'] / window_steps:.3f} " if gan_active else "")
+                + f"{progress.step / max(time.perf_counter() - start, 1e-9):.2f} steps/s"
+            )
+            if writer is not None:
+                writer.add_scalar("image_tokenizer/loss", window["loss"] / window_steps, progress.step)
+                writer.add_scalar("image_tokenizer/train_psnr", train_psnr, progress.step)
+                writer.add_scalar("image_tokenizer/codebook_usage", stats["codebook_usage"], progress.step)
+                writer.add_scalar("image_tokenizer/lr", lr, progress.step)
+                model.eval()
+                with torch.no_grad(), autocast(device, dtype):
+                    shown = _to_uint8(model(_to_model(grid_images, device))[0]).cpu()
+                model.train()
+                writer.add_image("image_tokenizer/reconstructions", _recon_grid(grid_images, shown), progress.step)
+            window = dict.fromkeys(window, 0.0)
+            window_codes, window_steps = [], 0
+        if rank == 0 and cfg.checkpoint_every > 0 and progress.step % cfg.checkpoint_every == 0 and not done:
+            progress.elapsed = time.perf_counter() - start
+            tensors = {**_module_tensors("model", model), **_optimizer_tensors("opt", optimizer)}
+            if disc is not None:
+                tensors.update({**_module_tensors("disc", disc), **_optimizer_tensors("disc_opt", disc_optimizer)})
+            tensors["rng.batch"], tensors["rng.torch"] = generator.get_state(), torch.get_rng_state()
+            tensors["order"] = order
+            _save_checkpoint(out_dir, tensors, progress, cfg)
+
+    seconds = time.perf_counter() - start
+    metrics: dict = {}
+    if rank == 0:
+        tokenizer = ImageTokenizer(model=model, config=cfg, device=device)
+        metrics = {"train_steps": progress.step, "train_seconds": seconds, "steps_per_second": progress.step / seconds}
+        # Without held-out images, the metrics describe (a slice of) the training set and say so.
+        metrics["eval_split"] = "heldout" if len(heldout) else "train"
+        metrics.update(tokenizer.evaluate((heldout if len(heldout) else pixels[:_EVAL_BATCH]).permute(0, 2, 3, 1)))
+        tokenizer.save(out_dir, metrics)
+        # a finished run needs no resuming: a rerun trains afresh
+        fs, root = fsspec.core.url_to_fs(posixpath.join(out_dir, CHECKPOINT_DIR))
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        if writer is not None:
+            writer.add_scalar("image_tokenizer/heldout_psnr", metrics["psnr"], progress.step)
+            writer.close()
+        log(
+            "image tokenizer: "
+            + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+            + f" -> {out_dir}"
+        )
+    if world > 1:
+        dist.barrier()
+    model.eval()
+    return model, metrics

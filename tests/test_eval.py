@@ -1,0 +1,169 @@
+"""Evaluation: the scene analyser, attribute scoring, likelihood scoring with prefix reuse, classification."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmgen.config.schema import ModelConfig, WorldConfig
+from mmgen.data.shapes_world import describe_scene, random_scene, render_scene, scene_split
+from mmgen.eval.attributes import (
+    attribute_accuracy,
+    attribute_score,
+    caption_scene,
+    label_chance,
+    permutation_chance,
+)
+from mmgen.eval.classify import (
+    classification_metrics,
+    confusion_png,
+    image_given_label_scores,
+    label_given_image_scores,
+)
+from mmgen.eval.likelihood import bits_per_token, common_prefix_length, continuation_logprobs
+from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.eval.shapes_eval import heldout_scenes
+from mmgen.model import Transformer, per_token_loss
+from mmgen.tokenizers.vocab import Vocab
+
+
+@pytest.mark.parametrize("image_size", [32, 24, 48])
+def test_analyser_reads_own_renders(image_size):
+    rng = np.random.default_rng(image_size)
+    cfg = WorldConfig(image_size=image_size, max_shapes_per_image=4)
+    scenes = [random_scene(rng, cfg) for _ in range(300)]
+    read = [analyse_scene(render_scene(s, image_size)) for s in scenes]
+    assert attribute_accuracy(scenes, read) >= 0.99
+    assert permutation_chance(scenes, read) < 0.5  # the analyser's answers depend on the image
+
+
+def test_analyser_tolerates_noise_and_blank_images():
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, WorldConfig()) for _ in range(100)]
+    noisy = []
+    for s in scenes:
+        pixels = np.asarray(render_scene(s), dtype=np.float32) + rng.normal(0, 20, (32, 32, 3))
+        noisy.append(analyse_scene(np.clip(pixels, 0, 255)))
+    assert attribute_accuracy(scenes, noisy) >= 0.95
+    blank = analyse_scene(Image.new("RGB", (32, 32), (0, 0, 0)))
+    assert blank == {"background": "black", "shapes": []}
+
+
+def test_attribute_score_matches_shapes_and_counts_misses():
+    scene = {"background": "white", "shapes": [
+        {"shape": "circle", "color": "red", "size": "large", "position": "top left"},
+        {"shape": "square", "color": "blue", "size": "small", "position": "center"}]}
+    assert attribute_score(scene, caption_scene(describe_scene(scene))) == (9, 9)
+    # order does not matter; a wrong colour costs one attribute; a missing shape costs four
+    swapped = caption_scene("a small green square in the center and a large red circle at the top left, on a white background")
+    assert attribute_score(scene, swapped) == (8, 9)
+    assert attribute_score(scene, caption_scene("a large red circle at the top left")) == (4, 9)
+    assert attribute_score(scene, caption_scene("nothing here")) == (0, 9)
+
+
+def test_chance_levels():
+    truth = ["a", "b", "c"] * 20
+    assert label_chance(truth, truth) == pytest.approx(1 / 3, abs=0.08)
+    assert label_chance(truth, ["a"] * 60) == pytest.approx(1 / 3)  # a constant guess is at chance
+    scenes = heldout_scenes(40, WorldConfig(), seed=0)
+    assert all(scene_split(s) == "heldout" for s in scenes)
+    assert permutation_chance(scenes, scenes) < attribute_accuracy(scenes, scenes) == 1.0
+
+
+VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 2))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), VOCAB.size)
+    m.init_weights()
+    return m.eval()
+
+
+def _direct_logprobs(model, prefix, continuation):
+    seq = torch.tensor([prefix + continuation])
+    with torch.no_grad():
+        logits = model(seq[:, :-1])
+    return -per_token_loss(logits, seq[:, 1:])[0, len(prefix) - 1:]
+
+
+def test_prefix_reuse_equals_full_forward(model):
+    T0 = VOCAB.text_range[0]
+    prefix = [VOCAB.bos, T0 + 1, T0 + 2]
+    conts = [[T0 + 3], [T0 + 4, T0 + 5, T0 + 6], [], [T0 + 7, T0 + 8]]
+    reused = continuation_logprobs(model, prefix, conts, batch_size=3, reuse_prefix=True)
+    plain = continuation_logprobs(model, prefix, conts, batch_size=2, reuse_prefix=False)
+    for c, a, b in zip(conts, reused, plain):
+        assert a.shape == (len(c),)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        if c:
+            torch.testing.assert_close(a, _direct_logprobs(model, prefix, c), atol=1e-4, rtol=1e-4)
+    assert common_prefix_length([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+
+
+def test_classification_scores_both_directions(model):
+    T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
+    grids = [torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 5], [6, 7]])]
+    prompts = [[VOCAB.bos, T0 + 1, T0 + 2 + n] for n in range(3)]
+    a = image_given_label_scores(model, VOCAB, grids, [prompts, prompts], batch_size=4)
+    b = image_given_label_scores(model, VOCAB, grids, [prompts, prompts], reuse_prefix=False)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    codes = [I0 + c for c in range(4)]
+    expected = _direct_logprobs(model, prompts[1] + [VOCAB.boi], codes).sum()
+    torch.testing.assert_close(a[0, 1], expected, atol=1e-4, rtol=1e-4)
+    texts = [[T0 + 5, T0 + 6 + n] for n in range(3)]
+    c = label_given_image_scores(model, VOCAB, grids, [VOCAB.bos], [texts, texts], batch_size=2)
+    assert c.shape == (2, 3)
+    image = [VOCAB.boi, *(I0 + t for t in grids[1].flatten().tolist()), VOCAB.eoi]
+    expected = _direct_logprobs(model, [VOCAB.bos, *image, T0 + 5], [T0 + 8]).sum()
+    torch.testing.assert_close(c[1, 2], expected, atol=1e-4, rtol=1e-4)
+    calibrated = label_given_image_scores(model, VOCAB, grids, [VOCAB.bos], [texts, texts], calibrate=True)
+    assert not torch.allclose(calibrated, c)
+
+
+def test_classification_metrics_and_confusion_png():
+    scores = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [5.0, 0.0, 1.0], [0.0, 0.0, 9.0]])
+    m = classification_metrics(scores, [0, 1, 2, 2], ["x", "y", "z"])
+    assert m["top1"] == 0.75 and m["top5"] == 1.0
+    assert m["per_class"] == {"x": 1.0, "y": 1.0, "z": 0.5}
+    assert m["confusion"] == [[1, 0, 0], [0, 1, 0], [1, 0, 1]]
+    png = Image.open(io.BytesIO(confusion_png(m["confusion"], ["x", "y", "z"])))
+    assert png.size[0] > 100
+
+
+def test_bits_per_token_splits_modalities(model):
+    T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
+    doc = np.array([VOCAB.bos, T0 + 1, VOCAB.boi, I0, I0 + 1, I0 + 2, I0 + 3, VOCAB.eoi, T0 + 2, VOCAB.eos])
+    short = doc[:4]
+    result = bits_per_token(model, [doc, short], image_range=VOCAB.image_range, pad_id=VOCAB.pad, max_len=64,
+                            batch_size=2)
+    with torch.no_grad():
+        nll = per_token_loss(model(torch.tensor(doc[None, :-1])), torch.tensor(doc[None, 1:]))[0]
+        nll_short = per_token_loss(model(torch.tensor(short[None, :-1])), torch.tensor(short[None, 1:]))[0]
+    is_image = torch.tensor([VOCAB.is_image(int(t)) for t in doc[1:]])
+    image_nats = torch.cat([nll[is_image], nll_short[2:]])  # short's last target (I0) is an image code
+    text_nats = torch.cat([nll[~is_image], nll_short[:2]])
+    assert result["image_tokens"] == 5 and result["text_tokens"] == 7
+    assert result["image_bits_per_token"] == pytest.approx(float(image_nats.mean()) / np.log(2), rel=1e-4)
+    assert result["text_bits_per_token"] == pytest.approx(float(text_nats.mean()) / np.log(2), rel=1e-4)
+
+
+def test_grouped_prefixes_of_different_lengths(model):
+    from mmgen.eval.likelihood import grouped_continuation_logprobs
+
+    T0 = VOCAB.text_range[0]
+    groups = [([VOCAB.bos], [[T0 + 1, T0 + 2], [T0 + 3]]),
+              ([VOCAB.bos, T0 + 4, T0 + 5, T0 + 6, T0 + 7], [[T0 + 8], [], [T0 + 9, T0 + 10, T0 + 11]])]
+    reused = grouped_continuation_logprobs(model, groups, batch_size=2, reuse_prefix=True)
+    plain = grouped_continuation_logprobs(model, groups, batch_size=3, reuse_prefix=False)
+    for (prefix, conts), a_group, b_group in zip(groups, reused, plain):
+        for c, a, b in zip(conts, a_group, b_group):
+            assert a.shape == b.shape == (len(c),)
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+            if c:
+                torch.testing.assert_close(a, _direct_logprobs(model, prefix, c), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,60 @@
+import numpy as np
+
+from mmgen.data.objectives import CM3Documents, choose_span, cm3_transform, image_spans, text_spans
+from mmgen.tokenizers.vocab import Vocab
+
+V = Vocab.build(text_vocab_size=20, codebook_size=8, grid=(1, 2))
+
+
+def document():
+    t = lambda *xs: [V.text_to_id(x) for x in xs]  # noqa: E731
+    c = lambda *xs: [V.code_to_id(x) for x in xs]  # noqa: E731
+    return np.array([V.bos, *t(1, 2, 3), V.boi, *c(4, 5), V.eoi, *t(6, 7), V.eos])
+
+
+def test_spans_find_images_and_text_runs():
+    ids = document()
+    assert image_spans(ids, V.boi, V.eoi) == [(4, 8)]
+    assert text_spans(ids, V.text_range) == [(1, 4), (8, 10)]
+
+
+def test_transform_moves_the_span_behind_a_sentinel_and_keeps_every_token():
+    ids = document()
+    s = V.special("infill_0")
+    out = cm3_transform(ids, (4, 8), sentinel=s, eos=V.eos)
+    assert out.tolist() == [V.bos, *ids[1:4], s, *ids[8:10], s, *ids[4:8], V.eos]
+    assert sorted(out[out != s].tolist()) == sorted(ids.tolist())
+
+
+def test_view_is_deterministic_and_respects_the_rate():
+    class Shards:
+        folder = "mem"
+
+        def __len__(self):
+            return 200
+
+        def __getitem__(self, i):
+            return document()
+
+    view = CM3Documents(Shards(), V, rate=0.5, image_share=0.5, seed=0)
+    masked = [V.special("infill_0") in view[i] for i in range(200)]
+    assert 60 < sum(masked) < 140
+    assert [view[i].tolist() for i in range(5)] == [view[i].tolist() for i in range(5)]
+    assert all(not m for m in (V.special("infill_0") in CM3Documents(Shards(), V, rate=0.0, image_share=1, seed=0)[i] for i in range(20)))
+
+
+def test_choose_span_prefers_images_when_asked():
+    rng = np.random.default_rng(0)
+    assert choose_span(document(), V, rng, image_share=1.0) == (4, 8)
+    start, stop = choose_span(document(), V, rng, image_share=0.0)
+    assert all(V.is_text(int(i)) for i in document()[start:stop])
+
+
+def test_condition_dropout_removes_the_caption_before_an_image():
+    from mmgen.data.objectives import drop_condition
+
+    ids = document()
+    out = drop_condition(ids, V, np.random.default_rng(0))
+    assert out.tolist() == [V.bos, *ids[4:]]
+    no_caption = np.array([V.bos, V.boi, V.code_to_id(1), V.code_to_id(2), V.eoi, V.eos])
+    assert drop_condition(no_caption, V, np.random.default_rng(0)).tolist() == no_caption.tolist()

@@ -1,0 +1,66 @@
+"""Build and pretokenize the SFT task mixture from the run's caption pairs.
+
+    python tokenizers/encode_sft.py --config demo [--sft.tasks caption=1,t2i=1,vqa=1]
+
+Writes ``<run>/tokens/sft-{train,heldout}``: one sequence per example,
+``BOS task instruction SEP input SEP output EOS``, with the position where the
+loss starts, the task, and the ground truth in each example's metadata.
+"""
+
+import json
+import time
+
+import fsspec
+import torch
+
+from mmgen.cli import run_cli
+from mmgen.config import ConfigError, RunPaths, load_config
+from mmgen.data.sft_tasks import task_examples
+from mmgen.data.token_shards import TokenShardWriter
+from mmgen.retrieval.pairs import read_caption_pairs
+from mmgen.tokenizers.image import ImageTokenizer
+from mmgen.tokenizers.sft import encode_sft_examples
+from mmgen.tokenizers.text import TextTokenizer
+from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+
+
+def parse_tasks(spec: str) -> dict[str, float]:
+    try:
+        weights = {k.strip(): float(v) for k, v in (item.split("=") for item in spec.split(",") if item.strip())}
+    except ValueError:
+        raise ConfigError(f"bad value for 'sft.tasks': {spec!r} (expected task=weight,...)") from None
+    if not weights:
+        raise ConfigError("bad value for 'sft.tasks': no task given")
+    return weights
+
+
+def main() -> None:
+    cfg = load_config(description=__doc__)
+    paths = RunPaths(cfg.run_dir)
+    weights = parse_tasks(cfg.sft.tasks)
+    start = time.time()
+    torch.set_grad_enabled(False)
+    vocab = Vocab.load(paths.vocab)
+    tokenizer = MultimodalTokenizer(vocab, TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer))
+    summary = {}
+    for split in ("train", "heldout"):
+        pairs = read_caption_pairs(paths.caption_pairs(split))
+        # held-out prompts carry no condition dropout: they measure the conditional model
+        examples = task_examples(pairs, weights, condition_dropout=cfg.sft.condition_dropout if split == "train" else 0.0,
+                                 seed=cfg.sft.seed + (split == "heldout"))
+        writer = TokenShardWriter(paths.tokens(f"sft-{split}"), vocab_size=vocab.size, tokens_per_shard=cfg.data.tokens_per_shard)
+        counts: dict[str, int] = {}
+        for i in range(0, len(examples), 256):
+            chunk = examples[i : i + 256]
+            for example, (ids, loss_start) in zip(chunk, encode_sft_examples(tokenizer, chunk)):
+                writer.add(ids, {"task": example.task, "loss_start": loss_start, **example.metadata})
+                counts[example.task] = counts.get(example.task, 0) + 1
+        manifest = writer.close({"tasks": weights})
+        summary[split] = {"examples": counts, "tokens": manifest["tokens"]}
+        print(f"sft-{split}: {counts}, {manifest['tokens']} tokens -> {paths.tokens(f'sft-{split}')}")
+    with fsspec.open(paths.stage_timing("encode_sft"), "w", auto_mkdir=True) as f:
+        json.dump({"seconds": time.time() - start, **summary}, f)
+
+
+if __name__ == "__main__":
+    run_cli(main)
