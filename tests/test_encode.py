@@ -148,13 +148,14 @@ def test_kill_9_of_two_ranks_then_rerun_is_byte_identical(tmp_path, tokenizers):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     train = killed / "tokens" / "train"
     deadline = time.monotonic() + 300
-    while len(list(train.glob("*.done.json"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # kill as soon as some shards are finished: polling slowly on a loaded machine could miss the middle
+    while len(list(train.glob("*.done.json"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert proc.poll() is None, "encode finished before it could be killed; make the corpus bigger"
     os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-write
     proc.wait()
     done = len(list(train.glob("*.done.json")))
-    assert 3 <= done < 10 and not (train / "manifest.json").exists()
+    assert 2 <= done < 10 and not (train / "manifest.json").exists()
     for index in train.glob("*.index.npy"):  # a shard visible under its final name is complete
         name = str(index).removesuffix(".index.npy")
         np.load(name + ".tokens.npy"), np.load(name + ".docs.npy"), np.load(name + ".modality.npy")
