@@ -15,7 +15,6 @@ image_tokenizer_jpeg.py).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import sys

@@ -22,7 +22,13 @@ from mmgen.tokenizers.vocab import Vocab
 
 
 class PackedDataLoader(BaseDataLoader):
-    """Packed token-shard batches for one data-parallel rank; checkpointed per rank."""
+    """Packed token-shard batches for one data-parallel rank; checkpointed per rank.
+
+    The documents the packer reads are the shards seen through at most three
+    views, innermost first: SFT examples (targets after each example's input)
+    or, for pretraining, condition dropout then CM3 masking; and retrieval
+    augmentation on top (neighbours come from the plain shards).
+    """
 
     @dataclass(kw_only=True, slots=True)
     class Config(BaseDataLoader.Config):
