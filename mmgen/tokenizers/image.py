@@ -221,11 +221,11 @@ def train_image_tokenizer(
 ) -> dict:
     """Train the VQ-VAE on ``train_images``, save it to ``out_dir`` and return held-out metrics.
 
-    See ``mmgen.tokenizers.image_train.train`` for the options.
+    See ``mmgen.tokenizers.image_train.fit`` for the options.
     """
-    from mmgen.tokenizers.image_train import train  # the training loop imports this module
+    from mmgen.tokenizers.image_train import fit  # the training loop imports this module
 
-    return train(
+    return fit(
         train_images, heldout_images, cfg, out_dir, log,
         device=device, log_every=log_every, tensorboard_dir=tensorboard_dir, resume=resume,
-    )  # fmt: skip
+    )[1]  # fmt: skip

@@ -167,11 +167,6 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def train(*args, **kwargs) -> dict:
-    """Train the VQ-VAE, save it to ``out_dir`` and return held-out metrics (arguments as ``fit``)."""
-    return fit(*args, **kwargs)[1]
-
-
 def fit(
     train_images: Images,
     heldout_images: Images,
