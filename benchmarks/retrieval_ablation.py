@@ -57,8 +57,11 @@ def main() -> None:
         if mode == "plain":
             prefixes = [[vocab.bos]] * len(docs)
         else:
+            # cut as training cuts them (mmgen.retrieval.augment): the main document keeps its full length
+            row = cfg.training.seq_len + 1
             prefixes = [
-                retrieved_prefix([train[int(j)] for j in neighbours[i] if j >= 0], bos=vocab.bos, eos=vocab.eos, sep=vocab.sep)
+                retrieved_prefix([train[int(j)] for j in neighbours[i] if j >= 0], bos=vocab.bos, eos=vocab.eos,
+                                 sep=vocab.sep, max_len=max(row - len(docs[i]), 1), boi=vocab.boi, eoi=vocab.eoi)
                 for i in range(len(docs))
             ]
         results[mode] = {"step": step, **main_document_bits(model, docs, prefixes, image_range=vocab.image_range,

@@ -50,7 +50,7 @@ def main() -> None:
     for name, folder in runs.items():
         model, step = load_trained_model(folder, device=device)
         print(f"scoring {name} (step {step}) on {len(shards)} held-out SFT prompts")
-        results[name] = {"step": step, **sft_eval(model, tokenizer, shards, cfg_scales=(1.0, 3.0), seed=cfg.sample.seed)}
+        results[name] = {"step": step, **sft_eval(model, tokenizer, shards, seed=cfg.sample.seed)}
         with fsspec.open(posixpath.join(folder, "model.json"), "r") as f:
             description = json.load(f)
         if description.get("lora_rank"):

@@ -5,13 +5,16 @@
     python eval/sample.py --config demo --prompt "Draw" --sample.context "Here is a drawing of a red circle.|Another one."
 
 Text continues the prompt (which may hold images: ``sample.prompt_images``, and
-be preceded by retrieved context: ``sample.context``);
+be preceded by retrieved context: ``sample.retrieve`` documents searched in the
+run's memory bank — retrieval/train_encoder.py and retrieval/build_index.py
+first — and/or passages given as ``sample.context``, laid out and cut to the
+training length as in retrieval-augmented pretraining);
 when the model opens an image (or right away, with ``sample.force_image``)
 exactly h·w image codes follow, then end-of-image is forced and text resumes.
 Guidance (``sample.cfg_scale``, ``sample.image_cfg_scale``, ``sample.cdk_k``)
 and the repetition penalty are in the ``sample`` section. Writes
 ``<run>/samples/sample-K.txt``, its PNGs, ``sample-K.json`` (the token stream)
-and ``index.html`` (every sample with its images inline).
+and ``index.html`` (every sample with its images inline, and what was retrieved).
 """
 
 import json
@@ -23,12 +26,14 @@ from PIL import Image
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
+from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
 from mmgen.eval.shapes_eval import sample_kwargs
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
-from mmgen.retrieval.augment import retrieved_prefix
+from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
+from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
@@ -57,12 +62,39 @@ def main() -> None:
     tokenizer = MultimodalTokenizer(
         Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer, device=device)
     )
+    # a missing bank or encoder is reported before the model is loaded
+    retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
-    context = [tokenizer.encode_parts([c.strip()]) for c in s.context.split("|") if c.strip()]
-    if context:  # the training layout of retrieval-augmented documents: BOS r1 SEP r2 SEP main
-        vocab = tokenizer.vocab
-        prompt = retrieved_prefix(context, bos=vocab.bos, eos=vocab.eos, sep=vocab.sep).tolist() + prompt[1:]
+    vocab = tokenizer.vocab
+    retrieved = []
+    if retriever is not None:
+        encoder, bank = retriever
+        r = cfg.retrieval
+        found = retrieve_for_prompt(prompt, encoder=encoder, bank=bank, documents=TokenShards(paths.tokens("train")),
+                                    vocab=vocab, k=s.retrieve, candidates=r.candidates, max_similarity=r.max_similarity,
+                                    centred_similarity=r.centred_similarity)
+        print(f"retrieved {len(found)} of {s.retrieve} document(s) from {paths.memory_bank}")
+        for n, doc in enumerate(found, 1):
+            text = " ".join(p if isinstance(p, str) else "[image]" for p in tokenizer.decode_parts(doc.tokens, strict=False))
+            print(f"  {n}. bank document {doc.bank_id} (similarity {doc.similarity:.3f}): {text}")
+            retrieved.append({"bank_id": doc.bank_id, "similarity": doc.similarity, "tokens": doc.tokens.tolist()})
+    retrieved += [{"source": "sample.context", "tokens": tokenizer.encode_parts([c.strip()])}
+                  for c in s.context.split("|") if c.strip()]
+    context_len = 0
+    if retrieved:  # the training layout of retrieval-augmented documents: BOS r1 SEP r2 SEP main
+        # cut like a training sequence: the prompt and the sampled tokens keep their room in seq_len + 1 tokens
+        room = max(cfg.training.seq_len + 1 - (len(prompt) - 1) - s.max_new_tokens, 1)
+        bodies = [body(d["tokens"], bos=vocab.bos, eos=vocab.eos) for d in retrieved]
+        kept = fit_retrieved(bodies, room, boi=vocab.boi, eoi=vocab.eoi)
+        if kept != [len(b) for b in bodies]:
+            print(f"retrieved context cut to {sum(kept)} of {sum(map(len, bodies))} tokens (kept per document: {kept}) "
+                  f"to fit training.seq_len {cfg.training.seq_len} with the prompt and {s.max_new_tokens} new tokens")
+        # the records show what the model was given
+        retrieved = [{**d, "tokens": b[:n].tolist(), "cut": n < len(b)} for d, b, n in zip(retrieved, bodies, kept) if n]
+        prefix = retrieved_prefix([d["tokens"] for d in retrieved], bos=vocab.bos, eos=vocab.eos, sep=vocab.sep)
+        prompt = prefix.tolist() + prompt[1:]
+        context_len = len(prefix)
     print(f"sampling {s.num_samples} document(s) of up to {s.max_new_tokens} tokens from step {step} "
           f"for prompt {s.prompt!r}", flush=True)
 
@@ -75,13 +107,15 @@ def main() -> None:
     )
     records = []
     for k, new_ids in enumerate(outputs):
-        record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}")
+        record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}", context_len=context_len,
+                               retrieved=retrieved)
         records.append(record)
         print(f"--- sample {k} ---\n{record['text']}")
     page = render_html(records, paths.samples_dir, title=f"mmgen samples: {s.prompt}")
     print(f"wrote {len(records)} sample(s) to {paths.samples_dir} (open {page})")
     with fsspec.open(paths.stage_timing("sample"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, "step": step, "images": sum(len(r["images"]) for r in records)}, f)
+        json.dump({"seconds": time.time() - start, "step": step, "images": sum(len(r["images"]) for r in records),
+                   "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]}, f)
 
 
 if __name__ == "__main__":

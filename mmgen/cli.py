@@ -1,6 +1,6 @@
 """The one wrapper every stage script runs its ``main`` through.
 
-A user mistake (a bad config override, a corpus that is wrong as a whole, a missing input file) ends the
+A user mistake (a bad config override, a corpus that is wrong as a whole, a missing or stale input file) ends the
 run with one line, ``error: <message>``, on stderr and exit status 2 — not a traceback. Anything else is a
 bug and keeps its traceback.
 """
@@ -11,9 +11,10 @@ import sys
 from typing import Callable
 
 from mmgen.config.overrides import ConfigError
+from mmgen.config.paths import StaleInputError
 from mmgen.data.obelics import CorpusError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError, StaleInputError)
 
 
 def run_cli(main: Callable[[], None]) -> None:

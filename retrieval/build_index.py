@@ -1,16 +1,22 @@
 """Build the FAISS memory bank and the neighbour tables of the token shards.
 
     python retrieval/build_index.py --config demo
+    torchrun --nproc-per-node 4 retrieval/build_index.py --config demo
 
 Embeds every training document (from its token shards, with the encoder of
 retrieval/train_encoder.py), builds the index ``retrieval.index_kind`` at
 ``<run>/retrieval/bank/``, and stores k neighbours per document of each split
 as ``<run>/tokens/<split>/neighbours.npy`` — never the document itself, an
-exact duplicate of it, or a near-duplicate.
+exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
+contiguous slice of the documents (whole batches of
+``retrieval.embed_batch_size``); rank 0 gathers them, builds the index and
+writes every file, identical to a single-process run's.
 """
 
 import json
+import os
 import time
+from datetime import timedelta
 
 import fsspec
 import torch
@@ -26,15 +32,32 @@ from mmgen.tokenizers.vocab import Vocab
 def main() -> None:
     cfg = load_config(description=__doc__)
     paths = RunPaths(cfg.run_dir)
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # gloo carries the gathered embeddings (CPU numpy arrays) whatever the device
+        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=4))
     start = time.time()
     torch.set_grad_enabled(False)
+    if "OMP_NUM_THREADS" not in os.environ:  # ranks share the machine's cores
+        torch.set_num_threads(max(len(os.sched_getaffinity(0)) // world, 1))
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
     vocab = Vocab.load(paths.vocab)
-    encoder = DualEncoder.load(paths.retrieval_encoder)
+    encoder = DualEncoder.load(paths.retrieval_encoder, device=device)
     bank = TokenShards(paths.tokens("train"))
     splits = {split: (TokenShards(paths.tokens(split)), paths.neighbours(split)) for split in ("train", "heldout")}
-    report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank)
-    with fsspec.open(paths.stage_timing("build_index"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, **report}, f)
+
+    def gather(obj):
+        out = [None] * world if rank == 0 else None
+        torch.distributed.gather_object(obj, out, dst=0)
+        return out
+
+    report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
+                                       rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
+    if rank == 0:
+        with fsspec.open(paths.stage_timing("build_index"), "w", auto_mkdir=True) as f:
+            json.dump({"seconds": time.time() - start, "ranks": world, **report}, f)
+    if world > 1:
+        torch.distributed.barrier()  # no rank reports done before rank 0's files are written
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

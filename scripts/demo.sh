@@ -18,10 +18,11 @@ run $PY tokenizers/encode.py --config "$CONFIG" "$@"
 # one thread per rank: two ranks share the two cores
 OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/pretrain.py --config "$CONFIG" "$@"
 run $PY eval/sample.py --config "$CONFIG" "$@"
-# fine-tuning: the task mixture, full SFT and LoRA SFT, then both against the pretrained checkpoint
+# fine-tuning: the task mixture, full SFT and LoRA SFT (4 % of the weights: it needs twice the epochs to learn
+# to stop after a one-word answer), then both against the pretrained checkpoint
 run $PY tokenizers/encode_sft.py --config "$CONFIG" "$@"
 OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/sft.py --config "$CONFIG" "$@"
-OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/sft.py --config "$CONFIG" --sft.folder sft_lora --sft.lora_rank 8 --sft.lr 5e-3 "$@"
+OMP_NUM_THREADS=1 run .venv/bin/torchrun --standalone --nproc_per_node=2 train/sft.py --config "$CONFIG" --sft.folder sft_lora --sft.lora_rank 8 --sft.lr 5e-3 --sft.epochs 4 "$@"
 run $PY eval/compare_sft.py --config "$CONFIG" "$@"
 # the report covers the pretrained model and shows the fine-tuned ones beside it
 run $PY eval/report.py --config "$CONFIG" "$@"

@@ -63,6 +63,10 @@ def test_attribute_score_matches_shapes_and_counts_misses():
     assert attribute_score(scene, swapped) == (8, 9)
     assert attribute_score(scene, caption_scene("a large red circle at the top left")) == (4, 9)
     assert attribute_score(scene, caption_scene("nothing here")) == (0, 9)
+    # a shape the scene does not hold is four wrong attributes, so clutter cannot buy matches
+    extra = caption_scene(describe_scene(scene).replace(", on", " and a small green triangle at the bottom right, on"))
+    assert len(extra["shapes"]) == 3
+    assert attribute_score(scene, extra) == (9, 13)
 
 
 def test_chance_levels():

@@ -30,12 +30,18 @@ def run(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def encoder_run(run):
+    stage("retrieval/train_encoder.py", run, "--retrieval.encoder_steps", "30")
+    return run
+
+
 @pytest.mark.slow
-def test_retrieval_never_returns_the_document_or_its_duplicate(run):
+def test_retrieval_never_returns_the_document_or_its_duplicate(encoder_run):
     from mmgen.data.token_shards import TokenShards
     from mmgen.retrieval.selection import content_hash
 
-    stage("retrieval/train_encoder.py", run, "--retrieval.encoder_steps", "30")
+    run = encoder_run
     # a 30-step encoder puts everything close together: only exact self/duplicate checks may filter here
     stage("retrieval/build_index.py", run, "--retrieval.max_similarity", "1.01")
     docs = TokenShards(str(run / "tokens" / "train"))
@@ -51,6 +57,64 @@ def test_retrieval_never_returns_the_document_or_its_duplicate(run):
         (out / name).symlink_to(run / name)
     stage("train/pretrain.py", out, "--retrieval.enable", "true", "--training.steps", "2")
     assert (out / "pretrain" / "checkpoint" / "step-2").exists()
+
+
+@pytest.mark.slow
+def test_build_index_on_two_ranks_matches_one_rank(encoder_run):
+    import faiss
+
+    run = encoder_run
+    # 120 training documents in batches of 32: rank 0 embeds 64, rank 1 56
+    args = ("--retrieval.max_similarity", "1.01", "--retrieval.embed_batch_size", "32")
+    outputs = ["tokens/train/neighbours.npy", "tokens/heldout/neighbours.npy", "retrieval/bank/doc_ids.npy"]
+
+    def build(*launcher):
+        proc = subprocess.run([*launcher, str(ROOT / "retrieval/build_index.py"), "--config", "debug", "--output_dir", str(run), *args],
+                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+        assert proc.returncode == 0, f"{launcher}: {proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        index = faiss.read_index(str(run / "retrieval/bank/index.faiss"))
+        return [(run / name).read_bytes() for name in outputs], index.reconstruct_n(0, index.ntotal), proc.stdout
+
+    files_one, vectors_one, _ = build(sys.executable)
+    files_two, vectors_two, log = build(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+    assert "embedded on 2 ranks" in log
+    assert len(vectors_one) == 120 and np.array_equal(vectors_one, vectors_two)
+    for name, one, two in zip(outputs, files_one, files_two):
+        assert one == two, name
+    assert (np.load(run / "tokens/train/neighbours.npy") >= 0).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_sample_conditions_on_documents_it_retrieves(encoder_run):
+    from mmgen.data.token_shards import TokenShards
+    from mmgen.retrieval.documents import has_both_modalities
+    from mmgen.tokenizers.vocab import Vocab
+
+    run = encoder_run
+    bare = run.parent / "no_bank_run"
+    bare.mkdir()
+    for name in ("tokenizers", "tokens", "pretrain"):
+        (bare / name).symlink_to(run / name)
+    cmd = [sys.executable, str(ROOT / "eval/sample.py"), "--config", "debug", "--sample.retrieve", "2"]
+    proc = subprocess.run([*cmd, "--output_dir", str(bare)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "run retrieval/train_encoder.py and retrieval/build_index.py first" in proc.stderr
+
+    stage("retrieval/build_index.py", run, "--retrieval.max_similarity", "1.01")
+    out = stage("eval/sample.py", run, "--sample.retrieve", "2", "--retrieval.max_similarity", "1.01",
+                "--sample.max_new_tokens", "8", "--prompt", "a large red circle").stdout
+    record = json.loads((run / "samples" / "sample-0.json").read_text())
+    vocab = Vocab.load(str(run / "tokenizers" / "vocab.json"))
+    docs = TokenShards(str(run / "tokens" / "train"))
+    retrieved = record["retrieved"]
+    assert len(retrieved) == 2 and all(f"bank document {r['bank_id']}" in out for r in retrieved)
+    assert has_both_modalities([docs[r["bank_id"]] for r in retrieved], vocab).all()
+    # the prompt is laid out as in training: BOS r1 SEP r2 SEP prompt, each ri a head of the bank document
+    expected = [vocab.bos]
+    for r in retrieved:
+        assert r["ids"] == docs[r["bank_id"]][1 : 1 + len(r["ids"])].tolist() and r["text"]
+        expected += [*r["ids"], vocab.sep]
+    assert record["prompt_ids"][: record["context_tokens"]] == expected
+    assert "a large red circle" in record["text"] and "retrieved 1" in (run / "samples" / "index.html").read_text()
 
 
 @pytest.mark.slow
@@ -86,6 +150,19 @@ def test_cm3_model_infills_a_whole_image(run):
     h, w = vocab.grid
     assert new[0] == vocab.boi and new[-1] == vocab.eoi and len(new) == h * w + 2
     assert all(vocab.is_image(t) for t in new[1:-1])
+
+
+@pytest.mark.slow
+def test_report_infills_held_out_images_and_text_spans(run):
+    """The report's CM3 section, from the CM3-trained debug model (debug is too small to score well: shapes only)."""
+    stage("eval/report.py", run, "--data.cm3_rate", "0.5", "--eval.infill_documents", "3")
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    for key in ("infill_image_accuracy", "infill_image_chance", "infill_text_exact", "infill_text_exact_left_context",
+                "infill_text_similarity", "infill_text_similarity_left_context"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["infill_image_incomplete"] == 0  # every infilled image is a whole h·w grid
+    page = (run / "eval" / "report.html").read_text()
+    assert "Infilling (CM3)" in page and page.count("[___]") >= 3
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def test_memory_bank_recall_and_persistence(kind, tmp_path):
     bank.save(str(tmp_path / kind))
     again = MemoryBank.load(str(tmp_path / kind))
     assert np.array_equal(again.search(queries, 5)[1], ids)
+    assert np.array_equal(again.centre, bank.centre) and np.allclose(bank.centre, base.mean(0), atol=1e-6)
 
 
 def test_selection_skips_self_duplicates_unimodal_and_near_copies():
@@ -186,3 +187,178 @@ def test_packed_batches_carry_retrieval_weights(tmp_path):
     assert (w[labels == IGNORE_INDEX] == 0).all()
     plain, _ = next(iter(PackedBatches(shards, seq_len=40, batch_size=2, pad_id=VOCAB.pad)))
     assert "loss_weights" not in plain
+
+
+def write_shards(folder, docs):
+    from mmgen.data.token_shards import TokenShards, TokenShardWriter
+
+    writer = TokenShardWriter(str(folder), vocab_size=VOCAB.size, tokens_per_shard=60)
+    for d in docs:
+        writer.add(list(map(int, d)), {})
+    writer.close()
+    return TokenShards(str(folder))
+
+
+def small_encoder(seed=0):
+    torch.manual_seed(seed)
+    shape = EncoderShape(text_vocab_size=50, codebook_size=16, grid=(2, 2), width=32, layers=1, embed_dim=8, max_text_tokens=8)
+    return DualEncoder(shape).eval()
+
+
+def random_docs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [doc(rng.integers(0, 50, rng.integers(0, 12)).tolist(), rng.integers(0, 16, (rng.integers(0, 3), 4)).tolist())
+            for _ in range(n)]
+
+
+def test_rank_slices_are_whole_batches_and_embed_like_one_pass():
+    from mmgen.retrieval.neighbours import rank_slice
+
+    for n, world in ((23, 2), (23, 3), (4, 3), (0, 2), (40, 1)):
+        parts = [rank_slice(n, 4, r, world) for r in range(world)]
+        assert [i for p in parts for i in p] == list(range(n))
+        assert all(p.start % 4 == 0 for p in parts if len(p))
+    encoder, docs = small_encoder(), random_docs(23)
+    whole = embed_documents(encoder, docs, VOCAB, batch_size=4, query_dropout=0.3, seed=5)
+    pieces = [embed_documents(encoder, docs[p.start : p.stop], VOCAB, batch_size=4, query_dropout=0.3, seed=5, first_index=p.start)
+              for p in (rank_slice(23, 4, r, 3) for r in range(3))]  # fmt: skip
+    assert np.array_equal(np.concatenate(pieces), whole)  # bit for bit: dropout and batches do not depend on the split
+    assert not np.allclose(whole, embed_documents(encoder, docs, VOCAB, batch_size=4))
+
+
+def test_bank_built_on_two_ranks_matches_one(tmp_path):
+    from mmgen.retrieval.neighbours import build_bank_and_neighbours
+
+    train = write_shards(tmp_path / "train", random_docs(30, seed=1))
+    heldout = write_shards(tmp_path / "heldout", random_docs(7, seed=2))
+    cfg = RetrievalConfig(embed_batch_size=4, max_similarity=1.01, candidates=8)
+    encoder = small_encoder()
+
+    def build(out, rank=0, world=1, gather=None):
+        splits = {"train": (train, str(out / "train.npy")), "heldout": (heldout, str(out / "heldout.npy"))}
+        return build_bank_and_neighbours(encoder, VOCAB, train, splits, cfg, str(out / "bank"), log=lambda _: None,
+                                         rank=rank, world=world, gather=gather)  # fmt: skip
+
+    build(tmp_path / "one")
+    # two ranks, run one after the other: rank 1's gathered pieces are queued for rank 0's gathers
+    queued = []
+    assert build(tmp_path / "two", rank=1, world=2, gather=lambda obj: queued.append(obj)) == {}
+    assert not (tmp_path / "two").exists()  # only rank 0 writes
+    report = build(tmp_path / "two", rank=0, world=2, gather=lambda obj: [obj, queued.pop(0)])
+    assert report["train"]["filled"] > 0.5
+    for name in ("train.npy", "heldout.npy", "bank/index.faiss", "bank/doc_ids.npy"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_image_safe_cut_never_ends_inside_an_image():
+    from mmgen.retrieval.augment import image_safe_cut
+
+    body = doc([1, 2], [[1, 2, 3, 4]])[1:-1].tolist() + [VOCAB.text_to_id(3)]  # t t BOI c c c c EOI t
+    cuts = [image_safe_cut(np.array(body), limit, boi=VOCAB.boi, eoi=VOCAB.eoi) for limit in range(len(body) + 2)]
+    assert cuts == [0, 1, 2, 2, 2, 2, 2, 2, 8, 9, 9]
+
+
+def test_retrieved_prefix_gives_way_to_the_main_document(tmp_path):
+    from mmgen.data.packing import PackedBatches
+    from mmgen.retrieval.augment import RetrievalAugmented, retrieved_prefix
+
+    # bodies: main 11 text + EOS; neighbour 1: 3 text, an image (6), 1 text; neighbour 2: 3 text, an image
+    docs = [doc(list(range(1, 12)), []), doc([1, 2, 3], [[1, 2, 3, 4]]), doc([5, 6, 7], [[0, 0, 0, 0]])]
+    docs[1] = np.concatenate([docs[1][:-1], [VOCAB.text_to_id(9)], docs[1][-1:]])
+    shards = write_shards(tmp_path, docs)
+    table = np.array([[1, 2], [-1, -1], [-1, -1]])
+
+    def view(max_len):
+        return RetrievalAugmented(shards, shards, table, bos=VOCAB.bos, eos=VOCAB.eos, sep=VOCAB.sep, retrieved_weight=0.5,
+                                  max_len=max_len, vocab=VOCAB)  # fmt: skip
+
+    full = view(None)[0]
+    assert len(full) == 1 + 10 + 1 + 9 + 1 + 12 and view(len(full))[0].tolist() == full.tolist()
+    main = docs[0][1:].tolist()
+    for max_len in range(1, len(full)):
+        seq, w = view(max_len)[0], view(max_len).weights(0)
+        assert seq.tolist()[-len(main):] == main  # the main document is always whole
+        prefix = seq[: len(seq) - len(main)]
+        assert len(seq) <= max(max_len, 1 + len(main)) and (w[: len(prefix)] == 0.5).all() and (w[len(prefix):] == 1).all()
+        # retrieved pieces: heads of neighbour 1 then 2, in order, each image whole
+        pieces = np.split(prefix[1:], np.flatnonzero(prefix[1:] == VOCAB.sep) + 1)[:-1]
+        bodies = [docs[1][1:-1], docs[2][1:-1]]
+        for piece, b in zip(pieces, bodies):
+            assert piece[-1] == VOCAB.sep and b[: len(piece) - 1].tolist() == piece[:-1].tolist()
+            assert (piece == VOCAB.boi).sum() == (piece == VOCAB.eoi).sum()
+    # neighbour 2 gives way first (its image, then all of it); then neighbour 1 its tail text, then its image
+    b1, b2 = docs[1][1:-1].tolist(), docs[2][1:-1].tolist()
+    assert view(33)[0].tolist() == [VOCAB.bos, *b1, VOCAB.sep, *b2[:3], VOCAB.sep, *main]
+    assert view(25)[0].tolist() == [VOCAB.bos, *b1, VOCAB.sep, *main]
+    assert view(23)[0].tolist() == [VOCAB.bos, *b1[:9], VOCAB.sep, *main]
+    assert view(22)[0].tolist() == [VOCAB.bos, *b1[:3], VOCAB.sep, *main]
+    # the packer no longer truncates the main document of an augmented sequence that fits its row alone
+    for max_len, truncated in ((None, 1), (21, 0)):
+        batches = PackedBatches(view(max_len), seq_len=20, batch_size=1, pad_id=VOCAB.pad, infinite=False)
+        list(batches)
+        assert batches.truncated_documents == truncated
+    with pytest.raises(ValueError, match="boi and eoi"):
+        retrieved_prefix([docs[1]], bos=VOCAB.bos, eos=VOCAB.eos, sep=VOCAB.sep, max_len=5)
+
+
+def test_retrieve_for_prompt_follows_training_rules(tmp_path):
+    from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
+    from mmgen.retrieval.selection import centred
+
+    docs = random_docs(40, seed=3)
+    docs[5] = docs[0].copy()  # an exact duplicate of the prompt's document
+    shards = write_shards(tmp_path / "train", docs)
+    encoder = small_encoder()
+    embeddings = embed_documents(encoder, docs, VOCAB)
+    bank = MemoryBank.build(embeddings)
+    both = has_both_modalities(docs, VOCAB)
+    with pytest.raises(FileNotFoundError, match="train_encoder.py and retrieval/build_index.py first"):
+        load_retriever(str(tmp_path / "encoder"), str(tmp_path / "bank"))
+    encoder.save(str(tmp_path / "encoder"))
+    bank.save(str(tmp_path / "bank"))
+    encoder, bank = load_retriever(str(tmp_path / "encoder"), str(tmp_path / "bank"))
+
+    def retrieve(prompt, **kw):
+        return retrieve_for_prompt(prompt, encoder=encoder, bank=bank, documents=shards, vocab=VOCAB, **kw)
+
+    found = retrieve(docs[0], k=3, candidates=40, max_similarity=1.01)
+    assert len(found) == 3 and all(both[r.bank_id] for r in found)
+    assert not {r.bank_id for r in found} & {0, 5}  # never an exact duplicate of the prompt
+    assert [r.similarity for r in found] == sorted((r.similarity for r in found), reverse=True)
+    assert all(np.array_equal(r.tokens, docs[r.bank_id]) for r in found)
+    assert all(abs(r.similarity - float(embeddings[r.bank_id] @ embeddings[0])) < 1e-4 for r in found)
+    # a prompt (no EOS) is not a duplicate by hash, but the same content is a near-copy
+    strict = retrieve(docs[0][:-1], k=3, candidates=40, max_similarity=0.9, centred_similarity=False)
+    ids = [r.bank_id for r in strict]
+    assert ids and 0 not in ids and 5 not in ids and all(r.similarity <= 0.9 for r in strict)
+    assert all(float(embeddings[a] @ embeddings[b]) <= 0.9 + 1e-4 for a in ids for b in ids if a != b)
+    around = centred(embeddings, bank.centre)
+    ids = [r.bank_id for r in retrieve(docs[0][:-1], k=3, candidates=40, max_similarity=0.5)]
+    assert ids and 0 not in ids and 5 not in ids and all(around[j] @ around[0] <= 0.5 + 1e-4 for j in ids)
+    assert all(float(around[a] @ around[b]) <= 0.5 + 1e-4 for a in ids for b in ids if a != b)
+    assert retrieve(docs[0], k=0) == []
+    with pytest.raises(ValueError, match="no text and no image"):
+        retrieve([VOCAB.bos], k=2)
+    with pytest.raises(ValueError, match="rerun retrieval/build_index.py"):
+        retrieve_for_prompt(docs[0], encoder=encoder, bank=bank, documents=docs[:10], vocab=VOCAB, k=2)
+
+
+def test_near_duplicate_tests_survive_a_weak_encoder_and_query_dropout():
+    # a weak encoder: every document near one shared direction, so any two are above 0.95 in raw cosine
+    rng = np.random.default_rng(0)
+    n, dim = 40, 16
+    raw = 10 * unit(rng, 1, dim) + unit(rng, n, dim)
+    raw[1] = raw[0] + 0.05 * unit(rng, 1, dim)[0]  # document 1 is a near-copy of 0 (other tokens, other hash)
+    dropped = raw + 0.6 * unit(rng, n, dim)  # query dropout moves a query further than that
+    emb, queries = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (raw, dropped))
+    bank = MemoryBank.build(emb)
+    assert np.allclose(bank.centre, emb.mean(0), atol=1e-6)
+    kw = dict(embeddings=emb, content_hashes=np.arange(n), multimodal=np.ones(n, bool), query_hashes=np.arange(n),
+              k=2, candidates=n, max_similarity=0.95)  # fmt: skip
+    assert (select_neighbours(bank, queries, np.arange(n), **kw) == -1).all()  # raw cosine: nothing qualifies
+    only_centred = select_neighbours(bank, queries, np.arange(n), centre=bank.centre, **kw)
+    assert 1 in only_centred[0]  # the dropped query no longer looks like the copy
+    table = select_neighbours(bank, queries, np.arange(n), centre=bank.centre, clean_queries=emb, **kw)
+    assert (table >= 0).mean() > 0.9
+    assert 1 not in table[0] and 0 not in table[1] and not (table == np.arange(n)[:, None]).any()
+    assert not any({0, 1} <= set(row.tolist()) for row in table)  # diversity: never the document and its copy

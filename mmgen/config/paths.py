@@ -10,6 +10,10 @@ import posixpath
 from dataclasses import dataclass
 
 
+class StaleInputError(ValueError):
+    """An input of a stage exists but no longer matches the others (e.g. a bank built over older shards)."""
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: str

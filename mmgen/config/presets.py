@@ -14,6 +14,9 @@ def demo() -> ExperimentConfig:
     # one residual block per level: the VQGAN layout's mid block and extra decoder block cost what a second did
     cfg.image_tokenizer.res_blocks = 1
     cfg.world.train_documents = 6000
+    # CM3 infilling and the unconditional stream of CFG are learnt in pretraining, as in CM3leon
+    cfg.data.cm3_rate = 0.25
+    cfg.data.condition_dropout = 0.1
     return cfg
 
 

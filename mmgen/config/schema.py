@@ -251,6 +251,8 @@ class SampleConfig:
     """Comma-separated image files (any fsspec URL) placed after the prompt text, in order."""
     context: str = ""
     """Retrieved context put before the prompt as ``BOS r1 SEP r2 SEP prompt`` (CM3leon): passages separated by '|'."""
+    retrieve: int = 0
+    """Documents retrieved from the run's memory bank for the prompt and put before it (after training's rules); 0: none."""
 
 
 @dataclass
@@ -283,6 +285,8 @@ class EvalConfig:
     """Text before the image in log p(label | image)."""
     classify_follow: str = "It shows {caption}."
     """Text after the image in log p(label | image); the tokens after the labels' common prefix are scored."""
+    infill_documents: int = 48
+    """Held-out documents per infilling test (one image and one text span each); run when data.cm3_rate > 0, 0 skips."""
     calibrate: bool = False
     """Subtract the unconditional likelihood (label prior in label|image, image prior in image|label)."""
     batch_size: int = 32
@@ -308,6 +312,8 @@ class RetrievalConfig:
     """Nearest candidates examined per query before filtering."""
     max_similarity: float = 0.95
     """Skip candidates more similar than this to the query or to an already chosen neighbour."""
+    centred_similarity: bool = True
+    """Measure max_similarity's cosine around the bank's mean embedding (robust to a weak encoder's narrow cone)."""
     query_dropout: float = 0.2
     """Share of the query's tokens hidden when embedding it for retrieval."""
     retrieved_loss_weight: float = 0.5
@@ -328,6 +334,8 @@ class RetrievalConfig:
     """Peak learning rate of the dual encoder."""
     seed: int = 0
     """Seed of encoder training and query dropout."""
+    embed_batch_size: int = 256
+    """Documents embedded per batch by retrieval/build_index.py; under torchrun each rank takes whole batches."""
 
 
 @dataclass

@@ -3,8 +3,12 @@
 Every ground-truth shape has four attributes (shape, colour, size, position)
 and the scene one more (background). Stated shapes are matched one-to-one to
 true shapes by the assignment that gets the most attributes right (scenes hold
-at most a few shapes, so all assignments are tried); surplus stated shapes
-cost nothing, missing ones cost their attributes. The same score serves
+at most a few shapes, so all assignments are tried); missing shapes cost their
+attributes, and so do surplus ones: a stated shape the scene does not hold
+adds its four attributes to the total, all wrong. Without that penalty an image
+cluttered with shapes (or a caption listing many) would match more truths by
+sheer number, and a generator drawing noise would outscore one that draws the
+right count. The same score serves
 captions (parsed with ``shapes_world.parse_caption``) and generated images
 (read with ``scene_analyser.analyse_scene``). The chance level of a set of
 predictions is the same score with predictions paired with other items'
@@ -30,10 +34,11 @@ def caption_scene(text: str) -> dict:
 
 
 def attribute_score(truth: dict, stated: dict) -> tuple[int, int]:
-    """(attributes stated correctly, attributes in the truth)."""
+    """(attributes stated correctly, attributes in the truth plus those of surplus stated shapes)."""
     true_shapes = truth["shapes"]
+    surplus = max(0, len(stated["shapes"]) - len(true_shapes))
     stated_shapes = list(stated["shapes"])[:_MAX_STATED]
-    total = len(ATTRIBUTES) * len(true_shapes) + 1
+    total = len(ATTRIBUTES) * (len(true_shapes) + surplus) + 1
     background = int(stated.get("background") == truth["background"])
     if not true_shapes:
         return background, total

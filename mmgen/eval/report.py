@@ -3,8 +3,10 @@
 Measures, on held-out data only: bits per token per modality (held-out token
 shards), caption accuracy, text-to-image accuracy (through the scene
 analyser, itself checked on exact renders and on VQ round trips in the same
-run), generative classification of shape and colour in both directions, and
-the image tokenizer's PSNR (read from its metrics file). Every accuracy comes
+run), generative classification of shape and colour in both directions, CM3
+infilling of images and text spans when pretraining used the CM3 form
+(``data.cm3_rate``), and the image tokenizer's PSNR (read from its metrics
+file). Every accuracy comes
 with its chance level measured on the same predictions. Both files are
 written under a temporary name and renamed, so a reader never sees half a
 report.
@@ -24,6 +26,7 @@ from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
 from mmgen.eval import html as H
 from mmgen.eval.classify import confusion_png
+from mmgen.eval.infill_eval import infill_eval
 from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, heldout_scenes, t2i_eval
 
@@ -78,9 +81,15 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         for key, task in zip(("shape", "color"), tasks):
             metrics[f"classify_{key}_accuracy_{direction}"] = task["top1"]
             metrics[f"classify_{key}_accuracy_{direction}_chance"] = task["chance"]
+    infills = None
+    if cfg.data.cm3_rate > 0 and e.infill_documents > 0:
+        infills = timed("infilling", lambda: infill_eval(
+            model, tokenizer, shards, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
+            top_k=e.t2i_top_k, batch_size=e.batch_size))
+        metrics.update({f"infill_{k}": v for k, v in infills.items() if isinstance(v, (float, int)) and not isinstance(v, bool)})
     metrics["vq_psnr"] = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
     metrics["seconds"] = timings
-    return metrics, _html(cfg, metrics, caption, t2i, classes, paths)
+    return metrics, _html(cfg, metrics, caption, t2i, classes, paths, infills)
 
 
 _ACCURACIES = (
@@ -106,7 +115,24 @@ def _sft_table(paths: RunPaths) -> str:
     return f"<h2>Fine-tuning (held-out SFT prompts)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>"
 
 
-def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None) -> str:
+def _infill_section(infills: dict) -> str:
+    """CM3 infilling: figures, then infilled images beside the originals and infilled text spans beside the truth."""
+    rows = "".join(f"<tr><td>{H.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in infills.items() if isinstance(v, float))
+    body = ["<h2>Infilling (CM3)</h2><p>Each held-out document loses one image or one text span, and the model fills "
+            "the hole from both sides. Text is compared with the same model continuing the left context alone.</p>",
+            f"<table>{rows}</table><div class='grid'>"]
+    for item in infills.get("image_examples", []):
+        body.append(f"<div class='card'>{H.img_tag(item['infilled'])} {H.img_tag(item['original'], width=40)}<br>"
+                    f"{H.escape(item['context'])}</div>")
+    body.append("</div><table><tr><th>document with hole</th><th>truth</th><th>infilled</th><th>left context only</th></tr>")
+    for item in infills.get("text_examples", []):
+        body.append("<tr>" + "".join(f"<td>{H.escape(item[k])}</td>" for k in ("context", "truth", "infilled", "left_context"))
+                    + "</tr>")
+    body.append("</table>")
+    return "".join(body)
+
+
+def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, infills: dict | None = None) -> str:
     rows = "".join(
         f"<tr><td>{key}</td><td>{metrics[key]:.3f}</td><td>{metrics[key + '_chance']:.3f}</td><td>{H.escape(what)}</td></tr>"
         for key, what in _ACCURACIES)
@@ -129,6 +155,8 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None) ->
         body.append(f"<div><b>{H.escape(name)}</b>: top-1 {task['top1']:.3f} (chance {task['chance']:.3f}), "
                     f"top-5 {task['top5']:.3f}<br><img src='{H.png_data_uri(png)}'></div>")
     body.append("</div>")
+    if infills:
+        body.append(_infill_section(infills))
     return H.page(f"mmgen evaluation: {cfg.name}", "\n".join(body))
 
 

@@ -39,23 +39,37 @@ def embed_documents(
     batch_size: int = 256,
     query_dropout: float = 0.0,
     seed: int = 0,
+    first_index: int = 0,
 ) -> np.ndarray:
-    """Unit document embeddings [N, D] (float32); ``query_dropout`` masks that share of each document's tokens."""
+    """Unit document embeddings [N, D] (float32); ``query_dropout`` masks that share of each document's tokens.
+
+    Document ``n`` is the ``first_index + n``-th of its collection: its dropout
+    pattern is drawn from ``(seed, first_index + n)`` alone and each batch holds
+    ``batch_size`` documents with all their images, so a collection embedded in
+    slices that start at multiples of ``batch_size`` (one per rank) gives the very
+    same vectors as one pass over it.
+    """
     device = next(encoder.parameters()).device
-    rng = np.random.default_rng(seed)
     texts: list[np.ndarray] = []
     grids: list[np.ndarray] = []
+    grid_valid: list[np.ndarray] = []
     owner_of_grid: list[int] = []
     for n, ids in enumerate(documents):
         text, codes = split_document(ids, vocab)
         if query_dropout:
+            rng = np.random.default_rng((seed, first_index + n))
             text = text[rng.random(len(text)) >= query_dropout]
+            for grid in codes:
+                valid = rng.random(grid.shape) >= query_dropout
+                valid.reshape(-1)[0] = True  # never hide a whole image
+                grid_valid.append(valid)
         texts.append(text)
         grids.extend(codes)
         owner_of_grid.extend([n] * len(codes))
     n_docs = len(texts)
     total = torch.zeros(n_docs, encoder.dim)
     parts = torch.zeros(n_docs)
+    owners = np.asarray(owner_of_grid, dtype=np.int64)
     for start in range(0, n_docs, batch_size):
         chunk = texts[start : start + batch_size]
         has_text = torch.tensor([len(t) > 0 for t in chunk])
@@ -64,16 +78,16 @@ def embed_documents(
         emb = encoder.embed_text(ids.to(device), valid.to(device)).float().cpu()
         total[start : start + len(chunk)] += emb * has_text.unsqueeze(1)
         parts[start : start + len(chunk)] += has_text.float()
-    owners = torch.tensor(owner_of_grid, dtype=torch.long)
-    for start in range(0, len(grids), batch_size):
-        codes = torch.from_numpy(np.stack(grids[start : start + batch_size]))
-        valid = None
-        if query_dropout:
-            valid = torch.from_numpy(rng.random(codes.shape) >= query_dropout)
-            valid.view(len(codes), -1)[:, 0] = True  # never hide a whole image
-        emb = encoder.embed_image(codes.to(device), None if valid is None else valid.to(device)).float().cpu()
-        total.index_add_(0, owners[start : start + len(codes)], emb)
-        parts.index_add_(0, owners[start : start + len(codes)], torch.ones(len(codes)))
+        # the images of this batch's documents, so a batch's content never depends on where a slice starts
+        lo, hi = np.searchsorted(owners, [start, start + batch_size])
+        for g in range(lo, hi, batch_size):
+            stop = min(g + batch_size, hi)
+            codes = torch.from_numpy(np.stack(grids[g:stop]))
+            mask = torch.from_numpy(np.stack(grid_valid[g:stop])).to(device) if query_dropout else None
+            emb = encoder.embed_image(codes.to(device), mask).float().cpu()
+            who = torch.from_numpy(owners[g:stop])
+            total.index_add_(0, who, emb)
+            parts.index_add_(0, who, torch.ones(len(who)))
     mean = total / parts.clamp(min=1).unsqueeze(1)
     return torch.nn.functional.normalize(mean, dim=1).numpy().astype(np.float32)
 

@@ -4,7 +4,9 @@
 ``ivfpq`` (inverted lists + product quantisation, re-ranked exactly) and ``hnsw`` (graph) trade a
 little recall for speed and memory on large banks. The index is persisted
 through fsspec as FAISS's own serialisation, with the row → document id map
-beside it; a GPU copy is used for search when faiss-gpu and a GPU are present.
+and the mean vector (the centre near-duplicate tests measure around, see
+selection.py) beside it; a GPU copy is used for search when faiss-gpu and a
+GPU are present.
 """
 
 from __future__ import annotations
@@ -65,22 +67,30 @@ def _maybe_gpu(index: faiss.Index) -> faiss.Index:
     return index
 
 
-class MemoryBank:
-    """An index plus the document id of each of its rows."""
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
-    def __init__(self, index: faiss.Index, doc_ids: np.ndarray, spec: IndexSpec):
+
+class MemoryBank:
+    """An index plus the document id of each of its rows (and the mean vector, when known)."""
+
+    def __init__(self, index: faiss.Index, doc_ids: np.ndarray, spec: IndexSpec, centre: np.ndarray | None = None):
         if index.ntotal != len(doc_ids):
             raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} document ids")
         self.index = index
         self.doc_ids = np.asarray(doc_ids, dtype=np.int64)
         self.spec = spec
+        self.centre = None if centre is None else np.asarray(centre, dtype=np.float32)
         self._search_index = _maybe_gpu(index)
 
     @classmethod
     def build(cls, vectors: np.ndarray, doc_ids: np.ndarray | None = None, spec: IndexSpec | None = None) -> "MemoryBank":
         spec = spec or IndexSpec()
         ids = np.arange(len(vectors)) if doc_ids is None else doc_ids
-        return cls(build_index(vectors, spec), ids, spec)
+        centre = np.asarray(vectors, dtype=np.float64).mean(0).astype(np.float32) if len(vectors) else None
+        return cls(build_index(vectors, spec), ids, spec, centre)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities [Q, k], document ids [Q, k]); missing results have id -1."""
@@ -91,13 +101,13 @@ class MemoryBank:
     def save(self, folder: str) -> None:
         fs, root = fsspec.core.url_to_fs(folder)
         fs.makedirs(root, exist_ok=True)
-        ids = io.BytesIO()
-        np.save(ids, self.doc_ids, allow_pickle=False)
         files = {
             "index.faiss": faiss.serialize_index(self.index).tobytes(),
-            "doc_ids.npy": ids.getvalue(),
+            "doc_ids.npy": _npy(self.doc_ids),
             "index.json": json.dumps(vars(self.spec)).encode(),
         }
+        if self.centre is not None:
+            files["centre.npy"] = _npy(self.centre)
         for name, data in files.items():
             tmp = posixpath.join(root, name + ".tmp")
             with fs.open(tmp, "wb") as f:
@@ -115,6 +125,10 @@ class MemoryBank:
             doc_ids = np.load(io.BytesIO(f.read()), allow_pickle=False)
         with fs.open(posixpath.join(root, "index.json"), "r") as f:
             spec = IndexSpec(**json.load(f))
+        centre = None
+        if fs.exists(posixpath.join(root, "centre.npy")):  # banks built before it was stored have none
+            with fs.open(posixpath.join(root, "centre.npy"), "rb") as f:
+                centre = np.load(io.BytesIO(f.read()), allow_pickle=False)
         # search-time knobs are not part of FAISS's serialisation
         if spec.kind == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = spec.nprobe
@@ -122,4 +136,4 @@ class MemoryBank:
                 index.k_factor = spec.refine_factor
         elif spec.kind == "hnsw":
             index.hnsw.efSearch = spec.ef_search
-        return cls(index, doc_ids, spec)
+        return cls(index, doc_ids, spec, centre)

@@ -2,19 +2,21 @@
 
 ``build_bank_and_neighbours`` embeds every document of the training token
 shards (the memory bank), then picks neighbours for the documents of each
-split from that bank. A table is an int64 array [documents, k] (-1 where no
-candidate qualified), saved as ``neighbours.npy`` beside the split's shards.
+split from that bank; under torchrun each rank embeds a slice and rank 0
+does the rest. A table is an int64 array [documents, k] (-1 where no candidate
+qualified), saved as ``neighbours.npy`` beside the split's shards.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from typing import Callable
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
 
+from mmgen.config.paths import StaleInputError
 from mmgen.config.schema import RetrievalConfig
 from mmgen.data.token_shards import TokenShards
 from mmgen.retrieval.documents import embed_documents, has_both_modalities
@@ -40,8 +42,38 @@ def load_neighbours(path: str, n_documents: int) -> np.ndarray:
     with fs.open(local, "rb") as f:
         table = np.load(io.BytesIO(f.read()), allow_pickle=False)
     if len(table) != n_documents:
-        raise ValueError(f"{path} lists neighbours of {len(table)} documents, the shards hold {n_documents}; rerun retrieval/build_index.py")
+        raise StaleInputError(f"{path} lists neighbours of {len(table)} documents, the shards hold {n_documents}; rerun retrieval/build_index.py")
     return table
+
+
+Gather = Callable[[Any], "list[Any] | None"]
+"""Collects one object from every rank: rank 0 gets them in rank order, the other ranks get None."""
+
+
+def rank_slice(n: int, batch_size: int, rank: int, world: int) -> range:
+    """The contiguous documents rank ``rank`` of ``world`` embeds: whole batches of ``batch_size``.
+
+    Slices start at multiples of the batch size, so every embedding batch holds
+    the same documents whatever the number of ranks, and the vectors match a
+    single-process run bit for bit.
+    """
+    batches = -(-n // batch_size)
+    lo, hi = batches * rank // world, batches * (rank + 1) // world
+    return range(min(lo * batch_size, n), min(hi * batch_size, n))
+
+
+def _embed_slice(encoder: DualEncoder, shards: TokenShards, vocab, *, rank: int, world: int, gather: Gather,
+                 batch_size: int, query_dropout: float = 0.0, seed: int = 0):  # fmt: skip
+    """(embeddings, content hashes, has-both-modalities) of every document, on rank 0; None on the others."""
+    part = rank_slice(len(shards), batch_size, rank, world)
+    docs = [shards[i] for i in part]
+    emb = embed_documents(encoder, docs, vocab, batch_size=batch_size, query_dropout=query_dropout, seed=seed,
+                          first_index=part.start)  # fmt: skip
+    hashes = np.array([content_hash(d) for d in docs], dtype=np.int64)
+    pieces = gather((emb, hashes, has_both_modalities(docs, vocab)))
+    if pieces is None:
+        return None
+    return tuple(np.concatenate(column) for column in zip(*pieces))
 
 
 def build_bank_and_neighbours(
@@ -53,31 +85,60 @@ def build_bank_and_neighbours(
     bank_dir: str,
     *,
     log: Callable[[str], None] = print,
+    rank: int = 0,
+    world: int = 1,
+    gather: Gather | None = None,
 ) -> dict[str, dict]:
-    """Build the bank from ``bank_shards`` and write a neighbour table for each ``split: (shards, path)``."""
-    bank_docs = list(bank_shards.documents())
-    embeddings = embed_documents(encoder, bank_docs, vocab)
-    hashes = np.array([content_hash(d) for d in bank_docs], dtype=np.int64)
-    multimodal = has_both_modalities(bank_docs, vocab)
+    """Build the bank from ``bank_shards`` and write a neighbour table for each ``split: (shards, path)``.
+
+    With ``world`` > 1 every rank calls this with its ``rank`` and a ``gather``
+    (e.g. over torch.distributed): each embeds its slice of every document set
+    (the expensive part), rank 0 builds and saves the index, selects the
+    neighbours and writes every file; the other ranks return an empty report.
+    """
+    if gather is None:
+        if world != 1:
+            raise ValueError(f"building the bank on {world} ranks needs a gather function")
+
+        def gather(obj):
+            return [obj]
+
+    shard = {"rank": rank, "world": world, "gather": gather, "batch_size": cfg.embed_batch_size}
+    gathered = _embed_slice(encoder, bank_shards, vocab, **shard)
+    # every rank embeds every query split before rank 0 turns to FAISS, so no rank waits on another's search
+    queries = {split: _embed_slice(encoder, shards, vocab, query_dropout=cfg.query_dropout, seed=cfg.seed, **shard)
+               for split, (shards, _) in query_splits.items()}  # fmt: skip
+    # the near-duplicate test compares documents as they are: a split outside the bank is embedded once more
+    clean = {split: _embed_slice(encoder, shards, vocab, **shard)
+             for split, (shards, _) in query_splits.items()
+             if cfg.query_dropout and shards.folder != bank_shards.folder}  # fmt: skip
+    if gathered is None:
+        return {}
+    embeddings, hashes, multimodal = gathered
     bank = MemoryBank.build(embeddings, spec=IndexSpec(kind=cfg.index_kind))
     bank.save(bank_dir)
-    log(f"memory bank: {len(bank_docs)} documents, {multimodal.sum()} with text and image, index {cfg.index_kind} -> {bank_dir}")
+    log(f"memory bank: {len(embeddings)} documents, {multimodal.sum()} with text and image, index {cfg.index_kind} "
+        f"-> {bank_dir}" + (f" (embedded on {world} ranks)" if world > 1 else ""))  # fmt: skip
     report = {}
     for split, (shards, path) in query_splits.items():
-        docs = list(shards.documents())
-        queries = embed_documents(encoder, docs, vocab, query_dropout=cfg.query_dropout, seed=cfg.seed)
-        query_hashes = np.array([content_hash(d) for d in docs], dtype=np.int64)
+        query_emb, query_hashes, _ = queries[split]
+        n = len(query_emb)
         # a query from another split has no id in the bank; its hash alone rules out its duplicates
         is_bank = shards.folder == bank_shards.folder
-        query_ids = np.arange(len(docs)) if is_bank else np.full(len(docs), -2)
+        query_ids = np.arange(n) if is_bank else np.full(n, -2)
+        if is_bank:
+            clean_emb = embeddings
+        else:  # without query dropout the queries are clean already
+            clean_emb = clean[split][0] if split in clean else query_emb
         table = select_neighbours(
-            bank, queries, query_ids, embeddings=embeddings, content_hashes=hashes, multimodal=multimodal,
+            bank, query_emb, query_ids, embeddings=embeddings, content_hashes=hashes, multimodal=multimodal,
             query_hashes=query_hashes, k=cfg.neighbours, candidates=cfg.candidates, max_similarity=cfg.max_similarity,
+            clean_queries=clean_emb, centre=bank.centre if cfg.centred_similarity else None,
         )
         filled = float((table >= 0).mean()) if table.size else 0.0
         info = {"split": split, "bank": bank_dir, "k": cfg.neighbours, "filled": filled, "query_dropout": cfg.query_dropout,
-                "max_similarity": cfg.max_similarity, "documents": len(docs)}
+                "max_similarity": cfg.max_similarity, "centred_similarity": cfg.centred_similarity, "documents": n}
         save_neighbours(path, table, info)
-        log(f"{split}: neighbours for {len(docs)} documents, {filled:.1%} of slots filled -> {path}")
+        log(f"{split}: neighbours for {n} documents, {filled:.1%} of slots filled -> {path}")
         report[split] = info
     return report

@@ -6,6 +6,15 @@ From the bank's nearest candidates, keep a candidate only if it
 - is not too similar to the query (a near-duplicate teaches nothing), and
 - is not too similar to a neighbour already chosen (diversity),
 until ``k`` are chosen. Rows with fewer than ``k`` survivors are padded with -1.
+
+The first two rules are absolute. The near-duplicate and diversity tests
+compare the documents themselves — the query's clean embedding, not the
+query-dropped one that ranked the candidates, since dropout moves a query
+about as far as rewording a few of its tokens — and, given the bank's mean
+embedding as ``centre``, measure cosine around it: a weakly trained encoder
+packs every document into a narrow cone where any two are above a fixed
+threshold, while copies still stand out from the rest once the shared
+direction is taken away.
 """
 
 from __future__ import annotations
@@ -29,16 +38,56 @@ def select_neighbours(
     k: int = 2,
     candidates: int = 32,
     max_similarity: float = 0.95,
+    clean_queries: np.ndarray | None = None,
+    centre: np.ndarray | None = None,
 ) -> np.ndarray:
     """Neighbour document ids [Q, k] (-1 where none qualified).
 
     ``embeddings``, ``content_hashes`` and ``multimodal`` are indexed by document id
-    (the bank's ids); ``queries`` are the (possibly query-dropped) query embeddings,
-    ``query_ids`` their ids in the bank (-2 for queries from outside it) and
-    ``query_hashes`` their content hashes.
+    (the bank's ids); ``queries`` are the (possibly query-dropped) query embeddings
+    that rank the candidates, ``clean_queries`` the queries' own embeddings for the
+    near-duplicate test (default: ``queries``), ``query_ids`` their ids in the bank
+    (-2 for queries from outside it) and ``query_hashes`` their content hashes.
+    ``centre`` (the bank's mean embedding) makes the similarity tests centred.
     """
-    sims, ids = bank.search(queries, candidates + 1)
-    out = np.full((len(queries), k), -1, dtype=np.int64)
+    _, ids = bank.search(queries, candidates + 1)
+    around = centred(embeddings, centre)
+    clean = centred(queries if clean_queries is None else clean_queries, centre)
+    sims = np.empty(ids.shape, dtype=np.float32)
+    for start in range(0, len(ids), 4096):  # in blocks: [Q, candidates, D] at once would not fit for large splits
+        rows = slice(start, start + 4096)
+        sims[rows] = np.einsum("qd,qkd->qk", clean[rows], around[np.clip(ids[rows], 0, None)])
+    return choose_neighbours(sims, ids, query_ids, embeddings=around, content_hashes=content_hashes,
+                             multimodal=multimodal, query_hashes=query_hashes, k=k, max_similarity=max_similarity)  # fmt: skip
+
+
+def centred(vectors: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """Unit vectors of ``vectors - centre`` (``vectors`` themselves when there is no centre)."""
+    if centre is None:
+        return vectors
+    shifted = np.asarray(vectors, dtype=np.float32) - centre
+    return shifted / np.maximum(np.linalg.norm(shifted, axis=-1, keepdims=True), 1e-12)
+
+
+def choose_neighbours(
+    sims: np.ndarray,
+    ids: np.ndarray,
+    query_ids: np.ndarray,
+    *,
+    embeddings: np.ndarray,
+    content_hashes: np.ndarray,
+    multimodal: np.ndarray,
+    query_hashes: np.ndarray,
+    k: int = 2,
+    max_similarity: float = 0.95,
+) -> np.ndarray:
+    """The filtering half of ``select_neighbours`` over candidates ``ids`` [Q, C] (best first).
+
+    ``sims`` [Q, C] are the similarities the near-duplicate test reads; candidate
+    ids index ``embeddings`` (the vectors of the diversity test), ``content_hashes``
+    and ``multimodal``.
+    """
+    out = np.full((len(ids), k), -1, dtype=np.int64)
     for q, (row_sims, row_ids) in enumerate(zip(sims, ids)):
         me = query_ids[q]
         chosen: list[int] = []

@@ -72,7 +72,7 @@ class PackedDataLoader(BaseDataLoader):
             bank = TokenShards(config.tokens_dir)
             documents = RetrievalAugmented(
                 documents, bank, load_neighbours(config.neighbours_path, len(documents)),
-                bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight,
+                bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=Vocab.load(config.vocab_path),
             )
         self.batches = PackedBatches(
             documents,

@@ -1,0 +1,93 @@
+"""Retrieval at inference: the memory bank searched for a sampling prompt, under training's rules.
+
+``retrieve_for_prompt`` embeds a prompt's tokens (its text and any images) with
+the run's dual encoder, searches the bank of retrieval/build_index.py and keeps
+candidates as training's selection does: both modalities, no exact duplicate of
+the prompt, not too similar to the prompt or to a neighbour already kept. The
+bank's ids index the training token shards it was built over, so the retrieved
+documents are read from there and can be put before the prompt with
+``retrieved_prefix`` exactly like a training document's neighbours.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Sequence
+
+import fsspec
+import numpy as np
+
+from mmgen.config.paths import StaleInputError
+from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
+from mmgen.retrieval.encoder import DualEncoder
+from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.retrieval.selection import centred, choose_neighbours, content_hash
+
+
+@dataclass
+class Retrieved:
+    bank_id: int
+    """Index of the document in the token shards the bank was built over."""
+    similarity: float
+    """Cosine similarity of its embedding to the prompt's."""
+    tokens: np.ndarray
+    """Its token sequence (BOS … EOS)."""
+
+
+def load_retriever(encoder_dir: str, bank_dir: str, *, device="cpu") -> tuple[DualEncoder, MemoryBank]:
+    """The run's encoder and memory bank; a clear error naming what is missing."""
+    missing = []
+    for folder, name in ((encoder_dir, "encoder.json"), (bank_dir, "index.faiss")):
+        fs, root = fsspec.core.url_to_fs(folder)
+        if not fs.exists(posixpath.join(root, name)):
+            missing.append(posixpath.join(folder, name))
+    if missing:
+        raise FileNotFoundError(f"missing {', '.join(missing)} (run retrieval/train_encoder.py and "
+                                f"retrieval/build_index.py first)")  # fmt: skip
+    return DualEncoder.load(encoder_dir, device=device), MemoryBank.load(bank_dir)
+
+
+def retrieve_for_prompt(
+    prompt_ids: Sequence[int],
+    *,
+    encoder: DualEncoder,
+    bank: MemoryBank,
+    documents,
+    vocab,
+    k: int,
+    candidates: int = 32,
+    max_similarity: float = 0.95,
+    centred_similarity: bool = True,
+) -> list[Retrieved]:
+    """Up to ``k`` bank documents for the prompt, most similar first.
+
+    ``documents`` is what the bank was built over (the training ``TokenShards``):
+    ``documents[bank_id]`` is a token sequence. ``centred_similarity`` measures
+    the near-duplicate tests around the bank's mean vector, as training does.
+    """
+    if k <= 0:
+        return []
+    if bank.index.ntotal != len(documents) or (len(bank.doc_ids) and int(bank.doc_ids.max()) >= len(documents)):
+        raise StaleInputError(f"the memory bank holds {bank.index.ntotal} documents, the token shards "
+                         f"{len(documents)}: rerun retrieval/build_index.py")  # fmt: skip
+    prompt = np.asarray(prompt_ids, dtype=np.int64)
+    text, grids = split_document(prompt, vocab)
+    if len(text) == 0 and len(grids) == 0:
+        raise ValueError("the prompt holds no text and no image to retrieve documents with")
+    query = embed_documents(encoder, [prompt], vocab)
+    sims, ids = bank.search(query, max(candidates, k))
+    found = ids[0] >= 0
+    sims, ids = sims[0][found], ids[0][found]
+    docs = [documents[int(j)] for j in ids]
+    # the diversity rule needs the candidates' vectors, which an approximate index need not keep: embed them again
+    embeddings = embed_documents(encoder, docs, vocab) if docs else np.zeros((0, encoder.dim), np.float32)
+    centre = bank.centre if centred_similarity else None
+    around = centred(embeddings, centre)
+    local = choose_neighbours(
+        (around @ centred(query, centre)[0])[None], np.arange(len(ids))[None], np.array([-2]), embeddings=around,
+        content_hashes=np.array([content_hash(d) for d in docs], dtype=np.int64),
+        multimodal=has_both_modalities(docs, vocab), query_hashes=np.array([content_hash(prompt)]),
+        k=k, max_similarity=max_similarity,
+    )[0]
+    return [Retrieved(bank_id=int(ids[j]), similarity=float(sims[j]), tokens=docs[j]) for j in local if j >= 0]
