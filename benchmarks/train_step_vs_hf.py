@@ -4,17 +4,23 @@ Both models get the same configuration, the same weights (the Hugging Face
 model is built at random and imported into mmgen with mmgen.interop), the same
 token batches and the same dtype. A step is forward, loss, backward and an
 AdamW update:
-- mmgen: ``model(tokens)`` then ``lm_loss`` with the configured z-loss (the
-  formula of pretraining's ModalityLoss);
+- mmgen: what pretraining's torchtitan step runs: the model as
+  ``TitanTransformer`` calls it (``return_hidden=True``, with the packer's
+  ``document_ids`` and ``positions`` for rows holding one document each),
+  then ``ModalityLoss`` (head fused with the cross-entropy, configured
+  z-loss, summed and divided by the valid-token count) on the packer's
+  labels (the next token, -100 after the last);
 - reference: ``model(input_ids=tokens, labels=tokens).loss`` (its shifted
   cross-entropy, which also masks image-token logits inside the forward).
-Tokens are drawn from the text ids: the reference's logit mask would make
-image-code targets infinitely unlikely. Before timing, float32 logits are
-checked to agree, and the losses once mmgen's logits get the reference's
-image-code mask (and no z-loss). Steps alternate between the
-two models and the median step time of each is reported, as tokens per
-wall-clock second and per CPU-second of the process (the latter hardly moves
-when other jobs share the cores; read it on a busy machine).
+Neither clips gradients. Tokens are drawn from the text ids: the
+reference's logit mask would make image-code targets infinitely unlikely.
+Before timing, in float32: the logits must agree, the losses must agree once
+mmgen's logits get the reference's image-code mask (and no z-loss), and the
+timed hidden-state loss must equal the loss on mmgen's logits. Steps
+alternate between the two models and the median step time of each is
+reported, as tokens per wall-clock second and per CPU-second of the process
+(the latter hardly moves when other jobs share the cores; read it on a busy
+machine).
 
 Presets: ``demo`` is mmgen's demo decoder (dim 256, 4 layers, 1042 ids);
 ``chameleon-vocab`` keeps a small body but Chameleon's 65,536-id vocabulary, so
@@ -32,10 +38,13 @@ import time
 
 import torch
 
+import mmgen.train  # noqa: F401  (CPU compat layer before torchtitan loads)
 from mmgen.config.schema import ModelConfig
+from mmgen.data.packing import IGNORE_INDEX
 from mmgen.interop.hf_chameleon import hf_config_from_model, hf_state_to_mmgen
-from mmgen.model import Transformer, lm_loss
+from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
+from mmgen.train.components import ModalityLoss
 
 PRESETS = {
     "demo": dict(dim=256, layers=4, heads=4, kv_heads=4, text=512, codes=512, seq=512, batch=8),
@@ -54,6 +63,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--compile", action="store_true", help="also time mmgen with torch.compile per block")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--adamw", choices=["foreach", "fused"], default="foreach",
+                   help="AdamW implementation of both models (CPU pretraining uses foreach)")
     args = p.parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
@@ -85,33 +96,57 @@ def build_models(args):
     return model, hf, vocab
 
 
+def packed(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the packer yields for rows that each hold one document: inputs, labels, document ids, positions."""
+    B, T = batch.shape
+    labels = torch.cat([batch[:, 1:], torch.full((B, 1), IGNORE_INDEX)], dim=1)
+    return {"input": batch, "labels": labels, "document_ids": torch.zeros_like(batch),
+            "positions": torch.arange(T).expand(B, T)}
+
+
+def modality_loss(vocab: Vocab, z_loss_weight: float) -> ModalityLoss:
+    start, stop = vocab.image_range
+    return ModalityLoss.Config(image_start=start, image_stop=stop, z_loss_weight=z_loss_weight).build()
+
+
 def check_same_function(model, hf, vocab, batch) -> float:
-    """Same logits, and the same loss once mmgen's logits get the reference's image-code mask."""
+    """Same logits; same loss once mmgen's logits get the reference's image-code mask; timed path = logits path."""
+    data = packed(batch)
+    valid = (data["labels"] != IGNORE_INDEX).sum()
     with torch.no_grad():
-        logits = model(batch)
+        logits = model(batch, document_ids=data["document_ids"], positions=data["positions"])
         reference = hf.lm_head(hf.model(input_ids=batch).last_hidden_state)
         torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
+        hidden = model(batch, document_ids=data["document_ids"], positions=data["positions"], return_hidden=True)
+        fused = modality_loss(vocab, model.cfg.z_loss_weight)(hidden, data["labels"], valid)[0].item()
+        plain = modality_loss(vocab, model.cfg.z_loss_weight)(logits, data["labels"], valid)[0].item()
         start, stop = vocab.image_range
         logits[..., start:stop] = torch.finfo(logits.dtype).min
-        ours = lm_loss(logits[:, :-1], batch[:, 1:]).item()
+        ours = modality_loss(vocab, 0.0)(logits, data["labels"], valid)[0].item()
         ref = hf(input_ids=batch, labels=batch).loss.item()
     if abs(ours - ref) > 1e-4 * max(1.0, abs(ref)):
         raise SystemExit(f"losses differ before timing: mmgen {ours:.6f}, reference {ref:.6f}")
+    if abs(fused - plain) > 1e-5 * max(1.0, abs(plain)):
+        raise SystemExit(f"mmgen's fused head loss {fused:.6f} differs from its loss on logits {plain:.6f}")
     return ref
 
 
-def make_steps(model, hf, z_loss_weight):
-    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    opt_ref = torch.optim.AdamW([p for n, p in hf.named_parameters() if "vqmodel" not in n], lr=1e-4, foreach=True)
+def make_steps(model, hf, vocab, adamw: str):
+    impl = {adamw: True}  # foreach=True or fused=True, the same for both models
+    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-4, **impl)
+    opt_ref = torch.optim.AdamW([p for n, p in hf.named_parameters() if "vqmodel" not in n], lr=1e-4, **impl)
+    loss_fn = modality_loss(vocab, model.cfg.z_loss_weight)
 
-    def ours(batch):
-        logits = model(batch)
-        loss = lm_loss(logits[:, :-1], batch[:, 1:], z_loss_weight=z_loss_weight)
+    def ours(data):
+        # torchtitan's step: TitanTransformer.forward (return_hidden), ModalityLoss over the global valid tokens
+        pred = model(data["input"], document_ids=data["document_ids"], positions=data["positions"], return_hidden=True)
+        loss, _ = loss_fn(pred, data["labels"], (data["labels"] != IGNORE_INDEX).sum())
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad(set_to_none=True)
 
-    def ref(batch):
+    def ref(data):
+        batch = data["input"]
         loss = hf(input_ids=batch, labels=batch).loss
         loss.backward()
         opt_ref.step()
@@ -139,18 +174,19 @@ def main() -> None:
     lo, hi = vocab.text_range
     batches = [torch.randint(lo, hi, (args.batch, args.seq), generator=gen) for _ in range(args.warmup + args.steps)]
     ref_loss = check_same_function(model, hf, vocab, batches[0][:, :64])
+    batches = [packed(b) for b in batches]  # the data loader's work, outside the timed step
 
     dtype = getattr(torch, args.dtype)
     model.to(dtype).train()
     hf.to(dtype).train()
-    ours, ref = make_steps(model, hf, model.cfg.z_loss_weight)
+    ours, ref = make_steps(model, hf, vocab, args.adamw)
     runners = {"mmgen": ours, "reference": ref}
     if args.compile:
         compiled = Transformer(model.cfg, vocab.size).to(dtype)
         compiled.load_state_dict(model.state_dict())
         for name, block in list(compiled.layers.named_children()):  # as mmgen.train.model_spec does
             compiled.layers.register_module(name, torch.compile(block, fullgraph=True))
-        runners["mmgen compiled"] = make_steps(compiled.train(), hf, model.cfg.z_loss_weight)[0]
+        runners["mmgen compiled"] = make_steps(compiled.train(), hf, vocab, args.adamw)[0]
 
     times = {name: [] for name in runners}
     for i, batch in enumerate(batches):
@@ -165,7 +201,7 @@ def main() -> None:
         f"preset {args.preset}: dim {args.dim}, layers {args.layers}, heads {args.heads}/{args.kv_heads} kv, "
         f"vocab {vocab.size}, {params / 1e6:.1f}M params, batch {args.batch}x{args.seq}, {args.dtype}, "
         f"{'swin' if args.swin else 'pre'}-norm, {torch.get_num_threads()} threads, "
-        f"{args.steps} timed steps; float32 loss check passed ({ref_loss:.4f})"
+        f"{args.steps} timed steps, {args.adamw} AdamW; float32 loss check passed ({ref_loss:.4f})"
     )
     # Wall time is what a user waits for; CPU time (the process's, all threads) is what the step costs and
     # hardly moves when other jobs share the cores. Both are medians over the timed steps.

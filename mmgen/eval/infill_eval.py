@@ -8,10 +8,11 @@ measured on the same infills.
 
 Text: a seeded random text span is cut out (the same span choice as CM3
 training) and infilled greedily. Reported: the share of spans reproduced
-exactly, against a left-context baseline — the same model continuing the text
-before the hole for exactly the span's length, i.e. what plain causal
-decoding gets without the right-hand context — and a character-level
-similarity of both to the truth.
+exactly and a character-level similarity to the truth, for the infill as the
+model ends it and cut to the span's true length, against a left-context
+baseline — the same model continuing the text before the hole for exactly the
+span's length, i.e. what plain causal decoding gets without the right-hand
+context.
 """
 
 from __future__ import annotations
@@ -109,16 +110,24 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
                          max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False, **common)
         lefts = [o[:n] for o, n in zip(lefts, lengths)]
         truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]
-        filled = [_text(tokenizer, [t for t in o if t != vocab.eos]).strip() for o in infills]
+        spans = [[t for t in o if t != vocab.eos] for o in infills]
+        filled = [_text(tokenizer, o).strip() for o in spans]
+        # cut to the true length too: the fair comparison with the baseline, which is given that length
+        filled_cut = [_text(tokenizer, o[:n]).strip() for o, n in zip(spans, lengths)]
         left = [_text(tokenizer, o).strip() for o in lefts]
 
         def similarity(guesses):
             return float(np.mean([difflib.SequenceMatcher(None, g, t).ratio() for g, t in zip(guesses, truths)]))
 
+        def exact(guesses):
+            return float(np.mean([g == t for g, t in zip(guesses, truths)]))
+
         result |= {
-            "text_exact": float(np.mean([f == t for f, t in zip(filled, truths)])),
-            "text_exact_left_context": float(np.mean([g == t for g, t in zip(left, truths)])),
+            "text_exact": exact(filled),
+            "text_exact_true_length": exact(filled_cut),
+            "text_exact_left_context": exact(left),
             "text_similarity": similarity(filled),
+            "text_similarity_true_length": similarity(filled_cut),
             "text_similarity_left_context": similarity(left),
             "text_examples": [
                 {"context": _masked_view(tokenizer, ids, span), "truth": t, "infilled": f, "left_context": g}

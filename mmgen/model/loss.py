@@ -13,11 +13,22 @@ stay in the CPU cache), and writes the gradient ``softmax·(g_nll + g_lse) −
 onehot·g_nll`` in one pass per block. With Chameleon's 65,536-id vocabulary
 that is 4x cheaper on CPU than logsumexp + gather in autograd, and saves no
 float32 copy of the logits for backward.
+
+Training goes one step further with ``head_nll_and_logsumexp``, which takes
+the final hidden states and the output head's weight instead of logits: the
+head matmul, the loss and its gradient live in one autograd function. Its
+forward pass turns the logits buffer, block by block, into the exponentials
+``exp(logit − rowmax)`` that both the logsumexp and the gradient need, so
+the exponential is computed once per logit instead of twice, and its
+backward pass scales that same buffer into the gradient of the logits in
+place, in one pass, before the two gradient matmuls. One [tokens, vocab]
+buffer is allocated per step instead of two (logits, then their gradient).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def _row_block(logits: torch.Tensor) -> int:
@@ -55,6 +66,67 @@ def nll_and_logsumexp(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torc
     """logits [..., V] (any dtype), valid targets [...] -> float32 (−log p(target), logsumexp(logits)), each [...]."""
     shape = targets.shape
     nll, lse = _NllAndLogsumexp.apply(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return nll.view(shape), lse.view(shape)
+
+
+class _HeadNllAndLogsumexp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+        # the very logits the unfused path computes (same kernel), then overwritten block by block
+        buf = F.linear(hidden, weight)
+        target_logit = buf.gather(-1, targets[:, None]).squeeze(-1).float()
+        lse = torch.empty(buf.shape[0], dtype=torch.float32, device=buf.device)
+        inv_total = torch.empty_like(lse)
+        block = _row_block(buf)
+        scratch = torch.empty(min(block, buf.shape[0]), buf.shape[1], dtype=torch.float32, device=buf.device)
+        for start in range(0, buf.shape[0], block):
+            rows = buf[start : start + block]
+            x = scratch[: rows.shape[0]].copy_(rows)
+            top = x.amax(-1, keepdim=True)
+            total = x.sub_(top).exp_().sum(-1)
+            lse[start : start + block] = top.squeeze(-1) + total.log()
+            inv_total[start : start + block] = total.reciprocal()
+            rows.copy_(x)  # exp(logit − rowmax): softmax = rows · inv_total
+        nll = lse - target_logit
+        ctx.save_for_backward(hidden, weight, targets, buf, inv_total, nll)
+        return nll, lse
+
+    @staticmethod
+    def backward(ctx, g_nll: torch.Tensor, g_lse: torch.Tensor):
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("head_nll_and_logsumexp: backward ran twice (its buffer becomes the gradient in place)")
+        ctx.consumed = True
+        hidden, weight, targets, buf, inv_total, nll = ctx.saved_tensors
+        # d/dlogits = softmax·(g_nll + g_lse) − onehot(target)·g_nll, written over the exponentials block by
+        # block (a bf16 tensor times a float32 factor in one call goes through full-size float32 copies)
+        scale = g_nll + g_lse
+        factor = (scale * inv_total)[:, None]
+        grad = buf
+        block = _row_block(buf)
+        scratch = torch.empty(min(block, buf.shape[0]), buf.shape[1], dtype=torch.float32, device=buf.device)
+        for start in range(0, buf.shape[0], block):
+            rows = buf[start : start + block]
+            rows.copy_(scratch[: rows.shape[0]].copy_(rows).mul_(factor[start : start + block]))
+        # at the target the two terms nearly cancel when p(target) → 1: form it from the float32 nll instead
+        at_target = torch.exp(-nll) * scale - g_nll
+        # (index_put_, not scatter_: on CPU, scatter_ into a bf16 tensor copies the whole tensor twice)
+        grad.index_put_((torch.arange(grad.shape[0], device=grad.device), targets), at_target.to(grad.dtype))
+        grad_hidden = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad.t() @ hidden if ctx.needs_input_grad[1] else None
+        return grad_hidden, grad_weight, None
+
+
+def head_nll_and_logsumexp(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``nll_and_logsumexp(F.linear(hidden, weight), targets)`` with the head matmul fused in.
+
+    hidden [..., D] (final normalised hidden states), weight [V, D] (the
+    output head), valid targets [...] -> float32 (−log p(target),
+    logsumexp(logits)), each [...]. Gradients flow to hidden and weight.
+    """
+    shape = targets.shape
+    nll, lse = _HeadNllAndLogsumexp.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1))
     return nll.view(shape), lse.view(shape)
 
 

@@ -11,11 +11,16 @@ built on the meta device, moved with ``to_empty`` and filled by
 - training/scoring: ``forward(tokens, document_ids=..., positions=...)``;
 - cached generation: ``setup_cache`` once, then ``forward(tokens,
   input_pos=...)`` with per-sequence cache slots (see kv_cache.py).
+With ``return_hidden=True`` (what pretraining uses) it stops before the
+output head and returns ``HiddenStates``, so the loss can fuse the head
+matmul with the cross-entropy (``mmgen.model.loss.head_nll_and_logsumexp``)
+instead of materialising float32 work on the full [tokens, vocab] logits.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +37,15 @@ from mmgen.model.masks import (
 )
 from mmgen.model.norms import RMSNorm
 from mmgen.model.rope import rope_rotation
+
+
+class HiddenStates(NamedTuple):
+    """What ``forward(..., return_hidden=True)`` returns instead of logits: logits = hidden @ head_weight.T."""
+
+    hidden: torch.Tensor
+    """[B, T, dim], after the final norm."""
+    head_weight: torch.Tensor
+    """[V, dim]: the output head's weight as this forward pass used it (under FSDP2, the gathered one)."""
 
 
 def ffn_hidden_dim(cfg: ModelConfig) -> int:
@@ -80,6 +94,17 @@ class TransformerBlock(nn.Module):
             return h + self.dropout(self.ffn_norm(self.feed_forward(h)))
         h = x + self.dropout(self.attention(self.attention_norm(x), rotation, mask, input_pos))
         return h + self.dropout(self.feed_forward(self.ffn_norm(h)))
+
+
+def _one_document_per_row(document_ids: torch.Tensor) -> bool:
+    """True when no row is packed from several documents, so plain causal attention is the document mask.
+
+    Checked on CPU only, where reading the ids costs no device synchronisation:
+    the causal kernels then run without building and applying a [B, 1, T, T] mask.
+    """
+    if document_ids.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool((document_ids == document_ids[:, :1]).all())
 
 
 class Transformer(nn.Module):
@@ -146,13 +171,16 @@ class Transformer(nn.Module):
         document_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_hidden: bool = False,
+    ) -> torch.Tensor | HiddenStates:
         """tokens [B, T] -> logits [B, T, V] in the compute dtype.
 
         document_ids [B, T]: packed documents; attention stays inside each and
         positions restart per document unless ``positions`` is given.
         input_pos [B, T] or [T]: KV-cache slots to write (cached generation);
         positions default to the slots.
+        return_hidden: return ``HiddenStates`` (final-norm output and head
+        weight) instead of logits, for a loss that applies the head itself.
         """
         B, T = tokens.shape
         if input_pos is not None:
@@ -173,12 +201,17 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         for block in self.layers.values():
             h = block(h, rotation, mask, input_pos)
-        return self.output(self.norm(h))
+        h = self.norm(h)
+        if return_hidden:
+            return HiddenStates(h, self.output.weight)
+        return self.output(h)
 
     def _training_mask(self, document_ids, B, T, device):
         if self.cfg.attention_backend == "flex":
             return flex_block_mask(document_ids, B, T, device)
-        return None if document_ids is None else document_causal_mask(document_ids)
+        if document_ids is None or _one_document_per_row(document_ids):
+            return None
+        return document_causal_mask(document_ids)
 
     # ----- KV cache -----
 

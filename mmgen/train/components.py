@@ -13,8 +13,9 @@ from torchtitan.config import CompileConfig
 
 from mmgen.data.objectives import CM3Documents, ConditionDropout
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
-from mmgen.model.loss import nll_and_logsumexp
 from mmgen.data.token_shards import TokenShards
+from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
+from mmgen.model.transformer import HiddenStates
 from mmgen.retrieval.augment import RetrievalAugmented
 from mmgen.retrieval.neighbours import load_neighbours
 from mmgen.tokenizers.sft import SFTSequences
@@ -111,6 +112,10 @@ class ModalityLoss(BaseLoss):
     ``loss_weights`` (retrieval augmentation), the trainer hands them over through
     ``weights`` before the forward pass; each token's loss is scaled by its weight
     and the logged text/image losses cover the main documents (weight 1) only.
+
+    ``pred`` is either logits [B, T, V] or, from pretraining's model
+    (``TitanTransformer``), ``HiddenStates``: then the output head runs here,
+    fused with the cross-entropy (``head_nll_and_logsumexp``).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -130,11 +135,14 @@ class ModalityLoss(BaseLoss):
         self.sums: torch.Tensor | None = None
         self.weights: torch.Tensor | None = None
 
-    def _summed_loss(self, pred: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _summed_loss(self, pred: torch.Tensor | HiddenStates, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         labels = labels.flatten()
         valid = labels != IGNORE_INDEX
-        # the fused kernel never materialises float32 log-probabilities of the whole vocabulary
-        nll, lse = nll_and_logsumexp(pred.flatten(0, 1), labels.clamp(min=0))
+        # the fused kernels never materialise float32 log-probabilities of the whole vocabulary
+        if isinstance(pred, HiddenStates):
+            nll, lse = head_nll_and_logsumexp(pred.hidden.flatten(0, 1), pred.head_weight, labels.clamp(min=0))
+        else:
+            nll, lse = nll_and_logsumexp(pred.flatten(0, 1), labels.clamp(min=0))
         nll = torch.where(valid, nll, 0.0)
         per_token = nll + self.config.z_loss_weight * torch.where(valid, lse.square(), 0.0)
         if weights is not None:

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torchtitan.config import TORCH_DTYPE_MAP
 from torchtitan.distributed.fsdp import get_fsdp_reshard_after_forward_policy
 from torchtitan.protocols import BaseModel
@@ -22,7 +22,7 @@ from torchtitan.protocols.model_spec import ModelSpec
 
 from mmgen.config.schema import ModelConfig
 from mmgen.model.lora import LoRALinear, add_lora
-from mmgen.model.transformer import Transformer
+from mmgen.model.transformer import HiddenStates, Transformer
 
 
 class TitanTransformer(Transformer, BaseModel):
@@ -49,6 +49,10 @@ class TitanTransformer(Transformer, BaseModel):
         Transformer.__init__(self, config.model, config.vocab_size)
         if config.lora_rank:
             add_lora(self, rank=config.lora_rank, alpha=config.lora_alpha)
+
+    def forward(self, tokens: torch.Tensor, **kwargs) -> HiddenStates:
+        # torchtitan hands this output to ModalityLoss, which applies the head fused with the cross-entropy
+        return Transformer.forward(self, tokens, return_hidden=True, **kwargs)
 
     def init_weights(self, buffer_device: torch.device | None = None, **kwargs) -> None:
         Transformer.init_weights(self, buffer_device=buffer_device)
@@ -86,6 +90,13 @@ def parallelize_decoder(model, *, parallel_dims, training, parallelism, compile_
         fully_shard(block, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard)
     # the root unit holds embeddings, final norm and head; it is needed right after the last block
     fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    # the loss is already each rank's sum over the global token count (torchtitan's trainer): FSDP must sum
+    # the ranks' gradients, not average them, or every gradient shrinks by the number of ranks. A plain SUM
+    # (rather than torchtitan's divide factor 1, a PREMUL_SUM) is what gloo can reduce too.
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
     return model
 
 
