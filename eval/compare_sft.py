@@ -25,9 +25,7 @@ from mmgen.device import default_device
 from mmgen.eval.sft_eval import sft_eval
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.model.lora import trainable_share
-from mmgen.tokenizers.image import ImageTokenizer
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def main() -> None:
@@ -37,8 +35,7 @@ def main() -> None:
     device = default_device()
     if device.type == "cpu":
         torch.set_num_threads(1)  # decode steps are tiny; a second thread only adds handoff cost
-    tokenizer = MultimodalTokenizer(Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer),
-                                    ImageTokenizer.load(paths.image_tokenizer, device=device))
+    tokenizer = load_run_tokenizer(paths, device)
     shards = TokenShards(paths.tokens("sft-heldout"))
     fs, root = fsspec.core.url_to_fs(paths.root)
     tuned = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)

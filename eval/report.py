@@ -19,9 +19,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.device import default_device
 from mmgen.eval.report import eval_dir, write_report
 from mmgen.model.checkpoint import load_trained_model
-from mmgen.tokenizers.image import ImageTokenizer
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def main() -> None:
@@ -34,8 +32,7 @@ def main() -> None:
         torch.set_num_threads(1)
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
                                      step=cfg.sample.checkpoint_step, device=device)
-    tokenizer = MultimodalTokenizer(Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer),
-                                    ImageTokenizer.load(paths.image_tokenizer, device=device))
+    tokenizer = load_run_tokenizer(paths, device)
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))

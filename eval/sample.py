@@ -34,9 +34,7 @@ from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
 from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
-from mmgen.tokenizers.image import ImageTokenizer
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def _load_images(spec: str) -> list[Image.Image]:
@@ -59,9 +57,7 @@ def main() -> None:
     if device.type == "cpu":
         # one-token decode steps are tiny: a second thread costs more in handoff than it computes
         torch.set_num_threads(1)
-    tokenizer = MultimodalTokenizer(
-        Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer, device=device)
-    )
+    tokenizer = load_run_tokenizer(paths, device)
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)

@@ -133,6 +133,17 @@ def test_sft_full_and_lora(run):
     adapters = load_file(str(lora_run / "sft" / "adapters.safetensors"))
     assert adapters and all(k.endswith(("lora_a", "lora_b")) for k in adapters)
 
+    # the comparison scores the pretrained checkpoint and every sft* run side by side
+    stage("train/sft.py", run, "--sft.epochs", "0.5", "--sft.folder", "sft_lora", "--sft.lora_rank", "4")
+    stage("eval/compare_sft.py", run)
+    results = json.loads((run / "eval" / "sft_metrics.json").read_text())
+    assert set(results) == {"pretrained", "sft", "sft_lora"}
+    for name, r in results.items():
+        for key in ("caption_accuracy", "vqa_accuracy", "t2i_accuracy", "t2i_accuracy_cfg1.5", "t2i_accuracy_cfg3"):
+            assert 0.0 <= r[key] <= 1.0, (name, key)
+    # rank 4 on the debug model's width 64 is ~6 % of its weights (the demo's rank 8 at width 256: 4 %)
+    assert 0 < results["sft_lora"]["trainable_share"] < 0.1 and "trainable_share" not in results["sft"]
+
 
 @pytest.mark.slow
 def test_cm3_model_infills_a_whole_image(run):

@@ -18,10 +18,8 @@ from mmgen.config import ConfigError, RunPaths, load_config
 from mmgen.data.sft_tasks import task_examples
 from mmgen.data.token_shards import TokenShardWriter
 from mmgen.retrieval.pairs import read_caption_pairs
-from mmgen.tokenizers.image import ImageTokenizer
+from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.tokenizers.sft import encode_sft_examples
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 
 
 def parse_tasks(spec: str) -> dict[str, float]:
@@ -40,8 +38,8 @@ def main() -> None:
     weights = parse_tasks(cfg.sft.tasks)
     start = time.time()
     torch.set_grad_enabled(False)
-    vocab = Vocab.load(paths.vocab)
-    tokenizer = MultimodalTokenizer(vocab, TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer))
+    tokenizer = load_run_tokenizer(paths)
+    vocab = tokenizer.vocab
     summary = {}
     for split in ("train", "heldout"):
         pairs = read_caption_pairs(paths.caption_pairs(split))
