@@ -18,6 +18,7 @@ from typing import Sequence
 import fsspec
 import numpy as np
 
+from mmgen.config.overrides import ConfigError
 from mmgen.config.paths import StaleInputError
 from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
 from mmgen.retrieval.encoder import DualEncoder
@@ -70,11 +71,12 @@ def retrieve_for_prompt(
         return []
     if bank.index.ntotal != len(documents) or (len(bank.doc_ids) and int(bank.doc_ids.max()) >= len(documents)):
         raise StaleInputError(f"the memory bank holds {bank.index.ntotal} documents, the token shards "
-                         f"{len(documents)}: rerun retrieval/build_index.py")  # fmt: skip
+                              f"{len(documents)}: rerun retrieval/build_index.py")
     prompt = np.asarray(prompt_ids, dtype=np.int64)
     text, grids = split_document(prompt, vocab)
     if len(text) == 0 and len(grids) == 0:
-        raise ValueError("the prompt holds no text and no image to retrieve documents with")
+        # a user's empty sample.prompt: a one-line error from the CLI, not a traceback
+        raise ConfigError("the prompt holds no text and no image to retrieve documents with")
     query = embed_documents(encoder, [prompt], vocab)
     sims, ids = bank.search(query, max(candidates, k))
     found = ids[0] >= 0
