@@ -29,14 +29,7 @@ from mmgen.eval.classify import confusion_png
 from mmgen.eval.infill_eval import infill_eval
 from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, heldout_scenes, t2i_eval
-
-
-def _read_json(path: str) -> Any:
-    fs, local = fsspec.core.url_to_fs(path)
-    if not fs.exists(local):
-        raise FileNotFoundError(f"missing input {path}")
-    with fs.open(local, "r") as f:
-        return json.load(f)
+from mmgen.eval.summary import read_json
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
@@ -87,7 +80,7 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
             model, tokenizer, shards, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
             top_k=e.t2i_top_k, batch_size=e.batch_size))
         metrics.update({f"infill_{k}": v for k, v in infills.items() if isinstance(v, (float, int)) and not isinstance(v, bool)})
-    metrics["vq_psnr"] = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
+    metrics["vq_psnr"] = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
     metrics["seconds"] = timings
     return metrics, _html(cfg, metrics, caption, t2i, classes, paths, infills)
 

@@ -19,7 +19,8 @@ STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
 OPTIONAL_STAGES = ("report", "encode_sft", "sft", "sft_lora", "compare_sft")
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str) -> Any:
+    """A JSON file a stage wrote; a missing one is a user error naming it."""
     fs, local = fsspec.core.url_to_fs(path)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {path}")
@@ -42,12 +43,12 @@ def _loss_log(path: str) -> list[dict[str, Any]]:
 def demo_summary(paths: RunPaths) -> dict[str, Any]:
     log = _loss_log(paths.loss_log)
     first, last = log[0], log[-1]
-    vq = _read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))
-    seconds = {stage: round(_read_json(paths.stage_timing(stage))["seconds"], 2) for stage in STAGES}
+    vq = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))
+    seconds = {stage: round(read_json(paths.stage_timing(stage))["seconds"], 2) for stage in STAGES}
     for stage in OPTIONAL_STAGES:
         fs, local = fsspec.core.url_to_fs(paths.stage_timing(stage))
         if fs.exists(local):
-            seconds[stage] = round(_read_json(paths.stage_timing(stage))["seconds"], 2)
+            seconds[stage] = round(read_json(paths.stage_timing(stage))["seconds"], 2)
     fs, samples = fsspec.core.url_to_fs(paths.samples_dir)
     sample_files = sorted(posixpath.basename(p) for p in fs.ls(samples, detail=False)) if fs.exists(samples) else []
     return {
