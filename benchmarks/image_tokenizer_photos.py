@@ -31,7 +31,8 @@ from image_tokenizer_shapes import image_metrics
 from PIL import Image
 
 from mmgen.config.schema import ImageTokenizerConfig
-from mmgen.tokenizers.image import ImageTokenizer, train_image_tokenizer
+from mmgen.tokenizers.image import ImageTokenizer
+from mmgen.tokenizers.image_train import fit
 
 PHOTOS = (
     "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
@@ -99,7 +100,7 @@ def main() -> None:
     print(f"config: {cfg}")
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        metrics = train_image_tokenizer(torch.from_numpy(train), torch.from_numpy(heldout), cfg, out, log_every=200)
+        _, metrics = fit(torch.from_numpy(train), torch.from_numpy(heldout), cfg, out, log_every=200)
         seconds = time.perf_counter() - start
         tok = ImageTokenizer.load(out)
         recon = tok.decode(tok.encode(torch.from_numpy(heldout))).numpy()

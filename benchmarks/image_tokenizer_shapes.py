@@ -29,7 +29,8 @@ from image_tokenizer_jpeg import jpeg_at_bits
 from mmgen.config.presets import demo
 from mmgen.config.schema import WorldConfig
 from mmgen.data.shapes_world import random_scene, render_scene, scene_split
-from mmgen.tokenizers.image import psnr_from_mse, ssim, train_image_tokenizer
+from mmgen.tokenizers.image import psnr_from_mse, ssim
+from mmgen.tokenizers.image_train import fit
 
 
 def scenes(split: str, count: int, seed: int) -> np.ndarray:
@@ -65,7 +66,7 @@ def main() -> None:
     print(f"config: {cfg}")
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        metrics = train_image_tokenizer(
+        _, metrics = fit(
             torch.from_numpy(train), torch.from_numpy(heldout), cfg, out, device="cpu", log_every=200
         )
         seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from mmgen.config.schema import ImageTokenizerConfig, WorldConfig
 from mmgen.data.shapes_world import random_scene, render_scene
-from mmgen.tokenizers.image import ImageTokenizer, ssim, train_image_tokenizer
+from mmgen.tokenizers.image import ImageTokenizer, ssim
 from mmgen.tokenizers.image_train import fit
 from mmgen.tokenizers.vqvae import VQVAE, stage_widths
 
@@ -66,7 +66,7 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
 )
 def test_quantizer_and_loss_variants_train_and_round_trip(tmp_path, overrides):
     cfg = dataclasses.replace(QUICK, **overrides)
-    metrics = train_image_tokenizer(shapes(32, 1), shapes(8, 2), cfg, str(tmp_path), log=quiet, device="cpu")
+    _, metrics = fit(shapes(32, 1), shapes(8, 2), cfg, str(tmp_path), log=quiet, device="cpu")
     assert {"psnr", "ssim", "codebook_usage", "code_perplexity"} <= set(metrics)
     tok = ImageTokenizer.load(str(tmp_path))
     codes = tok.encode(shapes(3, 3))
@@ -84,7 +84,7 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp
     train, heldout = shapes(40, 1), shapes(8, 2)
     full = str(tmp_path / "full")
     torch.manual_seed(0)
-    want = train_image_tokenizer(train, heldout, cfg, full, log=quiet, device="cpu", log_every=2)
+    _, want = fit(train, heldout, cfg, full, log=quiet, device="cpu", log_every=2)
     assert any(name.startswith("events") for name in os.listdir(f"{full}/tensorboard"))
     assert not os.path.exists(f"{full}/checkpoint")  # a finished run leaves nothing to resume
 
@@ -94,11 +94,11 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp
 
     resumed = str(tmp_path / "resumed")
     with pytest.raises(_Interrupted):
-        train_image_tokenizer(train, heldout, cfg, resumed, log=crash_at_step_4, device="cpu", log_every=2)
+        fit(train, heldout, cfg, resumed, log=crash_at_step_4, device="cpu", log_every=2)
     assert os.path.exists(f"{resumed}/checkpoint/progress.json")  # written at step 3
     messages: list[str] = []
     torch.manual_seed(123)  # the checkpoint's RNG state, not this one, drives the rest of the run
-    got = train_image_tokenizer(train, heldout, cfg, resumed, log=messages.append, device="cpu", log_every=2)
+    _, got = fit(train, heldout, cfg, resumed, log=messages.append, device="cpu", log_every=2)
     assert any("resuming at step 3" in m for m in messages)
     assert got["train_steps"] == 6 and got["psnr"] == pytest.approx(want["psnr"], abs=1e-4)
     a, b = load_file(f"{full}/model.safetensors"), load_file(f"{resumed}/model.safetensors")
@@ -107,10 +107,10 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp
 
     # a checkpoint made with another config is left alone and training starts afresh
     with pytest.raises(_Interrupted):
-        train_image_tokenizer(train, heldout, cfg, resumed, log=crash_at_step_4, device="cpu", log_every=2)
+        fit(train, heldout, cfg, resumed, log=crash_at_step_4, device="cpu", log_every=2)
     messages.clear()
     other = dataclasses.replace(cfg, channels=64)
-    train_image_tokenizer(train, heldout, other, resumed, log=messages.append, device="cpu", log_every=2)
+    fit(train, heldout, other, resumed, log=messages.append, device="cpu", log_every=2)
     assert any("ignoring the checkpoint" in m for m in messages)
     assert not any("resuming" in m for m in messages)
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from mmgen.config.schema import ImageTokenizerConfig, TextTokenizerConfig, WorldConfig
 from mmgen.data.document import Document
 from mmgen.data.shapes_world import random_scene, render_scene
-from mmgen.tokenizers.image import ImageTokenizer, train_image_tokenizer
+from mmgen.tokenizers.image import ImageTokenizer
+from mmgen.tokenizers.image_train import fit
 from mmgen.tokenizers.text import TextTokenizer, train_text_tokenizer
 from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 
@@ -50,7 +51,7 @@ def trained_vq(tmp_path_factory):
     train = shapes_images(256, seed=1)
     heldout = shapes_images(32, seed=2)
     torch.manual_seed(0)
-    metrics = train_image_tokenizer(train, heldout, TINY_VQ, out_dir, log=lambda _: None, device="cpu")
+    _, metrics = fit(train, heldout, TINY_VQ, out_dir, log=lambda _: None, device="cpu")
     return out_dir, metrics, heldout
 
 

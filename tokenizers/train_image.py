@@ -21,7 +21,8 @@ from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
-from mmgen.tokenizers.image import images_to_uint8, train_image_tokenizer
+from mmgen.tokenizers.image import images_to_uint8
+from mmgen.tokenizers.image_train import fit
 
 MAX_HELDOUT_IMAGES = 1000
 """Held-out images scored for PSNR and codebook usage."""
@@ -55,7 +56,7 @@ def main() -> None:
     heldout = read_images(heldout_url, MAX_HELDOUT_IMAGES, tok_cfg.image_size, cfg.data)
     if len(train) == 0:
         raise CorpusError(f"{train_url} holds no readable images to train the image tokenizer on")
-    metrics = train_image_tokenizer(train, heldout, tok_cfg, paths.image_tokenizer)
+    _, metrics = fit(train, heldout, tok_cfg, paths.image_tokenizer)
     seconds = time.perf_counter() - start
     if world == 1 or torch.distributed.get_rank() == 0:
         with fsspec.open(paths.stage_timing("train_image"), "w", auto_mkdir=True) as f:

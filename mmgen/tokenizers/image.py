@@ -22,7 +22,7 @@ import dataclasses
 import json
 import math
 import posixpath
-from typing import Callable, Sequence, Union
+from typing import Sequence, Union
 
 import fsspec
 import numpy as np
@@ -205,27 +205,3 @@ def _write_atomic(fs, path: str, data: bytes) -> None:
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
-
-
-def train_image_tokenizer(
-    train_images: Images,
-    heldout_images: Images,
-    cfg: ImageTokenizerConfig,
-    out_dir: str,
-    log: Callable[[str], None] = print,
-    *,
-    device: torch.device | str | None = None,
-    log_every: int = 50,
-    tensorboard_dir: str | None = None,
-    resume: bool = True,
-) -> dict:
-    """Train the VQ-VAE on ``train_images``, save it to ``out_dir`` and return held-out metrics.
-
-    See ``mmgen.tokenizers.image_train.fit`` for the options.
-    """
-    from mmgen.tokenizers.image_train import fit  # the training loop imports this module
-
-    return fit(
-        train_images, heldout_images, cfg, out_dir, log,
-        device=device, log_every=log_every, tensorboard_dir=tensorboard_dir, resume=resume,
-    )[1]  # fmt: skip
