@@ -35,7 +35,7 @@ from mmgen.eval.classify import (
     label_given_image_scores,
 )
 from mmgen.eval.report import eval_dir, write_atomically
-from mmgen.eval.shapes_eval import classify_eval, heldout_scenes
+from mmgen.eval.shapes_eval import classify_eval, eval_scenes
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
@@ -100,7 +100,8 @@ def main() -> None:
         if cfg.eval.image_folder:
             results = folder_tasks(cfg, model, tokenizer)
         else:
-            scenes = heldout_scenes(cfg.eval.classify_images, cfg.world, seed=cfg.eval.seed + 2, max_shapes=1)
+            scenes = eval_scenes(cfg.eval.classify_images, cfg.world, seed=cfg.eval.seed + 2, max_shapes=1,
+                                 split=cfg.eval.split)
             results = classify_eval(model, tokenizer, scenes, cfg.eval, cfg.world.image_size)
     seconds = time.time() - start
     out = posixpath.join(eval_dir(paths), "classify")
@@ -111,7 +112,9 @@ def main() -> None:
             continue
         with fs.open(posixpath.join(local, name.replace("/", "-") + "-confusion.png"), "wb") as f:
             f.write(confusion_png(task["confusion"], task["labels"]))
-        print(f"{name}: top-1 {task['top1']:.3f} (chance {task['chance']:.3f}), top-5 {task['top5']:.3f}, "
+        lo, hi = task["ci95"]
+        print(f"{name}: top-1 {task['top1']:.3f} [95 % interval {lo:.3f}, {hi:.3f}; {len(task['predictions'])} images] "
+              f"(chance {task['chance']:.3f}), top-5 {task['top5']:.3f}, "
               f"per class {json.dumps(task['per_class'])}")
     images = len(next(t for n, t in results.items() if n != "skipped")["predictions"])
     summary = {"step": step, "seconds": seconds, "images_per_second": images / seconds, "tasks": results}

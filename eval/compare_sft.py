@@ -47,7 +47,9 @@ def main() -> None:
     for name, folder in runs.items():
         model, step = load_trained_model(folder, device=device)
         print(f"scoring {name} (step {step}) on {len(shards)} held-out SFT prompts")
-        results[name] = {"step": step, **sft_eval(model, tokenizer, shards, seed=cfg.sample.seed)}
+        results[name] = {"step": step, **sft_eval(model, tokenizer, shards, seed=cfg.sample.seed,
+                                                         per_task=cfg.eval.sft_prompts,
+                                                         cfg_scales=cfg.eval.sft_cfg_scales)}
         with fsspec.open(posixpath.join(folder, "model.json"), "r") as f:
             description = json.load(f)
         if description.get("lora_rank"):

@@ -140,7 +140,8 @@ def test_whole_file_errors_name_the_file(tmp_path):
 
 
 def test_imagefolder_becomes_caption_documents_with_labels(tmp_path):
-    corpus = open_corpus(str(write_imagefolder(tmp_path / "folder")), image_size=16)
+    corpus = open_corpus(str(write_imagefolder(tmp_path / "folder")), image_size=16,
+                         options=DataConfig(caption_order="text_first"))
     assert corpus.kind == "imagefolder" and corpus.labels == ["cat", "hot_dog"]
     docs = list(corpus)
     assert len(docs) == 6
@@ -153,8 +154,18 @@ def test_imagefolder_becomes_caption_documents_with_labels(tmp_path):
     assert parts_of(next(iter(flipped))) == ["<img>", "cat!"]
 
 
+def test_both_caption_orders_by_default(tmp_path):
+    """A user's labelled images teach label-given-image as well as image-given-label, each image in one order."""
+    folder = write_imagefolder(tmp_path / "folder")
+    orders = [tuple(parts_of(d)) for d in open_corpus(str(folder), image_size=16)]
+    assert {o[0] == "<img>" for o in orders} == {True, False}
+    assert orders == [tuple(parts_of(d)) for d in open_corpus(str(folder), image_size=16)]  # stable across reads
+    pairs = [parts_of(d) for d in open_corpus(str(write_captions(tmp_path / "c" / "captions.jsonl")))]
+    assert {p[0] == "<img>" for p in pairs} == {True, False}
+
+
 def test_caption_pairs_and_the_shapes_world_captions(tmp_path):
-    corpus = open_corpus(str(write_captions(tmp_path / "c" / "captions.jsonl")))
+    corpus = open_corpus(str(write_captions(tmp_path / "c" / "captions.jsonl")), options=DataConfig(caption_order="text_first"))
     docs = list(corpus)
     assert corpus.kind == "captions" and [parts_of(d) for d in docs][1] == ["caption number 1", "<img>"]
     assert docs[2].image_metadata == [{"i": 2}]
@@ -242,7 +253,7 @@ def test_filters_and_dedup_count_every_reason(tmp_path):
         {"image": "ok.png", "caption": "a perfectly fine caption"},  # exact duplicate document
     ]
     (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    options = DataConfig(min_text_chars=10, min_image_side=8, max_aspect_ratio=3.0)
+    options = DataConfig(min_text_chars=10, min_image_side=8, max_aspect_ratio=3.0, caption_order="text_first")
     corpus = open_corpus(str(tmp_path / "c.jsonl"), options=options)
     assert len(list(corpus)) == 1
     assert corpus.stats.skipped == {"no_images_left": 3, "text_too_short": 1, "duplicate_document": 1}

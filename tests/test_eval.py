@@ -26,7 +26,8 @@ from mmgen.eval.classify import (
 )
 from mmgen.eval.likelihood import bits_per_token, common_prefix_length, continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.eval.shapes_eval import heldout_scenes
+from mmgen.eval.intervals import ratio_interval, wilson_interval
+from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import Transformer, per_token_loss
 from mmgen.tokenizers.vocab import Vocab
 
@@ -73,9 +74,35 @@ def test_chance_levels():
     truth = ["a", "b", "c"] * 20
     assert label_chance(truth, truth) == pytest.approx(1 / 3, abs=0.08)
     assert label_chance(truth, ["a"] * 60) == pytest.approx(1 / 3)  # a constant guess is at chance
-    scenes = heldout_scenes(40, WorldConfig(), seed=0)
+    scenes = eval_scenes(40, WorldConfig(), seed=0)
     assert all(scene_split(s) == "heldout" for s in scenes)
     assert permutation_chance(scenes, scenes) < attribute_accuracy(scenes, scenes) == 1.0
+
+
+def test_validation_and_heldout_scenes_are_disjoint_from_training():
+    rng = np.random.default_rng(3)
+    splits = [scene_split(random_scene(rng, WorldConfig())) for _ in range(4000)]
+    assert splits.count("validation") / 4000 == pytest.approx(0.1, abs=0.02)
+    assert splits.count("heldout") / 4000 == pytest.approx(0.1, abs=0.02)
+    validation = eval_scenes(60, WorldConfig(), seed=0, split="validation")
+    assert {scene_split(s) for s in validation} == {"validation"}
+    heldout = eval_scenes(60, WorldConfig(), seed=0)
+    assert not {describe_scene(s) for s in validation} & {describe_scene(s) for s in heldout}
+
+
+def test_intervals():
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and hi == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(0, 0)[0] != wilson_interval(0, 0)[0]  # nan without items
+    # the bootstrap interval of a pooled ratio holds the estimate and narrows with more items
+    rng = np.random.default_rng(0)
+    totals = rng.integers(5, 14, size=400)
+    correct = rng.binomial(totals, 0.7)
+    wide, narrow = ratio_interval(correct[:40], totals[:40]), ratio_interval(correct, totals)
+    assert wide[0] < correct[:40].sum() / totals[:40].sum() < wide[1]
+    assert narrow[0] < correct.sum() / totals.sum() < narrow[1]
+    assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
 
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 2))

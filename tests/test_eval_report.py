@@ -6,12 +6,15 @@ import json
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
 from mmgen.config import RunPaths, resolve_config
 from mmgen.config.schema import ModelConfig
 from mmgen.data.shapes_world import describe_scene, random_scene, render_scene
 from mmgen.data.token_shards import TokenShardWriter
+from mmgen.eval.curve import ACCURACY_KEYS, curve_png, learning_curve, write_tensorboard
 from mmgen.eval.report import write_report
+from mmgen.model.checkpoint import save_model_description
 from mmgen.model import Transformer
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import train_text_tokenizer
@@ -54,3 +57,40 @@ def test_report_writes_every_metric(tmp_path):
     page = (tmp_path / "run" / "eval" / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 3 + 3 * 2 + 4  # captions, t2i pairs, confusion matrices
     assert not list((tmp_path / "run" / "eval").glob("*.tmp"))
+    for key in KEYS[2:4]:  # each accuracy comes with its 95 % interval and number of items
+        lo, hi = saved[key + "_ci95"]
+        assert lo <= saved[key] <= hi and saved[key + "_items"] == 3
+    assert "curve" not in saved  # no pretraining checkpoints, no learning curve
+
+
+def test_learning_curve_scores_every_kept_checkpoint(tmp_path):
+    cfg = resolve_config("debug")
+    cfg.output_dir = str(tmp_path / "run")
+    cfg.eval.curve_items = 3
+    paths = RunPaths(cfg.run_dir)
+    texts = ["Here is a drawing of a large red circle at the top left, on a white background."] * 4
+    text_tok = train_text_tokenizer(texts, cfg.text_tokenizer, paths.text_tokenizer, log=lambda _: None)
+    torch.manual_seed(0)
+    image_tok = ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer)
+    vocab = Vocab.build(text_tok.vocab_size, image_tok.codebook_size, image_tok.grid)
+    tokenizer = MultimodalTokenizer(vocab, text_tok, image_tok)
+    writer = TokenShardWriter(paths.tokens("heldout"), vocab_size=vocab.size, tokens_per_shard=10_000)
+    writer.add(tokenizer.encode_parts([texts[0], render_scene(random_scene(np.random.default_rng(0), cfg.world))]), {})
+    writer.close()
+    model_cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=256)
+    save_model_description(paths.pretrain_dir, model_cfg, vocab.size)
+    for step in (3, 6):
+        model = Transformer(model_cfg, vocab.size)
+        model.init_weights()
+        dcp.save(model.state_dict(), checkpoint_id=f"{paths.pretrain_dir}/checkpoint/step-{step}", no_dist=True)
+
+    points = learning_curve(cfg, paths, tokenizer, "cpu", log=lambda _: None)
+    assert [p["step"] for p in points] == [3, 6]
+    per_step = cfg.training.local_batch_size * cfg.training.seq_len * cfg.processes
+    assert [p["tokens"] for p in points] == [3 * per_step, 6 * per_step]
+    for p in points:
+        assert set(ACCURACY_KEYS) <= set(p) and all(0 <= p[k] <= 1 for k in ACCURACY_KEYS)
+        assert np.isfinite(p["image_bits_per_token"])
+    assert curve_png(points, "test")[:8] == b"\x89PNG\r\n\x1a\n"
+    write_tensorboard(points, str(tmp_path / "tb"))
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

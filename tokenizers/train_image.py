@@ -1,6 +1,6 @@
 """Train the VQ-VAE image tokenizer on the images of the training corpus; report held-out PSNR and SSIM.
 
-    python tokenizers/train_image.py --config demo [--image_tokenizer.max_train_seconds 120 ...]
+    python tokenizers/train_image.py --config demo [--image_tokenizer.train_steps 400 ...]
     torchrun --nproc_per_node 2 tokenizers/train_image.py --config demo   # data parallel
 
 A rerun into the same run folder resumes from the last checkpoint; TensorBoard

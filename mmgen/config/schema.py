@@ -76,8 +76,8 @@ class DataConfig:
     """How a non-square image becomes the tokenizer's square: stretch it, keep the central square, or pad onto white."""
     caption_template: str = "a photo of a {label}"
     """Caption of an ImageFolder image; {label} is its class folder name (underscores read as spaces)."""
-    caption_order: Literal["text_first", "image_first"] = "text_first"
-    """Order of caption and image in caption-pair and ImageFolder documents."""
+    caption_order: Literal["both", "text_first", "image_first"] = "both"
+    """Order of caption and image in caption-pair and ImageFolder documents; 'both': alternating by row, so a model learns label given image as well as image given label."""
     min_text_chars: int = 0
     """Documents with fewer text characters are skipped ('text_too_short')."""
     max_text_chars: int = 0
@@ -129,9 +129,9 @@ class ImageTokenizerConfig:
     dead_code_threshold: float = 2.0
     """Codes used fewer times than this per batch (EMA) are restarted from the batch."""
     train_steps: int = 3000
-    """Optimisation steps of VQ-VAE training (stops earlier at max_train_seconds)."""
-    max_train_seconds: float = 240.0
-    """Wall-clock budget of VQ-VAE training; 0 means no limit."""
+    """Optimisation steps of VQ-VAE training (the budget: results do not depend on how busy the machine is)."""
+    max_train_seconds: float = 0.0
+    """Optional wall-clock cap of VQ-VAE training; 0 means none. A cap makes the tokenizer depend on machine load."""
     batch_size: int = 64
     """Images per VQ-VAE training batch."""
     lr: float = 2e-3
@@ -259,7 +259,9 @@ class SampleConfig:
 class EvalConfig:
     heldout_documents: int = 100
     """Held-out token-shard documents scored for text/image bits per token (0: all)."""
-    caption_images: int = 48
+    split: Literal["heldout", "validation"] = "heldout"
+    """Scenes the shapes-world measurements use: 'validation' while choosing settings, 'heldout' for reported figures."""
+    caption_images: int = 300
     """Held-out scenes (rendered like the corpus) captioned for caption_accuracy."""
     caption_prompt: str = "Look at this picture."
     """Text before the image in a captioning prompt."""
@@ -267,7 +269,7 @@ class EvalConfig:
     """Text after the image that the caption continues (the parser reads lead + caption)."""
     caption_max_tokens: int = 48
     """Tokens sampled per caption."""
-    t2i_prompts: int = 48
+    t2i_prompts: int = 300
     """Held-out scenes drawn for t2i_accuracy."""
     t2i_template: str = "Here is a drawing. Draw {caption}."
     """Text-to-image prompt; {caption} is the held-out scene's canonical caption."""
@@ -277,7 +279,7 @@ class EvalConfig:
     """Top-k of image sampling in the report; 0 keeps all."""
     t2i_cfg_scale: float = 2.0
     """Classifier-free guidance scale of image sampling in the report; 0 turns it off (2 measured best on the demo)."""
-    classify_images: int = 96
+    classify_images: int = 300
     """Held-out single-shape images classified by shape and by colour."""
     classify_prompt: str = "Here is a drawing of {caption}."
     """Prompt of log p(image | label); {caption} is the image's caption with the label in place."""
@@ -285,8 +287,14 @@ class EvalConfig:
     """Text before the image in log p(label | image)."""
     classify_follow: str = "It shows {caption}."
     """Text after the image in log p(label | image); the tokens after the labels' common prefix are scored."""
-    infill_documents: int = 48
+    infill_documents: int = 300
     """Held-out documents per infilling test (one image and one text span each); run when data.cm3_rate > 0, 0 skips."""
+    curve_items: int = 100
+    """Scenes (and held-out documents) each kept pretraining checkpoint is scored on for the learning curve; 0: no curve."""
+    sft_prompts: int = 300
+    """eval/compare_sft.py: held-out SFT prompts scored per task (captioning, VQA, text-to-image)."""
+    sft_cfg_scales: list[float] = field(default_factory=lambda: [1.0, 1.5, 3.0])
+    """eval/compare_sft.py: guidance scales of text-to-image (1 means unguided)."""
     calibrate: bool = False
     """Subtract the unconditional likelihood (label prior in label|image, image prior in image|label)."""
     batch_size: int = 32

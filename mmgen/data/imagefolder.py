@@ -14,6 +14,7 @@ from typing import Iterator
 
 import fsspec
 
+from mmgen.data.caption_pairs import in_caption_order
 from mmgen.data.curation import Curator, ImageItem
 from mmgen.data.document import Document
 from mmgen.data.reading import CorpusError, ReadStats, SkipRow
@@ -45,7 +46,7 @@ def read_shard(fs: fsspec.AbstractFileSystem, class_dir: str, source: str, curat
     meta = {"label": label, "label_index": label_index}
     for row, path in enumerate(files):
         image = ImageItem(ref=posixpath.relpath(path, class_dir), metadata=dict(meta))
-        items = [text, image] if curator.options.caption_order == "text_first" else [image, text]
+        items = in_caption_order(text, image, curator.options.caption_order, row)
         try:
             doc = curator.document(items, {**meta, "path": posixpath.relpath(path, posixpath.dirname(class_dir))},
                                    refs, stats)  # fmt: skip

@@ -6,8 +6,10 @@ Notable choices:
   A scene analyser can therefore read an image back exactly, and the VQ-VAE sees few distinct patches.
 - Shapes in a scene are kept in grid reading order, so ``describe_scene`` is a function of the image alone.
 - Held-out scenes are disjoint from training scenes by construction: a stable hash of the canonical caption
-  assigns every possible scene to exactly one split, and each split rejects the other's scenes. Each split
-  (and documents vs caption pairs) also draws from its own seed stream.
+  assigns every possible scene to exactly one split (train, validation or heldout), and each split rejects the
+  others' scenes. Validation scenes are for choosing settings (learning rate, sampling temperature, guidance);
+  held-out scenes only for the figures a run reports. Each split (and documents vs caption pairs) also draws
+  from its own seed stream.
 - Half of the images are described before they appear (text → image) and half after (image → text); later
   images in a document are often edits of the previous one, narrated ("Then the small red circle ... moves
   to the center."), so the text depends on more than one image.
@@ -52,7 +54,8 @@ POSITIONS = (
 _AT = {"left": "on the left", "right": "on the right", "center": "in the center"}
 _TO = {"center": "to the center"}
 HELDOUT_BUCKETS = 10
-"""One scene in this many (by caption hash) belongs to the held-out split."""
+"""One scene in this many (by caption hash) belongs to the held-out split, and another one to validation."""
+SPLITS = ("train", "validation", "heldout")
 
 OBELICS_SCHEMA = pa.schema(
     [
@@ -198,9 +201,10 @@ def parse_background(text: str) -> str | None:
 
 
 def scene_split(scene: Scene) -> str:
-    """'train' or 'heldout': a stable partition of all possible scenes."""
+    """'train', 'validation' or 'heldout': a stable partition of all possible scenes."""
     digest = hashlib.blake2b(describe_scene(scene).encode(), digest_size=8).digest()
-    return "heldout" if int.from_bytes(digest, "big") % HELDOUT_BUCKETS == 0 else "train"
+    bucket = int.from_bytes(digest, "big") % HELDOUT_BUCKETS
+    return "heldout" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
 def _scene_in(split: str, rng: np.random.Generator, cfg: WorldConfig) -> Scene:
@@ -306,7 +310,7 @@ def document_row(items: list[str | Scene], image_size: int, general_metadata: di
 
 # ----- writing a world -----
 
-_SPLIT_IDS = {"train": 0, "heldout": 1}
+_SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
 _STREAM_IDS = {"documents": 0, "captions": 1}
 
 

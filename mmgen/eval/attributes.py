@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from mmgen.data.shapes_world import parse_background, parse_caption
+from mmgen.eval.intervals import ratio_interval
 
 ATTRIBUTES = ("shape", "color", "size", "position")
 _MAX_STATED = 6  # bounds the assignment search; captions rarely state more shapes
@@ -55,6 +56,12 @@ def attribute_accuracy(truths: Sequence[dict], stated: Sequence[dict]) -> float:
     """Share of all true attributes stated correctly (pooled over items)."""
     scores = [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]
     return sum(c for c, _ in scores) / max(1, sum(n for _, n in scores))
+
+
+def attribute_accuracy_interval(truths: Sequence[dict], stated: Sequence[dict], *, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval (over items) of ``attribute_accuracy``."""
+    scores = [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]
+    return ratio_interval([c for c, _ in scores], [n for _, n in scores], seed=seed)
 
 
 def permutation_chance(truths: Sequence[dict], stated: Sequence[dict], *, rounds: int = 20, seed: int = 0) -> float:

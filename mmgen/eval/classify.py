@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from mmgen.eval.intervals import wilson_interval
 from mmgen.eval.likelihood import common_prefix_length, continuation_logprobs, grouped_continuation_logprobs
 
 TokenIds = Sequence[int]
@@ -111,8 +112,10 @@ def classification_metrics(scores: torch.Tensor, truth: Sequence[int], labels: S
         label: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
         for i, label in enumerate(labels)
     }
+    correct = int((top1 == truth_t).sum())
     return {
-        "top1": float((top1 == truth_t).float().mean()),
+        "top1": correct / max(1, len(truth_t)),
+        "ci95": wilson_interval(correct, len(truth_t)),
         "top5": float(top5.float().mean()),
         "per_class": per_class,
         "confusion": confusion.tolist(),

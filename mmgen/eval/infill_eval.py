@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from mmgen.data.objectives import choose_span, image_spans
-from mmgen.eval.attributes import attribute_accuracy, permutation_chance
+from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, permutation_chance
+from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.infill import infill_prompt
 from mmgen.generation.sampler import sample
@@ -91,8 +92,9 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         infilled = tokenizer.decode_images([grids[k] for k in kept]) if kept else []
         truth = [analyse_scene(im) for im in originals]
         read = [analyse_scene(im) for im in infilled]
+        result |= with_interval("image_accuracy", attribute_accuracy(truth, read),
+                                attribute_accuracy_interval(truth, read, seed=seed), len(kept))
         result |= {
-            "image_accuracy": attribute_accuracy(truth, read),
             "image_chance": permutation_chance(truth, read, seed=seed),
             "image_incomplete": len(image_items) - len(kept),
             "image_examples": [
@@ -119,13 +121,13 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         def similarity(guesses):
             return float(np.mean([difflib.SequenceMatcher(None, g, t).ratio() for g, t in zip(guesses, truths)]))
 
-        def exact(guesses):
-            return float(np.mean([g == t for g, t in zip(guesses, truths)]))
+        def exact(name, guesses):
+            right = sum(g == t for g, t in zip(guesses, truths))
+            return with_interval(name, right / len(truths), wilson_interval(right, len(truths)), len(truths))
 
+        result |= exact("text_exact", filled) | exact("text_exact_true_length", filled_cut)
+        result |= exact("text_exact_left_context", left)
         result |= {
-            "text_exact": exact(filled),
-            "text_exact_true_length": exact(filled_cut),
-            "text_exact_left_context": exact(left),
             "text_similarity": similarity(filled),
             "text_similarity_true_length": similarity(filled_cut),
             "text_similarity_left_context": similarity(left),

@@ -26,18 +26,20 @@ from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
 from mmgen.eval import html as H
 from mmgen.eval.classify import confusion_png
+from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
 from mmgen.eval.infill_eval import infill_eval
+from mmgen.eval.intervals import with_interval
 from mmgen.eval.likelihood import bits_per_token
-from mmgen.eval.shapes_eval import caption_eval, classify_eval, heldout_scenes, t2i_eval
+from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-             log: Callable[[str], None] = print) -> tuple[dict, str]:
+             log: Callable[[str], None] = print, device=None) -> tuple[dict, str]:
     """Run every measurement; returns (metrics, report HTML)."""
     e, world = cfg.eval, cfg.world
     timings: dict[str, float] = {}
-    metrics: dict[str, Any] = {"step": step}
+    metrics: dict[str, Any] = {"step": step, "split": e.split}
 
     def timed(name: str, fn):
         start = time.time()
@@ -54,33 +56,40 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         pad_id=tokenizer.vocab.pad, max_len=cfg.model.max_seq_len, batch_size=e.batch_size))
     metrics.update(bits)
 
-    caption = timed("captions", lambda: caption_eval(
-        model, tokenizer, heldout_scenes(e.caption_images, world, seed=e.seed), e, world.image_size))
-    metrics["caption_accuracy"], metrics["caption_accuracy_chance"] = caption["accuracy"], caption["chance"]
+    scenes = lambda count, offset, **kw: eval_scenes(count, world, seed=e.seed + offset, split=e.split, **kw)
+    caption = timed("captions", lambda: caption_eval(model, tokenizer, scenes(e.caption_images, 0), e, world.image_size))
+    metrics.update(with_interval("caption_accuracy", caption["accuracy"], caption["ci95"], e.caption_images))
+    metrics["caption_accuracy_chance"] = caption["chance"]
 
-    t2i = timed("text-to-image", lambda: t2i_eval(
-        model, tokenizer, heldout_scenes(e.t2i_prompts, world, seed=e.seed + 1), e, world.image_size))
-    metrics["t2i_accuracy"], metrics["t2i_accuracy_chance"] = t2i["accuracy"], t2i["chance"]
+    t2i = timed("text-to-image", lambda: t2i_eval(model, tokenizer, scenes(e.t2i_prompts, 1), e, world.image_size))
+    metrics.update(with_interval("t2i_accuracy", t2i["accuracy"], t2i["ci95"], e.t2i_prompts))
+    metrics["t2i_accuracy_chance"] = t2i["chance"]
     metrics["analyser_accuracy_renders"] = t2i["analyser_accuracy_renders"]
     metrics["analyser_accuracy_vq"] = t2i["analyser_accuracy_vq"]
 
     classes = timed("classification", lambda: classify_eval(
-        model, tokenizer, heldout_scenes(e.classify_images, world, seed=e.seed + 2, max_shapes=1), e,
-        world.image_size))
+        model, tokenizer, scenes(e.classify_images, 2, max_shapes=1), e, world.image_size))
     for direction in ("image_given_label", "label_given_image"):
         tasks = [classes[f"{key}/{direction}"] for key in ("shape", "color")]
         metrics[f"classify_accuracy_{direction}"] = sum(t["top1"] for t in tasks) / len(tasks)
         metrics[f"classify_accuracy_{direction}_chance"] = sum(t["chance"] for t in tasks) / len(tasks)
         for key, task in zip(("shape", "color"), tasks):
-            metrics[f"classify_{key}_accuracy_{direction}"] = task["top1"]
+            metrics.update(with_interval(f"classify_{key}_accuracy_{direction}", task["top1"], task["ci95"],
+                                         e.classify_images))
             metrics[f"classify_{key}_accuracy_{direction}_chance"] = task["chance"]
     infills = None
     if cfg.data.cm3_rate > 0 and e.infill_documents > 0:
         infills = timed("infilling", lambda: infill_eval(
             model, tokenizer, shards, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
             top_k=e.t2i_top_k, batch_size=e.batch_size))
-        metrics.update({f"infill_{k}": v for k, v in infills.items() if isinstance(v, (float, int)) and not isinstance(v, bool)})
+        metrics.update({f"infill_{k}": v for k, v in infills.items()
+                        if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
     metrics["vq_psnr"] = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
+    curve = timed("learning curve", lambda: learning_curve(cfg, paths, tokenizer, device or next(model.parameters()).device,
+                                                           log=log))
+    if curve:
+        metrics["curve"] = curve
+        write_tensorboard(curve, posixpath.join(paths.pretrain_dir, cfg.metrics.save_tb_folder, "eval"))
     metrics["seconds"] = timings
     return metrics, _html(cfg, metrics, caption, t2i, classes, paths, infills)
 
@@ -88,9 +97,17 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
 _ACCURACIES = (
     ("caption_accuracy", "share of true attributes a generated caption states"),
     ("t2i_accuracy", "share of prompt attributes the analyser reads in the generated image"),
-    ("classify_accuracy_image_given_label", "shape and colour by log p(image | label prompt)"),
-    ("classify_accuracy_label_given_image", "shape and colour by log p(label text | image)"),
+    ("classify_shape_accuracy_image_given_label", "shape by log p(image | label prompt)"),
+    ("classify_color_accuracy_image_given_label", "colour by log p(image | label prompt)"),
+    ("classify_shape_accuracy_label_given_image", "shape by log p(label text | image)"),
+    ("classify_color_accuracy_label_given_image", "colour by log p(label text | image)"),
 )
+
+
+def interval_text(metrics: dict, key: str) -> str:
+    """'0.812 [0.79, 0.83], n = 300' for a metric stored with ``with_interval``."""
+    lo, hi = metrics.get(f"{key}_ci95", (float("nan"), float("nan")))
+    return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}], n = {metrics.get(f'{key}_items', '?')}"
 
 
 def _sft_table(paths: RunPaths) -> str:
@@ -103,9 +120,13 @@ def _sft_table(paths: RunPaths) -> str:
         runs = json.load(f)
     keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, float)]
     head = "".join(f"<th>{H.escape(name)} (step {r['step']})</th>" for name, r in runs.items())
-    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{r.get(k, float('nan')):.3f}</td>" for r in runs.values())
+    cell = lambda r, k: interval_text(r, k) if f"{k}_ci95" in r else f"{r.get(k, float('nan')):.3f}"
+    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{cell(r, k)}</td>" for r in runs.values())
                    + "</tr>" for k in keys)
-    return f"<h2>Fine-tuning (held-out SFT prompts)</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>"
+    final = [name for name in runs if name != "pretrained"][:1]
+    named = f" The final model is <b>{H.escape(final[0])}</b>." if final else ""
+    return (f"<h2>Fine-tuning (held-out SFT prompts)</h2><p>Value [95 % interval], items.{named}</p>"
+            f"<table><tr><th>metric</th>{head}</tr>{rows}</table>")
 
 
 def _infill_section(infills: dict) -> str:
@@ -127,13 +148,17 @@ def _infill_section(infills: dict) -> str:
 
 def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, infills: dict | None = None) -> str:
     rows = "".join(
-        f"<tr><td>{key}</td><td>{metrics[key]:.3f}</td><td>{metrics[key + '_chance']:.3f}</td><td>{H.escape(what)}</td></tr>"
-        for key, what in _ACCURACIES)
+        f"<tr><td>{key}</td><td>{interval_text(metrics, key)}</td><td>{metrics[key + '_chance']:.3f}</td>"
+        f"<td>{H.escape(what)}</td></tr>" for key, what in _ACCURACIES)
     other = "".join(f"<tr><td>{key}</td><td>{metrics[key]:.3f}</td></tr>" for key in (
         "text_bits_per_token", "image_bits_per_token", "vq_psnr", "analyser_accuracy_renders", "analyser_accuracy_vq"))
     body = [f"<p>Run <code>{H.escape(cfg.run_dir)}</code>, checkpoint step {metrics['step']}.</p>",
-            "<h2>Accuracies</h2><table><tr><th>metric</th><th>value</th><th>chance (same run)</th><th>what</th></tr>",
+            f"<h2>Accuracies ({H.escape(metrics['split'])} scenes)</h2><table><tr><th>metric</th>"
+            "<th>value [95 % interval], items</th><th>chance (same run)</th><th>what</th></tr>",
             rows, "</table><h2>Other measures</h2><table>", other, "</table>", _sft_table(paths) if paths else ""]
+    if metrics.get("curve"):
+        png = curve_png(metrics["curve"], f"{cfg.eval.curve_items} {metrics['split']} scenes per checkpoint")
+        body.append(f"<h2>Learning curve</h2><img src='{H.png_data_uri(png)}'>")
     body.append("<h2>Text to image</h2><div class='grid'>")
     for item in t2i["items"]:
         body.append(f"<div class='card'>{H.img_tag(item['image'])} {H.img_tag(item['truth_image'], width=40)}<br>"

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
-from mmgen.eval.attributes import attribute_accuracy, caption_scene, permutation_chance
+from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, caption_scene, permutation_chance
+from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.sampler import sample
 
@@ -51,16 +52,17 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         outs = run(prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
         truths = [shards.metadata(i)["scene"] for i in idx]
         stated = [caption_scene(_text(tokenizer, o)) for o in outs]
-        metrics |= {"caption_accuracy": attribute_accuracy(truths, stated), "caption_chance": permutation_chance(truths, stated, seed=seed)}
+        metrics |= with_interval("caption_accuracy", attribute_accuracy(truths, stated),
+                                 attribute_accuracy_interval(truths, stated, seed=seed), len(idx))
+        metrics["caption_chance"] = permutation_chance(truths, stated, seed=seed)
     if by_task.get("vqa"):
         idx = by_task["vqa"]
         outs = run(prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
         metas = [shards.metadata(i) for i in idx]
         answers = [_text(tokenizer, o).lower().strip(" .") for o in outs]
-        metrics |= {
-            "vqa_accuracy": float(np.mean([a == m["answer"] for a, m in zip(answers, metas)])),
-            "vqa_chance": float(np.mean([1 / len(ANSWER_CHOICES[m["kind"]]) for m in metas])),
-        }
+        right = sum(a == m["answer"] for a, m in zip(answers, metas))
+        metrics |= with_interval("vqa_accuracy", right / len(idx), wilson_interval(right, len(idx)), len(idx))
+        metrics["vqa_chance"] = float(np.mean([1 / len(ANSWER_CHOICES[m["kind"]]) for m in metas]))
     if by_task.get("t2i"):
         idx = by_task["t2i"]
         h, w = vocab.grid
@@ -74,7 +76,9 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
                        cfg_scale=0.0 if unguided else scale, max_images=1, eos_stops=False)
             grids = [vocab.id_to_code(torch.tensor(o[: h * w])).view(h, w) for o in outs]
             read = [analyse_scene(im) for im in tokenizer.decode_images(grids)]
-            metrics["t2i_accuracy" if unguided else f"t2i_accuracy_cfg{scale:g}"] = attribute_accuracy(truths, read)
+            name = "t2i_accuracy" if unguided else f"t2i_accuracy_cfg{scale:g}"
+            metrics |= with_interval(name, attribute_accuracy(truths, read),
+                                     attribute_accuracy_interval(truths, read, seed=seed), len(idx))
             if unguided:
                 metrics["t2i_chance"] = permutation_chance(truths, read, seed=seed)
     metrics["items_per_task"] = {task: len(v) for task, v in by_task.items()}

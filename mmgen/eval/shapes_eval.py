@@ -1,7 +1,7 @@
 """The shapes-world measurements of the report: captioning, text-to-image and classification.
 
-Scenes come from the held-out split of the run's world (``scene_split``), so
-none was seen in training; they are rendered exactly as the corpus renders
+Scenes come from the held-out split of the run's world (``scene_split``), or
+from its validation split while settings are being chosen, so none was seen in training; they are rendered exactly as the corpus renders
 them and VQ-encoded like training images. Each measurement returns its
 accuracy, the chance level measured on the same predictions (permutation
 baseline, see attributes.py) and the items for the report's grid.
@@ -17,7 +17,8 @@ from PIL import Image
 
 from mmgen.config.schema import EvalConfig, SampleConfig, WorldConfig
 from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene, render_scene, scene_split
-from mmgen.eval.attributes import attribute_accuracy, caption_scene, label_chance, permutation_chance
+from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene, label_chance,
+                                   permutation_chance)
 from mmgen.eval.classify import classification_metrics, image_given_label_scores, label_given_image_scores
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.sampler import sample
@@ -25,14 +26,15 @@ from mmgen.generation.sampler import sample
 _KEYS = ("shape", "color", "size", "position")
 
 
-def heldout_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | None = None) -> list[dict]:
-    """``count`` scenes of the held-out split (attributes only), reproducible by seed."""
+def eval_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | None = None,
+                split: str = "heldout") -> list[dict]:
+    """``count`` scenes of the held-out (or validation) split, attributes only, reproducible by seed."""
     cfg = dataclasses.replace(world, max_shapes_per_image=max_shapes or world.max_shapes_per_image)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
     scenes = []
     while len(scenes) < count:
         scene = random_scene(rng, cfg)
-        if scene_split(scene) == "heldout":
+        if scene_split(scene) == split:
             scenes.append({"background": scene["background"], "shapes": [{k: s[k] for k in _KEYS} for s in scene["shapes"]]})
     return scenes
 
@@ -55,6 +57,7 @@ def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_si
     stated = [caption_scene(c) for c in captions]
     return {
         "accuracy": attribute_accuracy(scenes, stated),
+        "ci95": attribute_accuracy_interval(scenes, stated, seed=cfg.seed),
         "chance": permutation_chance(scenes, stated, seed=cfg.seed),
         "items": [{"image": im, "truth": describe_scene(s), "caption": c} for im, s, c in zip(images, scenes, captions)],
     }
@@ -76,6 +79,7 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
     round_trip = _at_size(tokenizer.decode_images(tokenizer.image_tok.encode(truth_images)), image_size)
     return {
         "accuracy": attribute_accuracy(scenes, read),
+        "ci95": attribute_accuracy_interval(scenes, read, seed=cfg.seed),
         "chance": permutation_chance(scenes, read, seed=cfg.seed),
         "analyser_accuracy_renders": attribute_accuracy(scenes, [analyse_scene(im) for im in truth_images]),
         "analyser_accuracy_vq": attribute_accuracy(scenes, [analyse_scene(im) for im in round_trip]),

@@ -1,10 +1,11 @@
 """Training loop of the image tokenizer: losses, budget, checkpoints, TensorBoard, data parallelism.
 
 Notable choices:
-- Training stops at ``train_steps`` or ``max_train_seconds``, whichever comes
-  first, and the learning-rate schedule (linear warm-up, cosine decay to 10%)
-  follows whichever budget is binding, so a run cut short by the clock still
-  ends with a low learning rate instead of stopping mid-plateau.
+- Training runs ``train_steps`` steps, so the tokenizer (and every image figure
+  downstream) does not depend on how busy the machine was. An optional
+  ``max_train_seconds`` cap stops it earlier; the learning-rate schedule (linear
+  warm-up, cosine decay to 10%) follows whichever budget is binding, so a run
+  cut short by the clock still ends with a low learning rate.
 - Loss: ``l2_weight·MSE + l1_weight·L1 + commitment``, plus a PatchGAN hinge
   loss from ``gan_start_step`` when ``adversarial_weight > 0``, and an LPIPS-style
   perceptual loss when ``perceptual_weight > 0`` and VGG16 weights exist locally
