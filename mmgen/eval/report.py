@@ -24,6 +24,7 @@ import torch
 
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
+from mmgen.device import machine_description
 from mmgen.eval import html as H
 from mmgen.eval.classify import confusion_png
 from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
@@ -39,7 +40,7 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
     """Run every measurement; returns (metrics, report HTML)."""
     e, world = cfg.eval, cfg.world
     timings: dict[str, float] = {}
-    metrics: dict[str, Any] = {"step": step, "split": e.split}
+    metrics: dict[str, Any] = {"step": step, "split": e.split, "machine": machine_description()}
 
     def timed(name: str, fn):
         start = time.time()

@@ -14,6 +14,7 @@ from typing import Any
 import fsspec
 
 from mmgen.config import RunPaths
+from mmgen.device import machine_description
 
 STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
 OPTIONAL_STAGES = ("report", "encode_sft", "sft", "sft_lora", "compare_sft")
@@ -63,4 +64,26 @@ def demo_summary(paths: RunPaths) -> dict[str, Any]:
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 2),
         "samples": sample_files,
+        "machine": machine_description(),
+        "headline": _headline(paths),
     }
+
+
+_HEADLINE = ("caption_accuracy", "t2i_accuracy", "classify_shape_accuracy_image_given_label",
+             "classify_shape_accuracy_label_given_image", "classify_color_accuracy_image_given_label",
+             "classify_color_accuracy_label_given_image", "infill_image_accuracy", "infill_text_exact",
+             "infill_text_exact_left_context", "vqa_accuracy")  # fmt: skip
+
+
+def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
+    """The report's accuracies with their intervals: the pretrained model's, and each fine-tuned run's."""
+    runs: dict[str, dict[str, Any]] = {}
+    for name, file in (("pretrained", "metrics.json"), (None, "sft_metrics.json")):
+        fs, local = fsspec.core.url_to_fs(posixpath.join(paths.root, "eval", file))
+        if not fs.exists(local):
+            continue
+        found = read_json(posixpath.join(paths.root, "eval", file))
+        for run, metrics in ({name: found} if name else found).items():
+            runs.setdefault(run, {}).update({k: [round(metrics[k], 4), metrics.get(f"{k}_ci95"), metrics.get(f"{k}_items")]
+                                             for k in _HEADLINE if k in metrics})
+    return runs
