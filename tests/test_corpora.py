@@ -395,7 +395,7 @@ def test_read_documents_reads_comma_separated_corpora_in_order(tmp_path):
     write_captions(tmp_path / "c" / "pairs.jsonl")
     stats = ReadStats()
     docs = list(read_documents(f"{tmp_path / 'o'}, {tmp_path / 'c' / 'pairs.jsonl'}", stats=stats))
-    assert len(docs) == 4 + 4 and parts_of(docs[-1]) == ["caption number 3", "<img>"]
+    assert len(docs) == 4 + 4 and parts_of(docs[-1]) == ["<img>", "caption number 3"]  # odd row: image first
     assert stats.documents_read == 8 and stats.skipped == {"url_image": 1, "missing_image": 1}
     with pytest.raises(CorpusError, match="no corpus at"):
         read_documents(f"{tmp_path / 'o'},{tmp_path / 'nope'}")

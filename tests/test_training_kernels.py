@@ -115,8 +115,11 @@ def test_bf16_cpu_training_uses_the_blocked_kernel_and_matches_sdpa(packed, monk
     monkeypatch.setattr(attention_module, "BLOCKED_MAX_SEQ_LEN", 0)  # longer sequences keep SDPA
     sdpa = _grads(model, tokens, **kwargs)
     assert len(calls) == 2
+    # Both are bf16 approximations of the same gradients; how close SDPA's bf16 path comes depends on the
+    # CPU (AVX512-BF16 or emulated on AVX2), so each is judged against float64, not against the other.
+    exact = _grads(model.double(), tokens, **kwargs)
     for name in sdpa:
-        assert _rel(blocked[name], sdpa[name]) < 2e-2, name
+        assert _rel(blocked[name], exact[name]) < max(2 * _rel(sdpa[name], exact[name]), 1e-2), name
 
 
 def test_one_document_per_row_is_plain_causal_attention():
