@@ -49,7 +49,9 @@ def main() -> None:
         print(f"scoring {name} (step {step}) on {len(shards)} held-out SFT prompts")
         results[name] = {"step": step, **sft_eval(model, tokenizer, shards, seed=cfg.sample.seed,
                                                          per_task=cfg.eval.sft_prompts,
-                                                         cfg_scales=cfg.eval.sft_cfg_scales)}
+                                                         cfg_scales=cfg.eval.sft_cfg_scales,
+                                                         temperature=cfg.eval.t2i_temperature,
+                                                         top_k=cfg.eval.t2i_top_k)}
         with fsspec.open(posixpath.join(folder, "model.json"), "r") as f:
             description = json.load(f)
         if description.get("lora_rank"):
