@@ -44,3 +44,66 @@ def test_z_loss_adds_logsumexp_squared():
     plain, _ = make_loss()(logits, labels)
     with_z, _ = make_loss(z=1e-2)(logits, labels)
     assert torch.allclose(with_z - plain, 1e-2 * torch.logsumexp(logits[0], -1).square().sum(), atol=1e-5)
+
+
+def test_training_loader_mixes_by_weight_and_leaves_duplicates_out_with_cm3_and_condition_dropout(tmp_path):
+    """The document transforms run inside each mixture component: weights and dedup hold with them on."""
+    import numpy as np
+
+    from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
+    from mmgen.tokenizers.vocab import Vocab
+    from mmgen.train.components import PackedDataLoader
+
+    vocab = Vocab.build(text_vocab_size=20, codebook_size=8, grid=(1, 2))
+    vocab.save(str(tmp_path / "vocab.json"))
+    t = vocab.text_to_id
+    markers, duplicate_mark = {"a": t(10), "b": t(11)}, t(12)
+
+    def write_corpus(name, n_docs, caption_length, duplicates):
+        """Captioned one-image documents; the last ``duplicates`` repeat earlier ones' hashes and carry a mark."""
+        writer = TokenShardWriter(str(tmp_path / "tokens" / name), vocab_size=vocab.size, tokens_per_shard=40)
+        for i in range(n_docs):
+            is_duplicate = i >= n_docs - duplicates
+            caption = [t(1 + (i + k) % 9) for k in range(caption_length)]
+            image = [vocab.boi, vocab.code_to_id(i % 8), vocab.code_to_id(3), vocab.eoi]
+            tail = [markers[name], *([duplicate_mark] if is_duplicate else [])]
+            writer.add([vocab.bos, *caption, *image, *tail, vocab.eos], {"row": i},
+                       content_hash=(i - (n_docs - duplicates)) + 1 if is_duplicate else i + 1)  # fmt: skip
+        manifest = write_manifest(writer.folder, writer.finish(), vocab_size=vocab.size, dedup=True)
+        assert manifest["duplicates"] == duplicates and len(manifest["shards"]) > 1  # duplicates across shards
+
+    write_corpus("a", 30, 3, duplicates=4)  # many short documents
+    write_corpus("b", 8, 12, duplicates=2)  # a few long ones
+    weights = {"a": 0.25, "b": 0.75}
+    write_mixture(str(tmp_path / "tokens"), [{"folder": name, "weight": w} for name, w in weights.items()])
+    config = PackedDataLoader.Config(tokens_dir=str(tmp_path / "tokens"), pad_id=vocab.pad, seed=0,
+                                     vocab_path=str(tmp_path / "vocab.json"), cm3_rate=0.5, condition_dropout=0.5)  # fmt: skip
+    loader = PackedDataLoader(config, dp_world_size=1, dp_rank=0, seq_len=48, local_batch_size=4)
+
+    tokens = {"a": 0, "b": 0}
+    masked = uncaptioned = 0
+    it = iter(loader)
+    batches = []
+    for step in range(60):
+        inputs, labels = next(it)
+        batches.append((inputs, labels))
+        if step == 29:
+            state = loader.state_dict()
+        for row in range(len(labels)):
+            for d in inputs["document_ids"][row].unique():
+                selected = inputs["document_ids"][row] == d
+                if (labels[row][selected] == -100).all():
+                    continue  # padding
+                ids = inputs["input"][row][selected].tolist() + [labels[row][selected][-1].item()]
+                assert duplicate_mark not in ids, "a marked duplicate was trained on"
+                name = "a" if markers["a"] in ids else "b"
+                tokens[name] += len(ids) - 1
+                masked += vocab.special("infill_0") in ids
+                uncaptioned += ids[1] == vocab.boi
+    share = tokens["a"] / (tokens["a"] + tokens["b"])
+    assert abs(share - weights["a"]) < 0.03, share
+    assert masked > 20 and uncaptioned > 20  # both transforms ran
+    resumed = PackedDataLoader(config, dp_world_size=1, dp_rank=0, seq_len=48, local_batch_size=4)
+    resumed.load_state_dict(state)
+    for (inputs, labels), (got_inputs, got_labels) in zip(batches[30:40], iter(resumed)):
+        assert torch.equal(got_inputs["input"], inputs["input"]) and torch.equal(got_labels, labels)

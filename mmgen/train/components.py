@@ -11,24 +11,24 @@ from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
-from mmgen.data.objectives import CM3Documents, ConditionDropout
+from mmgen.data.objectives import CM3Masking, ConditionDropout, SFTTargets
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
 from mmgen.data.token_shards import TokenShards
+from mmgen.data.transforms import DocumentTransform
 from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
 from mmgen.model.transformer import HiddenStates
-from mmgen.retrieval.augment import RetrievalAugmented
+from mmgen.retrieval.augment import RetrievalAugmentation
 from mmgen.retrieval.neighbours import load_neighbours
-from mmgen.tokenizers.sft import SFTSequences
 from mmgen.tokenizers.vocab import Vocab
 
 
 class PackedDataLoader(BaseDataLoader):
     """Packed token-shard batches for one data-parallel rank; checkpointed per rank.
 
-    The documents the packer reads are the shards seen through at most three
-    views, innermost first: SFT examples (targets after each example's input)
-    or, for pretraining, condition dropout then CM3 masking; and retrieval
-    augmentation on top (neighbours come from the plain shards).
+    The packer applies at most three per-document transforms, in this order:
+    SFT targets (the output of each example) or, for pretraining, condition
+    dropout then CM3 masking and last retrieval augmentation (neighbours come
+    from the plain shards).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -59,24 +59,10 @@ class PackedDataLoader(BaseDataLoader):
     def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, seq_len: int, local_batch_size: int, **_: Any):
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
-        documents = TokenShards(config.tokens_dir)
-        if config.sft:
-            documents = SFTSequences(documents)
-        else:
-            if config.condition_dropout > 0:
-                documents = ConditionDropout(documents, Vocab.load(config.vocab_path), rate=config.condition_dropout, seed=config.seed)
-            if config.cm3_rate > 0:
-                documents = CM3Documents(documents, Vocab.load(config.vocab_path), rate=config.cm3_rate,
-                                         image_share=config.cm3_image_share, seed=config.seed)
-        if config.neighbours_path and not config.sft:
-            bos, eos, sep = config.specials
-            bank = TokenShards(config.tokens_dir)
-            documents = RetrievalAugmented(
-                documents, bank, load_neighbours(config.neighbours_path, len(documents)),
-                bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=Vocab.load(config.vocab_path),
-            )
+        shards = TokenShards(config.tokens_dir)
         self.batches = PackedBatches(
-            documents,
+            shards,
+            transforms=document_transforms(config, shards, seq_len),
             seq_len=seq_len,
             batch_size=local_batch_size,
             pad_id=config.pad_id,
@@ -101,6 +87,25 @@ class PackedDataLoader(BaseDataLoader):
                 f"this run has {self.dp_world_size}; resharding the data order is not supported"
             )
         self.batches.load_state_dict(json.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
+
+
+def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, seq_len: int) -> list[DocumentTransform]:
+    """The loader's per-document transforms, in the order they apply."""
+    if config.sft:
+        return [SFTTargets(shards)]
+    transforms: list[DocumentTransform] = []
+    vocab = Vocab.load(config.vocab_path) if config.condition_dropout > 0 or config.cm3_rate > 0 or config.neighbours_path else None
+    if config.condition_dropout > 0:
+        transforms.append(ConditionDropout(vocab, rate=config.condition_dropout, seed=config.seed))
+    if config.cm3_rate > 0:
+        transforms.append(CM3Masking(vocab, rate=config.cm3_rate, image_share=config.cm3_image_share, seed=config.seed))
+    if config.neighbours_path:
+        bos, eos, sep = config.specials
+        transforms.append(RetrievalAugmentation(
+            shards, load_neighbours(config.neighbours_path, len(shards)), bos=bos, eos=eos, sep=sep,
+            retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=vocab,
+        ))  # fmt: skip
+    return transforms
 
 
 class ModalityLoss(BaseLoss):
