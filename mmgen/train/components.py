@@ -108,15 +108,19 @@ def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, se
     return transforms
 
 
-class ModalityLoss(BaseLoss):
-    """Next-token cross-entropy plus z-loss, with running text/image loss sums for logging.
+MODALITY_SUMS = "modality_sums"
+"""The loss's metric: text loss sum, text tokens, image loss sum, image tokens (float32, on device)."""
 
-    Returns torchtitan's convention: the local summed loss divided by the global
-    number of valid tokens. Sums are kept on device (no host sync per step) and
-    read and reset by the trainer when it logs. When the batch carries per-token
-    ``loss_weights`` (retrieval augmentation), the trainer hands them over through
-    ``weights`` before the forward pass; each token's loss is scaled by its weight
-    and the logged text/image losses cover the main documents (weight 1) only.
+
+class ModalityLoss(BaseLoss):
+    """Next-token cross-entropy plus z-loss; its metrics split the loss into text and image tokens.
+
+    Follows torchtitan's loss contract: ``(local summed loss / global number of
+    valid tokens, metrics)``, the metrics being ``{MODALITY_SUMS: sums}`` for
+    this batch (on device: no host sync per step). With per-token
+    ``loss_weights`` (SFT targets, retrieval augmentation) each token's loss is
+    scaled by its weight and the text/image sums cover the weight-1 tokens
+    (the main documents) only.
 
     ``pred`` is either logits [B, T, V] or, from pretraining's model
     (``TitanTransformer``), ``HiddenStates``: then the output head runs here,
@@ -136,9 +140,6 @@ class ModalityLoss(BaseLoss):
         self.config = config
         self.fn = self._summed_loss
         self._maybe_compile(compile_config)
-        # text loss sum, text tokens, image loss sum, image tokens
-        self.sums: torch.Tensor | None = None
-        self.weights: torch.Tensor | None = None
 
     def _summed_loss(self, pred: torch.Tensor | HiddenStates, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         labels = labels.flatten()
@@ -161,14 +162,8 @@ class ModalityLoss(BaseLoss):
         stats = torch.stack([(nll * is_text).sum(), is_text.sum(), (nll * is_image).sum(), is_image.sum()]).float()
         return loss, stats
 
-    def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
-        loss, stats = self.fn(pred, labels, self.weights)
-        self.weights = None
-        self.sums = stats if self.sums is None else self.sums + stats
+    def __call__(self, pred, labels, global_valid_tokens=None, *, loss_weights: torch.Tensor | None = None, **kwargs):
+        loss, sums = self.fn(pred, labels, loss_weights)
         if global_valid_tokens is not None:
             loss = loss / global_valid_tokens
-        return loss, {}
-
-    def pop_sums(self) -> torch.Tensor | None:
-        sums, self.sums = self.sums, None
-        return sums
+        return loss, {MODALITY_SUMS: sums}

@@ -3,9 +3,12 @@
 ``build_trainer_config`` maps the experiment config's torchtitan sections onto
 torchtitan's ``Trainer.Config`` field by field (same names), and plugs in
 mmgen's model spec, packing data loader and modality-aware loss.
-``MMGenTrainer`` adds one thing to the stock trainer: at every logged step it
-reduces the text-token and image-token losses across ranks and writes them to
-TensorBoard and to a JSONL loss log that later stages (the demo summary) read.
+``MMGenTrainer`` changes the stock trainer in two places. Its forward-backward
+step hands the batch's per-token ``loss_weights`` to the loss (not the model)
+and keeps the per-modality sums the loss returns as its metrics (torchtitan
+0.3.0 drops a loss's metrics). At every logged step it reduces the text-token
+and image-token losses across ranks and writes them to TensorBoard and to a
+JSONL loss log that later stages (the demo summary) read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import spmd_types as spmd
 import torch
 import torch.distributed as dist
 from torchtitan.components.optimizer import ParamGroupConfig
@@ -30,7 +34,7 @@ from mmgen.device import compute_dtype, default_device
 from mmgen.model.checkpoint import save_model_description
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import Vocab
-from mmgen.train.components import ModalityLoss, PackedDataLoader
+from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
 from mmgen.train.model_spec import build_model_spec
 
 
@@ -64,17 +68,27 @@ class MMGenTrainer(Trainer):
         loss_log: str = ""
         """JSONL file receiving text and image losses at every logged step."""
 
-    def post_dataloading_process(self, input_dict, labels):
-        # per-token loss weights are for the loss, not the model: hand them over before the forward pass
-        weights = input_dict.pop("loss_weights", None)
-        self.loss_fn.weights = weights
-        return super().post_dataloading_process(input_dict, labels)
+    modality_sums: torch.Tensor | None = None
+    """The loss's per-modality sums since the last logged step."""
+
+    def _forward_backward_body(self, inputs, labels, global_valid_tokens, extra_kwargs):
+        # torchtitan's body, but loss weights go to the loss and the loss's metrics are kept
+        model_kwargs = {k: v for k, v in extra_kwargs.items() if k != "loss_weights"}
+        with self.train_context():
+            pred = self.model_parts[0](inputs, **model_kwargs)
+            loss, metrics = self.loss_fn(pred, labels, global_valid_tokens, loss_weights=extra_kwargs.get("loss_weights"))
+            del pred
+            with spmd.no_typecheck():  # as torchtitan: type-checking the backward conflicts with checkpointing
+                loss.backward()
+        sums = metrics[MODALITY_SUMS]
+        self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
+        return loss
 
     def train_step(self, data_iterator):
         super().train_step(data_iterator)
         if not self.metrics_processor.should_log(self.step):
             return
-        sums = self.loss_fn.pop_sums()
+        sums, self.modality_sums = self.modality_sums, None
         if sums is None:
             return
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -125,7 +139,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     precision = compute_dtype(t.mixed_precision_param, default_device())
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
     tc.training.mixed_precision_reduce = t.mixed_precision_reduce
-    # ModalityLoss accumulates its logging sums eagerly, which a captured CUDA graph would replay stale
+    # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
     tc.training.disable_cuda_graphs = True
 
     o = cfg.optimizer
