@@ -13,6 +13,7 @@ JSONL loss log that later stages (the demo summary) read.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -107,6 +108,14 @@ class MMGenTrainer(Trainer):
                 f.write(json.dumps(record) + "\n")
 
 
+def copy_fields(section: Any, target: Any) -> None:
+    """Set every field of an experiment config section on torchtitan's section of the same name."""
+    for f in dataclasses.fields(section):
+        if not hasattr(target, f.name):
+            raise AttributeError(f"torchtitan's {type(target).__name__} has no field {f.name}")
+        setattr(target, f.name, getattr(section, f.name))
+
+
 def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     paths = RunPaths(cfg.run_dir)
     vocab = Vocab.load(paths.vocab)
@@ -131,14 +140,9 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
 
-    t = cfg.training
-    tc.training.local_batch_size = t.local_batch_size
-    tc.training.seq_len = t.seq_len
-    tc.training.steps = t.steps
-    tc.training.max_norm = t.max_norm
-    precision = compute_dtype(t.mixed_precision_param, default_device())
+    copy_fields(cfg.training, tc.training)
+    precision = compute_dtype(cfg.training.mixed_precision_param, default_device())  # "auto" picks by device
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
-    tc.training.mixed_precision_reduce = t.mixed_precision_reduce
     # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
     tc.training.disable_cuda_graphs = True
 
@@ -151,29 +155,12 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     ]
     tc.optimizer.implementation = "fused" if torch.cuda.is_available() else "foreach"
 
-    s = cfg.lr_scheduler
-    tc.lr_scheduler.warmup_steps = s.warmup_steps
-    tc.lr_scheduler.decay_ratio = s.decay_ratio
-    tc.lr_scheduler.decay_type = s.decay_type
-    tc.lr_scheduler.min_lr_factor = s.min_lr_factor
-
-    c = cfg.checkpoint
-    tc.checkpoint.enable = c.enable
-    tc.checkpoint.folder = c.folder
-    tc.checkpoint.interval = c.interval
-    tc.checkpoint.keep_latest_k = c.keep_latest_k
+    copy_fields(cfg.lr_scheduler, tc.lr_scheduler)
+    copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
-
-    m = cfg.metrics
-    tc.metrics.log_freq = m.log_freq
-    tc.metrics.enable_tensorboard = m.enable_tensorboard
-    tc.metrics.save_tb_folder = m.save_tb_folder
-
-    p = cfg.parallelism
-    tc.parallelism.data_parallel_shard_degree = p.data_parallel_shard_degree
-    tc.parallelism.data_parallel_replicate_degree = p.data_parallel_replicate_degree
-    tc.parallelism.fsdp_reshard_after_forward = p.fsdp_reshard_after_forward
+    copy_fields(cfg.metrics, tc.metrics)
+    copy_fields(cfg.parallelism, tc.parallelism)
     # mmgen's decoder is plain PyTorch, not written in torchtitan's spmd_types dialect
     tc.parallelism.spmd_backend = "partial_dtensor"
 
