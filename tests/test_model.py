@@ -296,6 +296,14 @@ def test_parallelize_applies_checkpointing_and_per_block_compile_without_changin
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_fused_loss_backward_leaves_float32_logits_alone():
+    logits = torch.randn(3, 7, requires_grad=True)
+    before = logits.detach().clone()
+    nll, _ = nll_and_logsumexp(logits, torch.tensor([1, 2, 3]))
+    nll.sum().backward()
+    assert torch.equal(logits.detach(), before)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_loss_gradient_matches_autograd_of_the_formula(dtype, monkeypatch):
     import mmgen.model.loss as loss_module

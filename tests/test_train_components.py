@@ -103,3 +103,30 @@ def test_training_loader_mixes_by_weight_and_leaves_duplicates_out_with_cm3_and_
     resumed.load_state_dict(state)
     for (inputs, labels), (got_inputs, got_labels) in zip(batches[30:40], iter(resumed)):
         assert torch.equal(got_inputs["input"], inputs["input"]) and torch.equal(got_labels, labels)
+
+
+def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
+    import contextlib
+
+    from mmgen.train.trainer import MMGenTrainer
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.randn(1, 4, 20))
+
+        def forward(self, inputs, **kwargs):
+            assert "loss_weights" not in kwargs  # for the loss, not the model
+            return self.logits
+
+    trainer = MMGenTrainer.__new__(MMGenTrainer)  # only the forward-backward step: no mesh, no checkpoints
+    trainer.model_parts, trainer.loss_fn, trainer.train_context = [Model()], make_loss(), contextlib.nullcontext
+    labels = torch.tensor([[1, 12, 2, 13]])
+    weights = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    loss = trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0),
+                                          {"positions": torch.arange(4)[None], "loss_weights": weights})  # fmt: skip
+    per_token = torch.nn.functional.cross_entropy(trainer.model_parts[0].logits[0], labels[0], reduction="none")
+    assert torch.allclose(loss, per_token[2:].sum() / 2)
+    trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0), {})
+    _, text_n, _, image_n = trainer.modality_sums.tolist()
+    assert (text_n, image_n) == (1 + 2, 1 + 2)  # the weighted batch counts its weight-1 tokens only

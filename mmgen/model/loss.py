@@ -55,7 +55,8 @@ class _NllAndLogsumexp(torch.autograd.Function):
         block = _row_block(logits)
         for start in range(0, logits.shape[0], block):
             end = start + block
-            g = logits[start:end].float().sub_(lse[start:end, None]).exp_().mul_(scale[start:end])
+            # a copy even of float32 logits (.float() would return them and the in-place ops overwrite the input)
+            g = logits[start:end].to(torch.float32, copy=True).sub_(lse[start:end, None]).exp_().mul_(scale[start:end])
             g.scatter_add_(1, targets[start:end, None], -g_nll[start:end, None])
             grad[start:end] = g
         return grad, None
