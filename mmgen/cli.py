@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from mmgen.config.overrides import ConfigError
+from mmgen.config.errors import ConfigError
 from mmgen.config.paths import StaleInputError
 from mmgen.data.obelics import CorpusError
 

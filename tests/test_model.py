@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.config.schema import ModelConfig
-from mmgen.model import Transformer, lm_loss, per_token_loss
+from mmgen.model import Transformer, per_token_loss
+from mmgen.model.loss import nll_and_logsumexp
 from mmgen.model.masks import positions_from_document_ids
 from mmgen.model.transformer import ffn_hidden_dim
 
@@ -95,7 +96,7 @@ def test_norm_placements_differ_and_train():
     for placement in ("pre", "swin"):
         model = make_model(norm_placement=placement).train()
         logits = model(x)
-        lm_loss(logits[:, :-1], x[:, 1:]).backward()
+        per_token_loss(logits[:, :-1], x[:, 1:]).mean().backward()
         assert all(p.grad is not None for p in model.parameters())
         outs[placement] = logits.detach()
     assert not torch.allclose(outs["pre"], outs["swin"])
@@ -117,22 +118,19 @@ def test_dropout_only_in_training():
         assert not torch.allclose(model(x), model(x))
 
 
-def test_lm_loss_matches_cross_entropy_and_z_loss_adds():
+def test_per_token_loss_matches_cross_entropy():
     logits = torch.randn(2, 5, VOCAB)
     targets = torch.randint(0, VOCAB, (2, 5))
     targets[0, :2] = -100
     ce = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-    torch.testing.assert_close(lm_loss(logits, targets), ce)
     keep = targets != -100
-    z = torch.logsumexp(logits, -1)[keep].square().mean()
-    torch.testing.assert_close(lm_loss(logits, targets, z_loss_weight=0.1), ce + 0.1 * z)
     per = per_token_loss(logits, targets)
     assert per.shape == (2, 5) and per.dtype == torch.float32
     assert (per[0, :2] == 0).all()
     torch.testing.assert_close(per[keep].mean(), ce)
     # bf16 logits give an fp32 loss; all-ignored targets give 0, not NaN.
-    assert lm_loss(logits.bfloat16(), targets).dtype == torch.float32
-    assert lm_loss(logits, torch.full_like(targets, -100)).item() == 0.0
+    assert per_token_loss(logits.bfloat16(), targets).dtype == torch.float32
+    assert (per_token_loss(logits, torch.full_like(targets, -100)) == 0).all()
 
 
 def test_bf16_forward_backward():
@@ -141,7 +139,7 @@ def test_bf16_forward_backward():
     doc_ids = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])
     logits = model(x, document_ids=doc_ids)
     assert logits.dtype == torch.bfloat16
-    loss = lm_loss(logits[:, :-1], x[:, 1:], z_loss_weight=1e-4)
+    loss = per_token_loss(logits[:, :-1], x[:, 1:]).mean()
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
@@ -293,9 +291,17 @@ def test_parallelize_applies_checkpointing_and_per_block_compile_without_changin
     x = rand_tokens(2, 16)
     doc_ids = torch.tensor([[0] * 6 + [1] * 10] * 2)
     for m in (reference, model):
-        lm_loss(m(x, document_ids=doc_ids)[:, :-1], x[:, 1:]).backward()
+        per_token_loss(m(x, document_ids=doc_ids)[:, :-1], x[:, 1:]).mean().backward()
     for (name, p), q in zip(reference.named_parameters(), model.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_loss_backward_leaves_float32_logits_alone():
+    logits = torch.randn(3, 7, requires_grad=True)
+    before = logits.detach().clone()
+    nll, _ = nll_and_logsumexp(logits, torch.tensor([1, 2, 3]))
+    nll.sum().backward()
+    assert torch.equal(logits.detach(), before)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -306,10 +312,12 @@ def test_fused_loss_gradient_matches_autograd_of_the_formula(dtype, monkeypatch)
     logits = (torch.randn(2, 5, VOCAB) * 3).to(dtype)
     targets = torch.randint(0, VOCAB, (2, 5))
     targets[1, 3] = -100
+    keep = targets[:, 1:] != -100
     fused = logits.clone().requires_grad_()
-    lm_loss(fused[:, :-1], targets[:, 1:], z_loss_weight=0.01).backward()
+    nll, lse = nll_and_logsumexp(fused[:, :-1], targets[:, 1:].clamp(min=0))
+    (nll[keep].mean() + 0.01 * lse[keep].square().mean()).backward()
     plain = logits.clone().requires_grad_()
-    lf, keep = plain[:, :-1].float(), targets[:, 1:] != -100
+    lf = plain[:, :-1].float()
     lse = torch.logsumexp(lf, -1)
     ce = F.cross_entropy(lf.flatten(0, 1), targets[:, 1:].flatten(), ignore_index=-100)
     (ce + 0.01 * lse[keep].square().mean()).backward()

@@ -1,6 +1,7 @@
 import numpy as np
 
-from mmgen.data.objectives import CM3Documents, choose_span, cm3_transform, image_spans, text_spans
+from mmgen.data.objectives import CM3Masking, choose_span, cm3_transform, image_spans, text_spans
+from mmgen.data.transforms import TrainingDocument
 from mmgen.tokenizers.vocab import Vocab
 
 V = Vocab.build(text_vocab_size=20, codebook_size=8, grid=(1, 2))
@@ -26,21 +27,14 @@ def test_transform_moves_the_span_behind_a_sentinel_and_keeps_every_token():
     assert sorted(out[out != s].tolist()) == sorted(ids.tolist())
 
 
-def test_view_is_deterministic_and_respects_the_rate():
-    class Shards:
-        folder = "mem"
+def test_cm3_masking_is_deterministic_per_document_and_respects_the_rate():
+    def masked(rate, i):
+        return CM3Masking(V, rate=rate, image_share=0.5, seed=0)(TrainingDocument(i, document())).tokens
 
-        def __len__(self):
-            return 200
-
-        def __getitem__(self, i):
-            return document()
-
-    view = CM3Documents(Shards(), V, rate=0.5, image_share=0.5, seed=0)
-    masked = [V.special("infill_0") in view[i] for i in range(200)]
-    assert 60 < sum(masked) < 140
-    assert [view[i].tolist() for i in range(5)] == [view[i].tolist() for i in range(5)]
-    assert all(not m for m in (V.special("infill_0") in CM3Documents(Shards(), V, rate=0.0, image_share=1, seed=0)[i] for i in range(20)))
+    sentinel = V.special("infill_0")
+    assert 60 < sum(sentinel in masked(0.5, i) for i in range(200)) < 140
+    assert [masked(0.5, i).tolist() for i in range(5)] == [masked(0.5, i).tolist() for i in range(5)]
+    assert not any(sentinel in masked(0.0, i) for i in range(20))
 
 
 def test_choose_span_prefers_images_when_asked():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from mmgen.config.schema import RetrievalConfig
+from mmgen.data.transforms import TrainingDocument
 from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
 from mmgen.retrieval.encoder import DualEncoder, EncoderShape
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
@@ -148,7 +149,7 @@ def test_balance_by_cluster_caps_each_cluster():
 
 def test_augmented_sequence_layout_and_weights(tmp_path):
     from mmgen.data.token_shards import TokenShards, TokenShardWriter
-    from mmgen.retrieval.augment import RetrievalAugmented
+    from mmgen.retrieval.augment import RetrievalAugmentation
 
     writer = TokenShardWriter(str(tmp_path), vocab_size=VOCAB.size, tokens_per_shard=100)
     docs = [doc([1, 2], [[1, 2, 3, 4]]), doc([5], [[0, 0, 0, 0]]), doc([7, 8, 9], [])]
@@ -156,21 +157,21 @@ def test_augmented_sequence_layout_and_weights(tmp_path):
         writer.add(d.tolist(), {})
     writer.close()
     shards = TokenShards(str(tmp_path))
-    view = RetrievalAugmented(shards, shards, np.array([[1, 2], [-1, -1], [0, -1]]), bos=VOCAB.bos, eos=VOCAB.eos,
-                              sep=VOCAB.sep, retrieved_weight=0.25)
-    seq = view[0]
+    augment = RetrievalAugmentation(shards, np.array([[1, 2], [-1, -1], [0, -1]]), bos=VOCAB.bos, eos=VOCAB.eos,
+                                    sep=VOCAB.sep, retrieved_weight=0.25)  # fmt: skip
+    augmented = augment(TrainingDocument(0, shards[0]))
     expected = [VOCAB.bos, *docs[1][1:-1], VOCAB.sep, *docs[2][1:-1], VOCAB.sep, *docs[0][1:]]
-    assert seq.tolist() == expected
-    w = view.weights(0)
+    assert augmented.tokens.tolist() == expected
+    w = augmented.weights
     prefix = 1 + (len(docs[1]) - 2) + 1 + (len(docs[2]) - 2) + 1
     assert (w[:prefix] == 0.25).all() and (w[prefix:] == 1).all()
-    assert view[1].tolist() == docs[1].tolist()  # no neighbours: the document itself
+    assert augment(TrainingDocument(1, shards[1])).tokens.tolist() == docs[1].tolist()  # no neighbours: the document itself
 
 
 def test_packed_batches_carry_retrieval_weights(tmp_path):
     from mmgen.data.packing import IGNORE_INDEX, PackedBatches
     from mmgen.data.token_shards import TokenShards, TokenShardWriter
-    from mmgen.retrieval.augment import RetrievalAugmented
+    from mmgen.retrieval.augment import RetrievalAugmentation
 
     writer = TokenShardWriter(str(tmp_path), vocab_size=VOCAB.size, tokens_per_shard=1000)
     docs = [doc([1 + i, 2, 3], [[i % 16, 1, 2, 3]]) for i in range(6)]
@@ -178,9 +179,9 @@ def test_packed_batches_carry_retrieval_weights(tmp_path):
         writer.add(d.tolist(), {})
     writer.close()
     shards = TokenShards(str(tmp_path))
-    view = RetrievalAugmented(shards, shards, np.array([[(i + 1) % 6, -1] for i in range(6)]), bos=VOCAB.bos,
-                              eos=VOCAB.eos, sep=VOCAB.sep, retrieved_weight=0.5)
-    batch, labels = next(iter(PackedBatches(view, seq_len=40, batch_size=2, pad_id=VOCAB.pad)))
+    augment = RetrievalAugmentation(shards, np.array([[(i + 1) % 6, -1] for i in range(6)]), bos=VOCAB.bos,
+                                    eos=VOCAB.eos, sep=VOCAB.sep, retrieved_weight=0.5)  # fmt: skip
+    batch, labels = next(iter(PackedBatches(shards, transforms=[augment], seq_len=40, batch_size=2, pad_id=VOCAB.pad)))
     w = batch["loss_weights"]
     assert w.shape == labels.shape
     assert set(w[labels != IGNORE_INDEX].unique().tolist()) == {0.5, 1.0}
@@ -260,7 +261,7 @@ def test_image_safe_cut_never_ends_inside_an_image():
 
 def test_retrieved_prefix_gives_way_to_the_main_document(tmp_path):
     from mmgen.data.packing import PackedBatches
-    from mmgen.retrieval.augment import RetrievalAugmented, retrieved_prefix
+    from mmgen.retrieval.augment import RetrievalAugmentation, retrieved_prefix
 
     # bodies: main 11 text + EOS; neighbour 1: 3 text, an image (6), 1 text; neighbour 2: 3 text, an image
     docs = [doc(list(range(1, 12)), []), doc([1, 2, 3], [[1, 2, 3, 4]]), doc([5, 6, 7], [[0, 0, 0, 0]])]
@@ -268,15 +269,18 @@ def test_retrieved_prefix_gives_way_to_the_main_document(tmp_path):
     shards = write_shards(tmp_path, docs)
     table = np.array([[1, 2], [-1, -1], [-1, -1]])
 
-    def view(max_len):
-        return RetrievalAugmented(shards, shards, table, bos=VOCAB.bos, eos=VOCAB.eos, sep=VOCAB.sep, retrieved_weight=0.5,
-                                  max_len=max_len, vocab=VOCAB)  # fmt: skip
+    def augment(max_len):
+        return RetrievalAugmentation(shards, table, bos=VOCAB.bos, eos=VOCAB.eos, sep=VOCAB.sep, retrieved_weight=0.5,
+                                     max_len=max_len, vocab=VOCAB)  # fmt: skip
 
-    full = view(None)[0]
-    assert len(full) == 1 + 10 + 1 + 9 + 1 + 12 and view(len(full))[0].tolist() == full.tolist()
+    def augmented(max_len):
+        return augment(max_len)(TrainingDocument(0, shards[0]))
+
+    full = augmented(None).tokens
+    assert len(full) == 1 + 10 + 1 + 9 + 1 + 12 and augmented(len(full)).tokens.tolist() == full.tolist()
     main = docs[0][1:].tolist()
     for max_len in range(1, len(full)):
-        seq, w = view(max_len)[0], view(max_len).weights(0)
+        seq, w = augmented(max_len).tokens, augmented(max_len).weights
         assert seq.tolist()[-len(main):] == main  # the main document is always whole
         prefix = seq[: len(seq) - len(main)]
         assert len(seq) <= max(max_len, 1 + len(main)) and (w[: len(prefix)] == 0.5).all() and (w[len(prefix):] == 1).all()
@@ -288,13 +292,14 @@ def test_retrieved_prefix_gives_way_to_the_main_document(tmp_path):
             assert (piece == VOCAB.boi).sum() == (piece == VOCAB.eoi).sum()
     # neighbour 2 gives way first (its image, then all of it); then neighbour 1 its tail text, then its image
     b1, b2 = docs[1][1:-1].tolist(), docs[2][1:-1].tolist()
-    assert view(33)[0].tolist() == [VOCAB.bos, *b1, VOCAB.sep, *b2[:3], VOCAB.sep, *main]
-    assert view(25)[0].tolist() == [VOCAB.bos, *b1, VOCAB.sep, *main]
-    assert view(23)[0].tolist() == [VOCAB.bos, *b1[:9], VOCAB.sep, *main]
-    assert view(22)[0].tolist() == [VOCAB.bos, *b1[:3], VOCAB.sep, *main]
+    assert augmented(33).tokens.tolist() == [VOCAB.bos, *b1, VOCAB.sep, *b2[:3], VOCAB.sep, *main]
+    assert augmented(25).tokens.tolist() == [VOCAB.bos, *b1, VOCAB.sep, *main]
+    assert augmented(23).tokens.tolist() == [VOCAB.bos, *b1[:9], VOCAB.sep, *main]
+    assert augmented(22).tokens.tolist() == [VOCAB.bos, *b1[:3], VOCAB.sep, *main]
     # the packer no longer truncates the main document of an augmented sequence that fits its row alone
     for max_len, truncated in ((None, 1), (21, 0)):
-        batches = PackedBatches(view(max_len), seq_len=20, batch_size=1, pad_id=VOCAB.pad, infinite=False)
+        batches = PackedBatches(shards, transforms=[augment(max_len)], seq_len=20, batch_size=1, pad_id=VOCAB.pad,
+                                infinite=False)  # fmt: skip
         list(batches)
         assert batches.truncated_documents == truncated
     with pytest.raises(ValueError, match="boi and eoi"):

@@ -1,7 +1,7 @@
 import torch
 
 import mmgen.train  # noqa: F401  (CPU compat before torchtitan)
-from mmgen.train.components import ModalityLoss
+from mmgen.train.components import MODALITY_SUMS, ModalityLoss
 
 
 def make_loss(z=0.0):
@@ -13,13 +13,12 @@ def test_modality_loss_splits_text_and_image_and_matches_cross_entropy():
     logits = torch.randn(2, 5, 20)
     labels = torch.tensor([[1, 2, 12, 13, -100], [3, 15, -100, -100, 4]])
     loss_fn = make_loss()
-    loss, _ = loss_fn(logits, labels, torch.tensor(7.0))
+    loss, metrics = loss_fn(logits, labels, torch.tensor(7.0))
     reference = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
     assert torch.allclose(loss, reference, atol=1e-6)
-    text_sum, text_n, image_sum, image_n = loss_fn.pop_sums().tolist()
+    text_sum, text_n, image_sum, image_n = metrics[MODALITY_SUMS].tolist()
     assert (text_n, image_n) == (4, 3)
     assert abs((text_sum + image_sum) / 7 - reference.item()) < 1e-5
-    assert loss_fn.pop_sums() is None
 
 
 def test_weights_scale_tokens_and_logging_keeps_main_documents():
@@ -28,14 +27,11 @@ def test_weights_scale_tokens_and_logging_keeps_main_documents():
     labels = torch.tensor([[1, 12, 2, 13]])
     loss_fn = make_loss()
     full, _ = loss_fn(logits, labels)
-    loss_fn.pop_sums()
-    loss_fn.weights = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
-    half, _ = loss_fn(logits, labels)
+    half, metrics = loss_fn(logits, labels, loss_weights=torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
     per_token = torch.nn.functional.cross_entropy(logits[0], labels[0], reduction="none")
     assert torch.allclose(half, per_token[2:].sum()) and torch.allclose(full, per_token.sum())
-    _, text_n, _, image_n = loss_fn.pop_sums().tolist()
+    _, text_n, _, image_n = metrics[MODALITY_SUMS].tolist()
     assert (text_n, image_n) == (1, 1)
-    assert loss_fn.weights is None  # weights apply to one batch only
 
 
 def test_z_loss_adds_logsumexp_squared():
@@ -44,3 +40,93 @@ def test_z_loss_adds_logsumexp_squared():
     plain, _ = make_loss()(logits, labels)
     with_z, _ = make_loss(z=1e-2)(logits, labels)
     assert torch.allclose(with_z - plain, 1e-2 * torch.logsumexp(logits[0], -1).square().sum(), atol=1e-5)
+
+
+def test_training_loader_mixes_by_weight_and_leaves_duplicates_out_with_cm3_and_condition_dropout(tmp_path):
+    """The document transforms run inside each mixture component: weights and dedup hold with them on."""
+    import numpy as np
+
+    from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
+    from mmgen.tokenizers.vocab import Vocab
+    from mmgen.train.components import PackedDataLoader
+
+    vocab = Vocab.build(text_vocab_size=20, codebook_size=8, grid=(1, 2))
+    vocab.save(str(tmp_path / "vocab.json"))
+    t = vocab.text_to_id
+    markers, duplicate_mark = {"a": t(10), "b": t(11)}, t(12)
+
+    def write_corpus(name, n_docs, caption_length, duplicates):
+        """Captioned one-image documents; the last ``duplicates`` repeat earlier ones' hashes and carry a mark."""
+        writer = TokenShardWriter(str(tmp_path / "tokens" / name), vocab_size=vocab.size, tokens_per_shard=40)
+        for i in range(n_docs):
+            is_duplicate = i >= n_docs - duplicates
+            caption = [t(1 + (i + k) % 9) for k in range(caption_length)]
+            image = [vocab.boi, vocab.code_to_id(i % 8), vocab.code_to_id(3), vocab.eoi]
+            tail = [markers[name], *([duplicate_mark] if is_duplicate else [])]
+            writer.add([vocab.bos, *caption, *image, *tail, vocab.eos], {"row": i},
+                       content_hash=(i - (n_docs - duplicates)) + 1 if is_duplicate else i + 1)  # fmt: skip
+        manifest = write_manifest(writer.folder, writer.finish(), vocab_size=vocab.size, dedup=True)
+        assert manifest["duplicates"] == duplicates and len(manifest["shards"]) > 1  # duplicates across shards
+
+    write_corpus("a", 30, 3, duplicates=4)  # many short documents
+    write_corpus("b", 8, 12, duplicates=2)  # a few long ones
+    weights = {"a": 0.25, "b": 0.75}
+    write_mixture(str(tmp_path / "tokens"), [{"folder": name, "weight": w} for name, w in weights.items()])
+    config = PackedDataLoader.Config(tokens_dir=str(tmp_path / "tokens"), pad_id=vocab.pad, seed=0,
+                                     vocab_path=str(tmp_path / "vocab.json"), cm3_rate=0.5, condition_dropout=0.5)  # fmt: skip
+    loader = PackedDataLoader(config, dp_world_size=1, dp_rank=0, seq_len=48, local_batch_size=4)
+
+    tokens = {"a": 0, "b": 0}
+    masked = uncaptioned = 0
+    it = iter(loader)
+    batches = []
+    for step in range(60):
+        inputs, labels = next(it)
+        batches.append((inputs, labels))
+        if step == 29:
+            state = loader.state_dict()
+        for row in range(len(labels)):
+            for d in inputs["document_ids"][row].unique():
+                selected = inputs["document_ids"][row] == d
+                if (labels[row][selected] == -100).all():
+                    continue  # padding
+                ids = inputs["input"][row][selected].tolist() + [labels[row][selected][-1].item()]
+                assert duplicate_mark not in ids, "a marked duplicate was trained on"
+                name = "a" if markers["a"] in ids else "b"
+                tokens[name] += len(ids) - 1
+                masked += vocab.special("infill_0") in ids
+                uncaptioned += ids[1] == vocab.boi
+    share = tokens["a"] / (tokens["a"] + tokens["b"])
+    assert abs(share - weights["a"]) < 0.03, share
+    assert masked > 20 and uncaptioned > 20  # both transforms ran
+    resumed = PackedDataLoader(config, dp_world_size=1, dp_rank=0, seq_len=48, local_batch_size=4)
+    resumed.load_state_dict(state)
+    for (inputs, labels), (got_inputs, got_labels) in zip(batches[30:40], iter(resumed)):
+        assert torch.equal(got_inputs["input"], inputs["input"]) and torch.equal(got_labels, labels)
+
+
+def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
+    import contextlib
+
+    from mmgen.train.trainer import MMGenTrainer
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.logits = torch.nn.Parameter(torch.randn(1, 4, 20))
+
+        def forward(self, inputs, **kwargs):
+            assert "loss_weights" not in kwargs  # for the loss, not the model
+            return self.logits
+
+    trainer = MMGenTrainer.__new__(MMGenTrainer)  # only the forward-backward step: no mesh, no checkpoints
+    trainer.model_parts, trainer.loss_fn, trainer.train_context = [Model()], make_loss(), contextlib.nullcontext
+    labels = torch.tensor([[1, 12, 2, 13]])
+    weights = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    loss = trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0),
+                                          {"positions": torch.arange(4)[None], "loss_weights": weights})  # fmt: skip
+    per_token = torch.nn.functional.cross_entropy(trainer.model_parts[0].logits[0], labels[0], reduction="none")
+    assert torch.allclose(loss, per_token[2:].sum() / 2)
+    trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0), {})
+    _, text_n, _, image_n = trainer.modality_sums.tolist()
+    assert (text_n, image_n) == (1 + 2, 1 + 2)  # the weighted batch counts its weight-1 tokens only

@@ -23,7 +23,7 @@ from mmgen.model.attention import blocked_causal_attention
 from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
 from mmgen.model.masks import document_causal_mask
 from mmgen.model.transformer import HiddenStates
-from mmgen.train.components import ModalityLoss
+from mmgen.train.components import MODALITY_SUMS, ModalityLoss
 from mmgen.train.model_spec import TitanTransformer
 
 VOCAB = 61
@@ -211,12 +211,11 @@ def test_modality_loss_on_hidden_states_equals_loss_on_logits(tie):
     for hidden in (True, False):
         model.zero_grad(set_to_none=True)
         loss_fn = ModalityLoss.Config(image_start=40, image_stop=VOCAB, z_loss_weight=1e-2).build()
-        loss_fn.weights = weights
         pred = model(tokens, return_hidden=hidden)
         assert isinstance(pred, HiddenStates) == hidden
-        loss, _ = loss_fn(pred, labels, torch.tensor(21.0))
+        loss, metrics = loss_fn(pred, labels, torch.tensor(21.0), loss_weights=weights)
         loss.backward()
-        results.append((loss.detach(), loss_fn.pop_sums(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        results.append((loss.detach(), metrics[MODALITY_SUMS], {n: p.grad.clone() for n, p in model.named_parameters()}))
     (loss_h, sums_h, grads_h), (loss_l, sums_l, grads_l) = results
     torch.testing.assert_close(loss_h, loss_l)
     torch.testing.assert_close(sums_h, sums_l)

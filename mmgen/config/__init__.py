@@ -6,7 +6,8 @@ import importlib
 import sys
 from typing import Callable
 
-from mmgen.config.overrides import ConfigError, apply_overrides, help_text
+from mmgen.config.errors import ConfigError
+from mmgen.config.overrides import apply_overrides, help_text
 from mmgen.config.paths import RunPaths
 from mmgen.config.presets import BUILTIN
 from mmgen.config.schema import ExperimentConfig

@@ -17,9 +17,7 @@ import textwrap
 import typing
 from typing import Any, Literal, get_args, get_origin
 
-
-class ConfigError(ValueError):
-    """A user mistake in choosing or overriding the config; printed as one line."""
+from mmgen.config.errors import ConfigError
 
 
 @functools.cache

@@ -5,7 +5,7 @@ plus document metadata — and hands it to ``Curator.document``, so the policies
 
 - images: resolve (bytes, path, URL) → decode (bomb limit, EXIF, RGB) → filter (smallest side, aspect
   ratio) → resize / crop to the tokenizer's size. A *missing or undecodable* image skips the whole document
-  (``missing_image="skip_document"``, DESIGN §5) or only drops that image (``"drop_image"``, useful for
+  (``missing_image="skip_document"``, docs/ARCHITECTURE.md) or only drops that image (``"drop_image"``, useful for
   web corpora where many URLs are dead). A *filtered or duplicate* image is dropped from its document and
   counted in ``ReadStats.images_dropped``; a document that had images and lost them all is skipped.
 - documents: text length bounds, images per document, and exact duplicates by content hash (texts and

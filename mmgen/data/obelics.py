@@ -1,6 +1,6 @@
 """Read OBELICS-schema parquet shards into ``Document``s, from any fsspec URL.
 
-The schema (DESIGN §5): ``texts: list<string|null>`` and ``images: list<binary|string|null>`` aligned, one
+The schema (docs/ARCHITECTURE.md): ``texts: list<string|null>`` and ``images: list<binary|string|null>`` aligned, one
 non-null per position; optional ``metadata`` (JSON list, null at text positions) and ``general_metadata``
 (JSON dict). Images may be embedded bytes (PNG/JPEG...), paths relative to the shard, or URLs (the
 published OBELICS form), fetched only when the config allows network.

@@ -1,4 +1,5 @@
-"""Token-level training transforms: CM3's causal-masked form, and condition dropout for CFG.
+"""The training objectives as per-document loader transforms: CM3's causal-masked form, condition dropout for
+CFG, and SFT targets.
 
 CM3 cuts a span out, leaves a sentinel, and appends the span at the end:
 
@@ -6,14 +7,18 @@ CM3 cuts a span out, leaves a sentinel, and appends the span at the end:
 next-token training on this form teaches the model to fill a hole given what
 comes before *and after* it. The span is a whole image (BOI … EOI) or a run of
 text tokens. At sampling time the prompt ``BOS A <infill_0> C <infill_0>``
-asks for the missing span. The choice per document is seeded by the
-document's index, so an epoch is reproducible and a resumed run sees the same
-sequences.
+asks for the missing span. Each transform's choice is seeded by the
+document's index (see ``mmgen.data.transforms``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+
+from mmgen.data.token_shards import TokenShards
+from mmgen.data.transforms import DocumentTransform, TrainingDocument
 
 
 def image_spans(ids: np.ndarray, boi: int, eoi: int) -> list[tuple[int, int]]:
@@ -49,28 +54,24 @@ def choose_span(ids: np.ndarray, vocab, rng: np.random.Generator, *, image_share
     return offset, offset + length
 
 
-class CM3Documents:
-    """A view over token shards: a ``rate`` share of documents (chosen per index) in CM3 form."""
+class CM3Masking(DocumentTransform):
+    """A ``rate`` share of documents (chosen per document) in CM3 form."""
 
-    def __init__(self, shards, vocab, *, rate: float, image_share: float, seed: int):
-        self.shards = shards
-        self.folder = shards.folder
+    def __init__(self, vocab, *, rate: float, image_share: float, seed: int):
         self.vocab = vocab
         self.rate = rate
         self.image_share = image_share
         self.seed = seed
         self.sentinel = vocab.special("infill_0")
 
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        ids = self.shards[i]
-        rng = np.random.default_rng((self.seed, i))
+    def __call__(self, document: TrainingDocument) -> TrainingDocument:
+        rng = np.random.default_rng((self.seed, document.index))
         if rng.random() >= self.rate:
-            return ids
-        span = choose_span(ids, self.vocab, rng, image_share=self.image_share)
-        return ids if span is None else cm3_transform(ids, span, sentinel=self.sentinel, eos=self.vocab.eos)
+            return document
+        span = choose_span(document.tokens, self.vocab, rng, image_share=self.image_share)
+        if span is None:
+            return document
+        return document.with_tokens(cm3_transform(document.tokens, span, sentinel=self.sentinel, eos=self.vocab.eos))
 
 
 def drop_condition(ids: np.ndarray, vocab, rng: np.random.Generator) -> np.ndarray:
@@ -90,20 +91,35 @@ def drop_condition(ids: np.ndarray, vocab, rng: np.random.Generator) -> np.ndarr
     return np.concatenate([ids[:start], ids[stop:]]).astype(np.int64)
 
 
-class ConditionDropout:
-    """A view over token shards: a ``rate`` share of documents (chosen per index) lose one image's caption."""
+class ConditionDropout(DocumentTransform):
+    """A ``rate`` share of documents (chosen per document) lose one image's caption."""
 
-    def __init__(self, shards, vocab, *, rate: float, seed: int):
-        self.shards = shards
-        self.folder = shards.folder
+    def __init__(self, vocab, *, rate: float, seed: int):
         self.vocab = vocab
         self.rate = rate
         self.seed = seed
 
-    def __len__(self) -> int:
-        return len(self.shards)
+    def __call__(self, document: TrainingDocument) -> TrainingDocument:
+        rng = np.random.default_rng((self.seed, document.index, 1))
+        if rng.random() >= self.rate:
+            return document
+        return document.with_tokens(drop_condition(document.tokens, self.vocab, rng))
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        ids = self.shards[i]
-        rng = np.random.default_rng((self.seed, i, 1))
-        return drop_condition(ids, self.vocab, rng) if rng.random() < self.rate else ids
+
+class SFTTargets(DocumentTransform):
+    """SFT examples (``tokenizers/encode_sft.py``): weight 0 (context) before each example's output, 1 from it on.
+
+    Where the output starts is each document's ``loss_start`` in the shards' metadata.
+    """
+
+    sets_weights = True
+
+    def __init__(self, shards: TokenShards):
+        self.shards = shards
+
+    def __call__(self, document: TrainingDocument) -> TrainingDocument:
+        weights = np.zeros(len(document.tokens), dtype=np.float32)
+        weights[int(self.shards.metadata(document.index)["loss_start"]) :] = 1.0
+        if document.weights is not None:
+            weights *= document.weights
+        return replace(document, weights=weights)

@@ -8,9 +8,12 @@ are never split (an image cut in half would train the model on a grid with no
 gap is padding with label ``-100``. Documents longer than a row are truncated and
 counted.
 
-Sources may also give per-token loss weights (a ``weights(i)`` method, as the
-retrieval-augmented and SFT views do); batches then carry ``loss_weights``
-aligned with the labels, and weight-0 tokens are context only (label ``-100``).
+Documents pass through the loader's per-document transforms
+(``mmgen.data.transforms``: CM3, condition dropout, SFT targets, retrieval
+augmentation) after they are drawn from their corpus, so mixing and
+deduplication below see the token folder itself. When a transform sets loss
+weights, batches carry ``loss_weights`` aligned with the labels, and weight-0
+tokens are context only (label ``-100``).
 
 Order: every epoch of every corpus draws a fresh permutation from
 ``(seed, corpus, epoch)``; data-parallel rank ``r`` of ``n`` takes positions
@@ -20,8 +23,8 @@ Mixing: a mixture folder (several corpora, each with a weight) is read by
 stride scheduling on tokens — the next document comes from the corpus whose
 consumed tokens divided by its weight is smallest — so every prefix of the
 stream holds each corpus in its share of *tokens*, with no random draws to
-replay; a small corpus simply repeats (its own epochs) more often. A view
-over the shards (retrieval-augmented, SFT) reads as one corpus.
+replay; a small corpus simply repeats (its own epochs) more often. Tokens
+are counted as packed, after the transforms.
 
 The state is ``(epoch, cursor, tokens)`` per corpus at a batch boundary, so a
 resumed run reads the very batches the interrupted one would have read.
@@ -29,48 +32,59 @@ resumed run reads the very batches the interrupted one would have read.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from mmgen.data.token_shards import TokenShards
+from mmgen.data.transforms import DocumentTransform, TrainingDocument
 
 IGNORE_INDEX = -100
 
 
 class _Stream:
-    """One corpus's document order on one data-parallel rank: a cursor over seeded per-epoch permutations."""
+    """One corpus's document order on one data-parallel rank: a cursor over seeded per-epoch permutations.
 
-    def __init__(self, source: Any, *, seed: int, index: int, dp_rank: int, dp_world_size: int):
-        self.source = source
-        self.weighted = hasattr(source, "weights")
-        kept = getattr(source, "kept_indices", None)
-        self.kept = kept() if kept is not None else np.arange(len(source))
+    ``order`` holds indices into ``corpus``; ``start`` is the corpus's first index in the whole token folder.
+    """
+
+    def __init__(self, corpus: TokenShards, *, start: int, transforms: Sequence[DocumentTransform], seed: int,
+                 index: int, dp_rank: int, dp_world_size: int):  # fmt: skip
+        self.corpus = corpus
+        self.start = start
+        self.transforms = transforms
+        self.kept = corpus.kept_indices()
         if len(self.kept) < dp_world_size:
             raise ValueError(
-                f"{source.folder} holds {len(self.kept)} documents, fewer than {dp_world_size} data-parallel ranks"
+                f"{corpus.folder} holds {len(self.kept)} documents, fewer than {dp_world_size} data-parallel ranks"
             )
         self.seed, self.index = seed, index
         self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
         self.epoch = self.cursor = self.tokens = 0
         self.order = self._epoch_order(0)
+        self.peeked: TrainingDocument | None = None  # a document that did not fit its row is peeked again
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         perm = np.random.default_rng((self.seed, self.index, epoch)).permutation(self.kept)
         return perm[self.dp_rank :: self.dp_world_size]
 
-    def peek(self, infinite: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+    def peek(self, infinite: bool) -> TrainingDocument | None:
         if self.cursor >= len(self.order):
             if not infinite:
                 return None
             self.epoch += 1
             self.cursor = 0
             self.order = self._epoch_order(self.epoch)
-        i = int(self.order[self.cursor])
-        return self.source[i], (self.source.weights(i) if self.weighted else None)
+        if self.peeked is None:
+            i = int(self.order[self.cursor])
+            self.peeked = TrainingDocument(self.start + i, self.corpus[i])
+            for transform in self.transforms:
+                self.peeked = transform(self.peeked)
+        return self.peeked
 
     def advance(self, tokens: int) -> None:
+        self.peeked = None
         self.cursor += 1
         self.tokens += tokens
 
@@ -81,19 +95,21 @@ class _Stream:
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
         self.tokens = int(state.get("tokens", 0))
         self.order = self._epoch_order(self.epoch)
+        self.peeked = None
 
 
 class PackedBatches:
     """Iterator of ``({"input", "document_ids", "positions"[, "loss_weights"]}, labels)`` batches of shape [B, T].
 
-    ``shards`` is a ``TokenShards`` folder (a mixture folder mixes its corpora) or any view with ``len``,
-    ``[i]``, ``folder`` and optionally ``weights(i)``.
+    ``shards`` is a token folder (a mixture folder mixes its corpora); ``transforms`` apply to each document
+    in order, after it is drawn.
     """
 
     def __init__(
         self,
         shards: TokenShards,
         *,
+        transforms: Sequence[DocumentTransform] = (),
         seq_len: int,
         batch_size: int,
         pad_id: int,
@@ -111,20 +127,18 @@ class PackedBatches:
         self.dp_world_size = dp_world_size
         self.infinite = infinite
         self.truncated_documents = 0
-        components = getattr(shards, "components", None) or [(shards, 1.0)]
-        weights = [w for _, w in components]
+        self.weighted = any(t.sets_weights for t in transforms)
+        weights = [w for _, w in shards.components]
         if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
             raise ValueError(f"{shards.folder}: mixture weights must be >= 0 and not all 0, got {weights}")
+        starts = np.cumsum([0] + [len(corpus) for corpus, _ in shards.components])
         self.streams = [
-            _Stream(source, seed=seed, index=i, dp_rank=dp_rank, dp_world_size=dp_world_size)
-            for i, (source, w) in enumerate(components)
+            _Stream(corpus, start=int(start), transforms=transforms, seed=seed, index=i, dp_rank=dp_rank,
+                    dp_world_size=dp_world_size)  # fmt: skip
+            for i, ((corpus, w), start) in enumerate(zip(shards.components, starts))
             if w > 0
         ]
         self.weights = [w for w in weights if w > 0]
-
-    @property
-    def weighted(self) -> bool:
-        return any(s.weighted for s in self.streams)
 
     def state_dict(self) -> dict[str, Any]:
         return {"streams": [s.state() for s in self.streams], "truncated_documents": self.truncated_documents}
@@ -152,10 +166,10 @@ class PackedBatches:
         filled, doc = 0, 0
         while filled < T:
             stream = self._stream()
-            item = stream.peek(self.infinite)
-            if item is None:
+            document = stream.peek(self.infinite)
+            if document is None:
                 break
-            tokens, token_weights = item
+            tokens, token_weights = document.tokens, document.weights
             n = len(tokens) - 1
             truncated = n > T
             if truncated:

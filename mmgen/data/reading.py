@@ -1,6 +1,6 @@
 """What every corpus reader shares: errors, skip accounting, file listing, image references.
 
-Two kinds of failure, on purpose (DESIGN §5): a bad *record* raises ``SkipRow`` inside a reader and is
+Two kinds of failure, on purpose (docs/ARCHITECTURE.md): a bad *record* raises ``SkipRow`` inside a reader and is
 counted in ``ReadStats`` with its shard and row, so one bad record never stops a run; a bad *file* raises
 ``CorpusError`` naming the file, because it means the user pointed at the wrong thing.
 

@@ -1,13 +1,12 @@
 """Language-model losses, computed in float32 whatever the logits' dtype.
 
-``lm_loss`` is cross-entropy averaged over non-ignored targets plus the
-Chameleon z-loss ``weight · mean(logsumexp(logits)²)`` that keeps the
-softmax normaliser near 1 (logit drift is what destabilised Chameleon
-training). ``per_token_loss`` gives the unreduced cross-entropy so the trainer
-can report text-token and image-token losses separately. With every target
-ignored both return zeros instead of NaN.
+``per_token_loss`` gives the unreduced cross-entropy (zeros where targets
+are ignored) for scoring. Training (``mmgen.train.components.ModalityLoss``)
+adds Chameleon's z-loss ``weight · logsumexp(logits)²`` per token, which keeps
+the softmax normaliser near 1 (logit drift is what destabilised Chameleon
+training), and reports text-token and image-token losses separately.
 
-Both go through ``nll_and_logsumexp``, a fused autograd function: it keeps
+Both, on logits, go through ``nll_and_logsumexp``, a fused autograd function: it keeps
 the logits in their own dtype, upcasts one block of rows at a time (sized to
 stay in the CPU cache), and writes the gradient ``softmax·(g_nll + g_lse) −
 onehot·g_nll`` in one pass per block. With Chameleon's 65,536-id vocabulary
@@ -56,7 +55,8 @@ class _NllAndLogsumexp(torch.autograd.Function):
         block = _row_block(logits)
         for start in range(0, logits.shape[0], block):
             end = start + block
-            g = logits[start:end].float().sub_(lse[start:end, None]).exp_().mul_(scale[start:end])
+            # a copy even of float32 logits (.float() would return them and the in-place ops overwrite the input)
+            g = logits[start:end].to(torch.float32, copy=True).sub_(lse[start:end, None]).exp_().mul_(scale[start:end])
             g.scatter_add_(1, targets[start:end, None], -g_nll[start:end, None])
             grad[start:end] = g
         return grad, None
@@ -130,31 +130,8 @@ def head_nll_and_logsumexp(
     return nll.view(shape), lse.view(shape)
 
 
-def _token_terms(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int):
-    keep = targets != ignore_index
-    safe_targets = torch.where(keep, targets, torch.zeros_like(targets))
-    ce, lse = nll_and_logsumexp(logits, safe_targets)
-    return lse, ce, keep
-
-
 def per_token_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """logits [..., V], targets [...] -> float32 cross-entropy [...] (0 where ignored)."""
-    _, ce, keep = _token_terms(logits, targets, ignore_index)
+    keep = targets != ignore_index
+    ce, _ = nll_and_logsumexp(logits, torch.where(keep, targets, torch.zeros_like(targets)))
     return torch.where(keep, ce, torch.zeros_like(ce))
-
-
-def lm_loss(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    ignore_index: int = -100,
-    z_loss_weight: float = 0.0,
-) -> torch.Tensor:
-    """Mean cross-entropy over non-ignored targets + z_loss_weight · mean(logsumexp²)."""
-    lse, ce, keep = _token_terms(logits, targets, ignore_index)
-    count = keep.sum().clamp(min=1)
-    zero = torch.zeros_like(ce)
-    loss = torch.where(keep, ce, zero).sum() / count
-    if z_loss_weight:
-        loss = loss + z_loss_weight * torch.where(keep, lse.square(), zero).sum() / count
-    return loss

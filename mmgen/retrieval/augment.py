@@ -2,11 +2,12 @@
 
 ``retrieved_prefix`` builds ``BOS r₁ SEP r₂ SEP`` (each retrieved document
 without its own BOS/EOS) for training and for conditioning a sample.
-``RetrievalAugmented`` is a view over token shards plus their neighbour table
-that the packing loader reads like the shards themselves: item ``i`` is
-``BOS r₁ SEP r₂ SEP main… EOS`` and ``weights(i)`` gives each token's weight as
-a prediction target — the configured factor on the retrieved prefix, 1 on the
-main document. Documents with missing neighbours (-1) get fewer.
+``RetrievalAugmentation`` is the packing loader's last per-document transform
+(``mmgen.data.transforms``): document ``i`` becomes
+``BOS r₁ SEP r₂ SEP main… EOS``, its neighbours read from row ``i`` of the
+neighbour table, and each token gets its weight as a prediction target — the
+configured factor on the retrieved prefix, the main document's own weight (1)
+on the rest. Documents with missing neighbours (-1) get fewer.
 
 The packer truncates a sequence longer than its row from the end, which would
 cost the main document its tail; so with ``max_len`` the retrieved part gives
@@ -17,11 +18,13 @@ only ever cut in its text, never inside an image's code grid.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
 from mmgen.data.token_shards import TokenShards
+from mmgen.data.transforms import DocumentTransform, TrainingDocument
 
 
 def body(ids: np.ndarray, *, bos: int, eos: int) -> np.ndarray:
@@ -82,48 +85,37 @@ def retrieved_prefix(documents: Sequence[np.ndarray], *, bos: int, eos: int, sep
     return np.concatenate(parts).astype(np.int64)
 
 
-class RetrievalAugmented:
-    """``BOS r₁ SEP r₂ SEP main`` for each document of ``main``, its neighbours read from ``bank``.
+class RetrievalAugmentation(DocumentTransform):
+    """``BOS r₁ SEP r₂ SEP main`` for each document, its neighbours (rows of ``neighbours``) read from ``bank``.
 
     ``max_len`` (the packer's row length + 1: a row trains on ``max_len - 1``
     next-token pairs) cuts the retrieved part so the main document keeps as
     much of itself as fits; it needs ``vocab`` for the image delimiters.
     """
 
-    def __init__(self, main: TokenShards, bank: TokenShards, neighbours: np.ndarray, *, bos: int, eos: int, sep: int,
+    sets_weights = True
+
+    def __init__(self, bank: TokenShards, neighbours: np.ndarray, *, bos: int, eos: int, sep: int,
                  retrieved_weight: float, max_len: int | None = None, vocab=None):  # fmt: skip
-        if len(neighbours) != len(main):
-            raise ValueError(f"neighbour table has {len(neighbours)} rows for {len(main)} documents")
         if max_len is not None and vocab is None:
-            raise ValueError("RetrievalAugmented needs the vocab (image delimiters) to cut sequences to max_len")
-        self.main = main
+            raise ValueError("RetrievalAugmentation needs the vocab (image delimiters) to cut sequences to max_len")
         self.bank = bank
         self.neighbours = neighbours
         self.bos, self.eos, self.sep = bos, eos, sep
         self.retrieved_weight = retrieved_weight
         self.max_len = max_len
         self.boi, self.eoi = (vocab.boi, vocab.eoi) if vocab is not None else (None, None)
-        self.folder = main.folder
 
-    def __len__(self) -> int:
-        return len(self.main)
-
-    def _parts(self, i: int) -> tuple[np.ndarray, int]:
-        """The augmented sequence and the length of its retrieved prefix."""
-        retrieved = [self.bank[int(j)] for j in self.neighbours[i] if j >= 0]
-        main = self.main[i]
-        main = main[1:] if len(main) and main[0] == self.bos else main
+    def __call__(self, document: TrainingDocument) -> TrainingDocument:
+        retrieved = [self.bank[int(j)] for j in self.neighbours[document.index] if j >= 0]
+        main, main_weights = document.tokens, document.weights
+        if len(main) and main[0] == self.bos:
+            main, main_weights = main[1:], (None if main_weights is None else main_weights[1:])
         room = None if self.max_len is None else max(self.max_len - len(main), 1)  # BOS at least
         prefix = retrieved_prefix(retrieved, bos=self.bos, eos=self.eos, sep=self.sep, max_len=room, boi=self.boi,
                                   eoi=self.eoi)  # fmt: skip
-        return np.concatenate([prefix, main]).astype(np.int64), len(prefix)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self._parts(i)[0]
-
-    def weights(self, i: int) -> np.ndarray:
-        """Weight of each token as a prediction target (the first token is never a target)."""
-        tokens, prefix = self._parts(i)
-        w = np.ones(len(tokens), dtype=np.float32)
-        w[:prefix] = self.retrieved_weight
-        return w
+        weights = np.ones(len(prefix) + len(main), dtype=np.float32)
+        weights[: len(prefix)] = self.retrieved_weight
+        if main_weights is not None:
+            weights[len(prefix) :] = main_weights
+        return replace(document, tokens=np.concatenate([prefix, main]).astype(np.int64), weights=weights)

@@ -18,7 +18,7 @@ from typing import Sequence
 import fsspec
 import numpy as np
 
-from mmgen.config.overrides import ConfigError
+from mmgen.config.errors import ConfigError
 from mmgen.config.paths import StaleInputError
 from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
 from mmgen.retrieval.encoder import DualEncoder

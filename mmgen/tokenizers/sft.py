@@ -1,15 +1,15 @@
 """SFT examples → token sequences with the position where the loss starts.
 
 ``BOS task instruction SEP input SEP output EOS``; everything before the output
-is context (loss weight 0), the output and EOS are targets. Images of a batch
-of examples go through the VQ-VAE together.
+is context (loss weight 0), the output and EOS are targets (the loader's
+``SFTTargets`` transform weighs them from the ``loss_start`` this returns).
+Images of a batch of examples go through the VQ-VAE together.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 from PIL import Image
 
 from mmgen.data.sft_tasks import SFTExample
@@ -34,21 +34,3 @@ def encode_sft_examples(tokenizer: MultimodalTokenizer, examples: Sequence[SFTEx
         out.append((ids, start))
     return out
 
-
-class SFTSequences:
-    """Token shards of SFT examples, read by the packing loader with weight 0 (context) before each output."""
-
-    def __init__(self, shards):
-        self.shards = shards
-        self.folder = shards.folder
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.shards[i]
-
-    def weights(self, i: int) -> np.ndarray:
-        w = np.zeros(len(self.shards[i]), dtype=np.float32)
-        w[int(self.shards.metadata(i)["loss_start"]) :] = 1.0
-        return w

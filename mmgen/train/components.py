@@ -11,24 +11,24 @@ from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 
-from mmgen.data.objectives import CM3Documents, ConditionDropout
+from mmgen.data.objectives import CM3Masking, ConditionDropout, SFTTargets
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
 from mmgen.data.token_shards import TokenShards
+from mmgen.data.transforms import DocumentTransform
 from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
 from mmgen.model.transformer import HiddenStates
-from mmgen.retrieval.augment import RetrievalAugmented
+from mmgen.retrieval.augment import RetrievalAugmentation
 from mmgen.retrieval.neighbours import load_neighbours
-from mmgen.tokenizers.sft import SFTSequences
 from mmgen.tokenizers.vocab import Vocab
 
 
 class PackedDataLoader(BaseDataLoader):
     """Packed token-shard batches for one data-parallel rank; checkpointed per rank.
 
-    The documents the packer reads are the shards seen through at most three
-    views, innermost first: SFT examples (targets after each example's input)
-    or, for pretraining, condition dropout then CM3 masking; and retrieval
-    augmentation on top (neighbours come from the plain shards).
+    The packer applies at most three per-document transforms, in this order:
+    SFT targets (the output of each example) or, for pretraining, condition
+    dropout then CM3 masking and last retrieval augmentation (neighbours come
+    from the plain shards).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -59,24 +59,10 @@ class PackedDataLoader(BaseDataLoader):
     def __init__(self, config: Config, *, dp_world_size: int, dp_rank: int, seq_len: int, local_batch_size: int, **_: Any):
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
-        documents = TokenShards(config.tokens_dir)
-        if config.sft:
-            documents = SFTSequences(documents)
-        else:
-            if config.condition_dropout > 0:
-                documents = ConditionDropout(documents, Vocab.load(config.vocab_path), rate=config.condition_dropout, seed=config.seed)
-            if config.cm3_rate > 0:
-                documents = CM3Documents(documents, Vocab.load(config.vocab_path), rate=config.cm3_rate,
-                                         image_share=config.cm3_image_share, seed=config.seed)
-        if config.neighbours_path and not config.sft:
-            bos, eos, sep = config.specials
-            bank = TokenShards(config.tokens_dir)
-            documents = RetrievalAugmented(
-                documents, bank, load_neighbours(config.neighbours_path, len(documents)),
-                bos=bos, eos=eos, sep=sep, retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=Vocab.load(config.vocab_path),
-            )
+        shards = TokenShards(config.tokens_dir)
         self.batches = PackedBatches(
-            documents,
+            shards,
+            transforms=document_transforms(config, shards, seq_len),
             seq_len=seq_len,
             batch_size=local_batch_size,
             pad_id=config.pad_id,
@@ -103,15 +89,38 @@ class PackedDataLoader(BaseDataLoader):
         self.batches.load_state_dict(json.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
 
 
-class ModalityLoss(BaseLoss):
-    """Next-token cross-entropy plus z-loss, with running text/image loss sums for logging.
+def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, seq_len: int) -> list[DocumentTransform]:
+    """The loader's per-document transforms, in the order they apply."""
+    if config.sft:
+        return [SFTTargets(shards)]
+    transforms: list[DocumentTransform] = []
+    vocab = Vocab.load(config.vocab_path) if config.condition_dropout > 0 or config.cm3_rate > 0 or config.neighbours_path else None
+    if config.condition_dropout > 0:
+        transforms.append(ConditionDropout(vocab, rate=config.condition_dropout, seed=config.seed))
+    if config.cm3_rate > 0:
+        transforms.append(CM3Masking(vocab, rate=config.cm3_rate, image_share=config.cm3_image_share, seed=config.seed))
+    if config.neighbours_path:
+        bos, eos, sep = config.specials
+        transforms.append(RetrievalAugmentation(
+            shards, load_neighbours(config.neighbours_path, len(shards)), bos=bos, eos=eos, sep=sep,
+            retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=vocab,
+        ))  # fmt: skip
+    return transforms
 
-    Returns torchtitan's convention: the local summed loss divided by the global
-    number of valid tokens. Sums are kept on device (no host sync per step) and
-    read and reset by the trainer when it logs. When the batch carries per-token
-    ``loss_weights`` (retrieval augmentation), the trainer hands them over through
-    ``weights`` before the forward pass; each token's loss is scaled by its weight
-    and the logged text/image losses cover the main documents (weight 1) only.
+
+MODALITY_SUMS = "modality_sums"
+"""The loss's metric: text loss sum, text tokens, image loss sum, image tokens (float32, on device)."""
+
+
+class ModalityLoss(BaseLoss):
+    """Next-token cross-entropy plus z-loss; its metrics split the loss into text and image tokens.
+
+    Follows torchtitan's loss contract: ``(local summed loss / global number of
+    valid tokens, metrics)``, the metrics being ``{MODALITY_SUMS: sums}`` for
+    this batch (on device: no host sync per step). With per-token
+    ``loss_weights`` (SFT targets, retrieval augmentation) each token's loss is
+    scaled by its weight and the text/image sums cover the weight-1 tokens
+    (the main documents) only.
 
     ``pred`` is either logits [B, T, V] or, from pretraining's model
     (``TitanTransformer``), ``HiddenStates``: then the output head runs here,
@@ -131,9 +140,6 @@ class ModalityLoss(BaseLoss):
         self.config = config
         self.fn = self._summed_loss
         self._maybe_compile(compile_config)
-        # text loss sum, text tokens, image loss sum, image tokens
-        self.sums: torch.Tensor | None = None
-        self.weights: torch.Tensor | None = None
 
     def _summed_loss(self, pred: torch.Tensor | HiddenStates, labels: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         labels = labels.flatten()
@@ -156,14 +162,8 @@ class ModalityLoss(BaseLoss):
         stats = torch.stack([(nll * is_text).sum(), is_text.sum(), (nll * is_image).sum(), is_image.sum()]).float()
         return loss, stats
 
-    def __call__(self, pred, labels, global_valid_tokens=None, **kwargs):
-        loss, stats = self.fn(pred, labels, self.weights)
-        self.weights = None
-        self.sums = stats if self.sums is None else self.sums + stats
+    def __call__(self, pred, labels, global_valid_tokens=None, *, loss_weights: torch.Tensor | None = None, **kwargs):
+        loss, sums = self.fn(pred, labels, loss_weights)
         if global_valid_tokens is not None:
             loss = loss / global_valid_tokens
-        return loss, {}
-
-    def pop_sums(self) -> torch.Tensor | None:
-        sums, self.sums = self.sums, None
-        return sums
+        return loss, {MODALITY_SUMS: sums}

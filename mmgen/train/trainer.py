@@ -3,13 +3,17 @@
 ``build_trainer_config`` maps the experiment config's torchtitan sections onto
 torchtitan's ``Trainer.Config`` field by field (same names), and plugs in
 mmgen's model spec, packing data loader and modality-aware loss.
-``MMGenTrainer`` adds one thing to the stock trainer: at every logged step it
-reduces the text-token and image-token losses across ranks and writes them to
-TensorBoard and to a JSONL loss log that later stages (the demo summary) read.
+``MMGenTrainer`` changes the stock trainer in two places. Its forward-backward
+step hands the batch's per-token ``loss_weights`` to the loss (not the model)
+and keeps the per-modality sums the loss returns as its metrics (torchtitan
+0.3.0 drops a loss's metrics). At every logged step it reduces the text-token
+and image-token losses across ranks and writes them to TensorBoard and to a
+JSONL loss log that later stages (the demo summary) read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import spmd_types as spmd
 import torch
 import torch.distributed as dist
 from torchtitan.components.optimizer import ParamGroupConfig
@@ -30,7 +35,7 @@ from mmgen.device import compute_dtype, default_device
 from mmgen.model.checkpoint import save_model_description
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import Vocab
-from mmgen.train.components import ModalityLoss, PackedDataLoader
+from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
 from mmgen.train.model_spec import build_model_spec
 
 
@@ -64,17 +69,27 @@ class MMGenTrainer(Trainer):
         loss_log: str = ""
         """JSONL file receiving text and image losses at every logged step."""
 
-    def post_dataloading_process(self, input_dict, labels):
-        # per-token loss weights are for the loss, not the model: hand them over before the forward pass
-        weights = input_dict.pop("loss_weights", None)
-        self.loss_fn.weights = weights
-        return super().post_dataloading_process(input_dict, labels)
+    modality_sums: torch.Tensor | None = None
+    """The loss's per-modality sums since the last logged step."""
+
+    def _forward_backward_body(self, inputs, labels, global_valid_tokens, extra_kwargs):
+        # torchtitan's body, but loss weights go to the loss and the loss's metrics are kept
+        model_kwargs = {k: v for k, v in extra_kwargs.items() if k != "loss_weights"}
+        with self.train_context():
+            pred = self.model_parts[0](inputs, **model_kwargs)
+            loss, metrics = self.loss_fn(pred, labels, global_valid_tokens, loss_weights=extra_kwargs.get("loss_weights"))
+            del pred
+            with spmd.no_typecheck():  # as torchtitan: type-checking the backward conflicts with checkpointing
+                loss.backward()
+        sums = metrics[MODALITY_SUMS]
+        self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
+        return loss
 
     def train_step(self, data_iterator):
         super().train_step(data_iterator)
         if not self.metrics_processor.should_log(self.step):
             return
-        sums = self.loss_fn.pop_sums()
+        sums, self.modality_sums = self.modality_sums, None
         if sums is None:
             return
         if dist.is_initialized() and dist.get_world_size() > 1:
@@ -91,6 +106,14 @@ class MMGenTrainer(Trainer):
             record.update({k.split("/")[1]: v for k, v in metrics.items()})
             with fsspec.open(self.config.loss_log, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def copy_fields(section: Any, target: Any) -> None:
+    """Set every field of an experiment config section on torchtitan's section of the same name."""
+    for f in dataclasses.fields(section):
+        if not hasattr(target, f.name):
+            raise AttributeError(f"torchtitan's {type(target).__name__} has no field {f.name}")
+        setattr(target, f.name, getattr(section, f.name))
 
 
 def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
@@ -117,15 +140,10 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
 
-    t = cfg.training
-    tc.training.local_batch_size = t.local_batch_size
-    tc.training.seq_len = t.seq_len
-    tc.training.steps = t.steps
-    tc.training.max_norm = t.max_norm
-    precision = compute_dtype(t.mixed_precision_param, default_device())
+    copy_fields(cfg.training, tc.training)
+    precision = compute_dtype(cfg.training.mixed_precision_param, default_device())  # "auto" picks by device
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
-    tc.training.mixed_precision_reduce = t.mixed_precision_reduce
-    # ModalityLoss accumulates its logging sums eagerly, which a captured CUDA graph would replay stale
+    # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
     tc.training.disable_cuda_graphs = True
 
     o = cfg.optimizer
@@ -137,29 +155,12 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     ]
     tc.optimizer.implementation = "fused" if torch.cuda.is_available() else "foreach"
 
-    s = cfg.lr_scheduler
-    tc.lr_scheduler.warmup_steps = s.warmup_steps
-    tc.lr_scheduler.decay_ratio = s.decay_ratio
-    tc.lr_scheduler.decay_type = s.decay_type
-    tc.lr_scheduler.min_lr_factor = s.min_lr_factor
-
-    c = cfg.checkpoint
-    tc.checkpoint.enable = c.enable
-    tc.checkpoint.folder = c.folder
-    tc.checkpoint.interval = c.interval
-    tc.checkpoint.keep_latest_k = c.keep_latest_k
+    copy_fields(cfg.lr_scheduler, tc.lr_scheduler)
+    copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
-
-    m = cfg.metrics
-    tc.metrics.log_freq = m.log_freq
-    tc.metrics.enable_tensorboard = m.enable_tensorboard
-    tc.metrics.save_tb_folder = m.save_tb_folder
-
-    p = cfg.parallelism
-    tc.parallelism.data_parallel_shard_degree = p.data_parallel_shard_degree
-    tc.parallelism.data_parallel_replicate_degree = p.data_parallel_replicate_degree
-    tc.parallelism.fsdp_reshard_after_forward = p.fsdp_reshard_after_forward
+    copy_fields(cfg.metrics, tc.metrics)
+    copy_fields(cfg.parallelism, tc.parallelism)
     # mmgen's decoder is plain PyTorch, not written in torchtitan's spmd_types dialect
     tc.parallelism.spmd_backend = "partial_dtensor"
 
