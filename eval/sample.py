@@ -58,6 +58,8 @@ def main() -> None:
         # one-token decode steps are tiny: a second thread costs more in handoff than it computes
         torch.set_num_threads(1)
     tokenizer = load_run_tokenizer(paths, device)
+    if not tokenizer.image_tok.can_decode:
+        print("note: the run's image tokenizer has no decoder; sampled images are saved as codes, not pictures")
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)

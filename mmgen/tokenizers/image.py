@@ -147,6 +147,11 @@ class ImageTokenizer:
         return self.model.grid
 
     @property
+    def can_decode(self) -> bool:
+        """False for a tokenizer imported without decoder weights: it encodes images but cannot render codes."""
+        return self.model.decoder is not None
+
+    @property
     def codebook_size(self) -> int:
         return self.model.codebook_size
 
