@@ -28,6 +28,7 @@ from mmgen.generation.sampler import sample  # noqa: E402
 from mmgen.interop import load_chameleon  # noqa: E402
 from mmgen.interop.chameleon_vqvae import import_chameleon_vqvae  # noqa: E402
 from mmgen.tokenizers.hf_text import HFTextTokenizer  # noqa: E402
+from mmgen.tokenizers.image import images_to_uint8  # noqa: E402
 from mmgen.tokenizers.vocab import MultimodalTokenizer  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -42,6 +43,7 @@ def checkpoint(tmp_path_factory):
     return directory, hf, tok, janus
 
 
+@pytest.mark.slow  # about a minute on two busy cores: 3 prompts x 64 steps in two implementations
 def test_greedy_generation_equals_transformers_generate(checkpoint):
     directory, hf, tok, _ = checkpoint
     model, vocab = load_chameleon(str(directory), dtype=torch.float64)
@@ -116,3 +118,22 @@ def test_mmgen_roles_take_free_reserved_tokens():
         assert names[vocab.special(role)].startswith("<reserved") and vocab.special_piece(role) == names[vocab.special(role)]
     assert len(set(vocab.specials.values())) == len(vocab.specials)
     assert vocab.text_offset == len(names) - vocab.text_size  # the text range is untouched: all pieces after the specials
+
+
+def test_image_preprocessing_is_chameleons(checkpoint):
+    """Images of any size and mode become the pixels transformers' Chameleon image processor gives the VQ-VAE."""
+    import numpy as np
+    from PIL import Image
+    from transformers import ChameleonImageProcessorPil
+
+    directory = checkpoint[0]
+    tok = import_chameleon_vqvae(str(directory))
+    side = tok.image_size
+    processor = ChameleonImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                                           do_rescale=False, do_normalize=False)  # fmt: skip
+    rng = np.random.default_rng(0)
+    for shape in [(30, 44, 3), (20, 17, 4), (17, 20, 4), (side, side, 2), (31, 23, 3), (side, 3 * side, 3)]:
+        image = Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8))  # LA/RGBA: transparency on white
+        want = processor(image, return_tensors="pt")["pixel_values"]
+        assert torch.equal(images_to_uint8([image], side, tok.config.resize).float(), want), shape
+    assert tok.config.resize == "center_crop"

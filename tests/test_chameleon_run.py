@@ -35,7 +35,7 @@ CONVERT = ROOT / "train" / "convert_chameleon.py"
 
 def cli(name: str, run: Path, *extra: str, ok: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / name), "--config", "debug", "--output_dir", str(run), *extra],
+        [sys.executable, str(ROOT / name), *extra, "--config", "debug", "--output_dir", str(run)],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     if ok:
