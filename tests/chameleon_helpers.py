@@ -67,16 +67,22 @@ def hf_config(tok: Tokenizer, **overrides) -> ChameleonConfig:
 def random_chameleon(tok: Tokenizer, seed: int = 0, **overrides) -> ChameleonForConditionalGeneration:
     """Random weights large enough that context matters, norms included; a VQ-VAE that uses many codes."""
     torch.manual_seed(seed)
-    model = ChameleonForConditionalGeneration(hf_config(tok, **overrides)).eval()
+    model = randomise_language_model(ChameleonForConditionalGeneration(hf_config(tok, **overrides)).eval())
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "vqmodel" in name:
-                continue
-            if p.dim() == 1 or "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
-            else:
-                p.normal_(0, 0.15)
         spread_vq(model.model.vqmodel)
+    return model
+
+
+@torch.no_grad()
+def randomise_language_model(model: ChameleonForConditionalGeneration) -> ChameleonForConditionalGeneration:
+    """Every language-model parameter random, norms too, and large enough that context matters."""
+    for name, p in model.named_parameters():
+        if "vqmodel" in name:
+            continue
+        if p.dim() == 1 or "norm" in name:
+            p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
+        else:
+            p.normal_(0, 0.15)
     return model
 
 

@@ -17,7 +17,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # noqa: E402
 
-from chameleon_helpers import write_checkpoint  # noqa: E402
+from chameleon_helpers import randomise_language_model, write_checkpoint  # noqa: E402
 from mmgen.config.schema import ModelConfig  # noqa: E402
 from mmgen.interop import load_chameleon, save_chameleon  # noqa: E402
 from mmgen.interop.hf_chameleon import (  # noqa: E402
@@ -66,16 +66,7 @@ def hf_config(**overrides) -> ChameleonConfig:
 
 def random_hf_model(seed: int = 0, **overrides) -> ChameleonForConditionalGeneration:
     torch.manual_seed(seed)
-    model = ChameleonForConditionalGeneration(hf_config(**overrides)).eval()
-    with torch.no_grad():  # every parameter random, norms too, and large enough that context matters
-        for name, p in model.named_parameters():
-            if "vqmodel" in name:
-                continue
-            if p.dim() == 1 or "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
-            else:
-                p.normal_(0, 0.15)
-    return model
+    return randomise_language_model(ChameleonForConditionalGeneration(hf_config(**overrides)).eval())
 
 
 def reference_logits(hf: ChameleonForConditionalGeneration, ids: torch.Tensor) -> torch.Tensor:
