@@ -64,6 +64,8 @@ def main() -> None:
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
+    if s.prompt_sep:  # Chameleon's chat form: the answer follows a separator
+        prompt.append(tokenizer.vocab.sep)
     vocab = tokenizer.vocab
     retrieved = []
     if retriever is not None:

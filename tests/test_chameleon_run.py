@@ -26,7 +26,10 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import ChameleonForConditionalGeneration  # noqa: E402
 
 from chameleon_helpers import sample_images, write_checkpoint, write_vqgan_checkpoint  # noqa: E402
+from mmgen.config import RunPaths  # noqa: E402
 from mmgen.model.checkpoint import load_trained_model  # noqa: E402
+from mmgen.tokenizers.hf_text import HFTextTokenizer  # noqa: E402
+from mmgen.tokenizers.run import load_text_tokenizer, text_tokenizer_record  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +105,9 @@ def test_import_sample_classify_finetune_export(tmp_path):
     assert not (run / "samples").exists()
 
     # a text prompt writes a page with text and a rendered image, like a trained mmgen run
-    cli("eval/sample.py", run, "--prompt", "a red circle")
+    cli("eval/sample.py", run, "--prompt", "a red circle", "--sample.prompt_sep", "true")  # Chameleon's chat form
     record = json.loads((run / "samples" / "sample-0.json").read_text())
+    assert record["prompt_ids"][-1] == source.config.vocabulary_map["<reserved08706>"]
     assert record["images"] == ["sample-0-image-0.png"]
     assert Image.open(run / "samples" / "sample-0-image-0.png").size == (16, 16)
     page = (run / "samples" / "index.html").read_text()
@@ -152,6 +156,8 @@ def test_import_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch, c
         assert leftovers in ([], ["run"]) and not [p for p in leftovers if p.startswith(".")]
 
     refused(hf=tmp_path / "nowhere", match="config.json")
+    code, err = convert(monkeypatch, capsys, "import", "--hf_dir", str(hf_dir), "--output_dir", str(hf_dir), "--replace")
+    assert code == 2 and "must not contain" in err and (hf_dir / "model.safetensors").exists()  # the source is safe
     # not a Chameleon checkpoint
     config = json.loads((hf_dir / "config.json").read_text())
     (hf_dir / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
@@ -168,6 +174,9 @@ def test_import_failures_are_one_line_and_leave_nothing(tmp_path, monkeypatch, c
     assert not run.exists()
 
     assert convert(monkeypatch, capsys, "import", "--hf_dir", str(hf_dir), "--output_dir", str(run))[0] == 0
+    paths = RunPaths(str(run))
+    assert text_tokenizer_record(paths) == {"kind": "huggingface", "file": "tokenizer.json"}
+    assert isinstance(load_text_tokenizer(paths), HFTextTokenizer)
     vocab_before = (run / "tokenizers" / "vocab.json").read_text()
     refused(match="already holds files")
     assert (run / "tokenizers" / "vocab.json").read_text() == vocab_before

@@ -250,6 +250,8 @@ class SampleConfig:
     """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
     compile: bool = False
     """torch.compile the one-token decode step."""
+    prompt_sep: bool = False
+    """End the prompt with the separator token, as Chameleon's processor does in chat mode (instruction-tuned checkpoints)."""
     prompt_images: str = ""
     """Comma-separated image files (any fsspec URL) placed after the prompt text, in order."""
     context: str = ""

@@ -69,7 +69,10 @@ def _text_tokenizer(hf_dir: str, vocab) -> HFTextTokenizer:
     return text
 
 
-def _check_target(run_dir: str, replace: bool) -> None:
+def _check_target(run_dir: str, hf_dir: str, replace: bool) -> None:
+    source = os.path.realpath(hf_dir)
+    if os.path.commonpath([os.path.realpath(run_dir), source]) in (source, os.path.realpath(run_dir)):
+        raise TargetNotEmpty(f"the run folder {run_dir} and the checkpoint {hf_dir} must not contain one another")
     if os.path.isfile(run_dir):
         raise TargetNotEmpty(f"{run_dir} is a file, not a run folder")
     if os.path.isdir(run_dir) and os.listdir(run_dir) and not replace:
@@ -88,7 +91,7 @@ def import_chameleon_run(
 ) -> dict:
     """Write the run folder ``run_dir`` for the checkpoint ``hf_dir``; returns a summary of what it holds."""
     run_dir = os.path.abspath(run_dir)
-    _check_target(run_dir, replace)  # before the (possibly long) reads
+    _check_target(run_dir, hf_dir, replace)  # before the (possibly long) reads
     model, vocab = load_chameleon(hf_dir, dtype=dtype)
     text = _text_tokenizer(hf_dir, vocab)
     image = import_chameleon_vqvae(hf_dir, decoder_weights=decoder_weights)

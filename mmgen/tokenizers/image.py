@@ -47,7 +47,7 @@ _EVAL_BATCH = 256
 
 def _fit(image: Image.Image, image_size: int, resize: str) -> Image.Image:
     if resize == "center_crop":  # Chameleon's: shorter side to the target, centre crop, transparency on white
-        if image.mode in ("RGBA", "LA", "P"):
+        if "A" in image.getbands() or "transparency" in image.info:
             rgba = image.convert("RGBA")
             image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         image = image.convert("RGB")
