@@ -14,7 +14,10 @@ exactly h·w image codes follow, then end-of-image is forced and text resumes.
 Guidance (``sample.cfg_scale``, ``sample.image_cfg_scale``, ``sample.cdk_k``)
 and the repetition penalty are in the ``sample`` section. Writes
 ``<run>/samples/sample-K.txt``, its PNGs, ``sample-K.json`` (the token stream)
-and ``index.html`` (every sample with its images inline, and what was retrieved).
+and ``index.html`` (every sample with its images inline, and what was retrieved). A run whose
+image tokenizer has no decoder (a Chameleon import without ``--vq_decoder``) writes each image's
+codes as ``sample-K-codes-J.json`` instead of a PNG. ``sample.prompt_sep`` ends the prompt with the
+separator, Chameleon's chat form.
 """
 
 import json
