@@ -37,9 +37,7 @@ from mmgen.eval.classify import (
 from mmgen.eval.report import eval_dir, write_atomically
 from mmgen.eval.shapes_eval import classify_eval, eval_scenes
 from mmgen.model.checkpoint import load_trained_model
-from mmgen.tokenizers.image import ImageTokenizer
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def read_folder(cfg) -> tuple[list, list[int], list[str], ReadStats]:
@@ -93,8 +91,7 @@ def main() -> None:
         torch.set_num_threads(1)  # small batched forwards: one thread is as fast and leaves the other core free
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
                                      step=cfg.sample.checkpoint_step, device=device)
-    tokenizer = MultimodalTokenizer(Vocab.load(paths.vocab), TextTokenizer.load(paths.text_tokenizer),
-                                    ImageTokenizer.load(paths.image_tokenizer, device=device))
+    tokenizer = load_run_tokenizer(paths, device)
     start = time.time()
     with torch.inference_mode():
         if cfg.eval.image_folder:

@@ -14,7 +14,10 @@ exactly h·w image codes follow, then end-of-image is forced and text resumes.
 Guidance (``sample.cfg_scale``, ``sample.image_cfg_scale``, ``sample.cdk_k``)
 and the repetition penalty are in the ``sample`` section. Writes
 ``<run>/samples/sample-K.txt``, its PNGs, ``sample-K.json`` (the token stream)
-and ``index.html`` (every sample with its images inline, and what was retrieved).
+and ``index.html`` (every sample with its images inline, and what was retrieved). A run whose
+image tokenizer has no decoder (a Chameleon import without ``--vq_decoder``) writes each image's
+codes as ``sample-K-codes-J.json`` instead of a PNG. ``sample.prompt_sep`` ends the prompt with the
+separator, Chameleon's chat form.
 """
 
 import json
@@ -58,10 +61,14 @@ def main() -> None:
         # one-token decode steps are tiny: a second thread costs more in handoff than it computes
         torch.set_num_threads(1)
     tokenizer = load_run_tokenizer(paths, device)
+    if not tokenizer.image_tok.can_decode:
+        print("note: the run's image tokenizer has no decoder; sampled images are saved as codes, not pictures")
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
+    if s.prompt_sep:  # Chameleon's chat form: the answer follows a separator
+        prompt.append(tokenizer.vocab.sep)
     vocab = tokenizer.vocab
     retrieved = []
     if retriever is not None:

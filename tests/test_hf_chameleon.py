@@ -17,6 +17,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers import ChameleonConfig, ChameleonForConditionalGeneration  # noqa: E402
 
+from chameleon_helpers import randomise_language_model, write_checkpoint  # noqa: E402
 from mmgen.config.schema import ModelConfig  # noqa: E402
 from mmgen.interop import load_chameleon, save_chameleon  # noqa: E402
 from mmgen.interop.hf_chameleon import (  # noqa: E402
@@ -65,16 +66,7 @@ def hf_config(**overrides) -> ChameleonConfig:
 
 def random_hf_model(seed: int = 0, **overrides) -> ChameleonForConditionalGeneration:
     torch.manual_seed(seed)
-    model = ChameleonForConditionalGeneration(hf_config(**overrides)).eval()
-    with torch.no_grad():  # every parameter random, norms too, and large enough that context matters
-        for name, p in model.named_parameters():
-            if "vqmodel" in name:
-                continue
-            if p.dim() == 1 or "norm" in name:
-                p.copy_(1.0 + 0.3 * torch.randn_like(p) if name.endswith("weight") else 0.3 * torch.randn_like(p))
-            else:
-                p.normal_(0, 0.15)
-    return model
+    return randomise_language_model(ChameleonForConditionalGeneration(hf_config(**overrides)).eval())
 
 
 def reference_logits(hf: ChameleonForConditionalGeneration, ids: torch.Tensor) -> torch.Tensor:
@@ -214,8 +206,7 @@ def test_cli_imports_into_a_run_and_exports_back(tmp_path, monkeypatch, capsys):
 
     from mmgen.model.checkpoint import load_trained_model
 
-    hf = random_hf_model(seed=5)
-    hf.save_pretrained(tmp_path / "hf")
+    hf, _ = write_checkpoint(str(tmp_path / "hf"), seed=5)  # a checkpoint as released: with its tokenizer.json
     script = os.path.join(os.path.dirname(__file__), "..", "train", "convert_chameleon.py")
 
     def convert(*args) -> int:
@@ -226,15 +217,15 @@ def test_cli_imports_into_a_run_and_exports_back(tmp_path, monkeypatch, capsys):
 
     assert convert("import", "--hf_dir", str(tmp_path / "hf"), "--config", "debug", "--output_dir", str(tmp_path / "run")) == 0
     model, step = load_trained_model(str(tmp_path / "run" / "pretrain"))
-    assert step == 0 and Vocab.load(str(tmp_path / "run" / "tokenizers" / "vocab.json")).boi == 21
-    ids = token_ids()
+    vocab = Vocab.load(str(tmp_path / "run" / "tokenizers" / "vocab.json"))
+    assert step == 0 and vocab.boi == hf.config.vocabulary_map["<racm3:break>"]
+    ids = torch.randint(0, vocab.size, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(model(ids), reference_logits(hf, ids), atol=1e-4, rtol=1e-4)
     assert convert("export", "--config", "debug", "--output_dir", str(tmp_path / "run"), "--hf_dir", str(tmp_path / "out")) == 0
     theirs = ChameleonForConditionalGeneration.from_pretrained(tmp_path / "out").state_dict()
-    for key, value in hf.state_dict().items():
-        if "vqmodel" not in key:
-            assert torch.equal(value, theirs[key]), key
+    for key, value in hf.state_dict().items():  # the VQ-VAE too: the imported run carries it
+        assert torch.equal(value, theirs[key]), key
     capsys.readouterr()
     assert convert("import", "--hf_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "run2")) == 2
     assert capsys.readouterr().err.startswith("error: missing input")

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 from itertools import islice
 
@@ -15,6 +16,7 @@ from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
+from mmgen.tokenizers.run import SENTENCEPIECE, write_text_tokenizer_record
 from mmgen.tokenizers.text import train_text_tokenizer
 
 
@@ -29,6 +31,7 @@ def main() -> None:
     if not texts:
         raise CorpusError(f"{corpus} holds no text to train the text tokenizer on")
     tokenizer = train_text_tokenizer(texts, cfg.text_tokenizer, paths.text_tokenizer)
+    write_text_tokenizer_record(posixpath.dirname(paths.text_tokenizer), SENTENCEPIECE, posixpath.basename(paths.text_tokenizer))
     seconds = time.perf_counter() - start
     print(f"{corpus}: {stats.summary()}")
     with fsspec.open(paths.stage_timing("train_text"), "w", auto_mkdir=True) as f:

@@ -1,30 +1,32 @@
 """Convert between mmgen runs and Hugging Face ChameleonForConditionalGeneration directories.
 
-    # a trained mmgen decoder (+ its vocab) -> a directory transformers loads
-    python train/convert_chameleon.py export --config demo --hf_dir /path/out [--step N] [--dtype bfloat16]
-        [--extras_from /path/chameleon]   # copy a real checkpoint's VQ-VAE, tokenizer files, token names
-    # a Chameleon checkpoint -> an mmgen run folder (tokenizers/vocab.json, pretrain/model.json, a step-0 checkpoint)
+    # a Chameleon/Anole checkpoint -> a complete mmgen run folder (decoder, vocabulary, BPE text tokenizer, VQ-VAE)
     python train/convert_chameleon.py import --hf_dir /path/chameleon --output_dir /path/run
+        [--vq_decoder /path/vqgan.ckpt]   # Meta's VQGAN weights (taming layout): sampled images can be rendered
+        [--replace]                       # overwrite a folder that already holds files
+    # a run (pretrained, imported or fine-tuned) -> a directory transformers loads
+    python train/convert_chameleon.py export --output_dir /path/run --hf_dir /path/out [--from_folder sft]
+        [--step N] [--dtype bfloat16]
+        [--extras_from /path/chameleon]   # VQ-VAE, tokenizer files and token names (default: an imported run's own)
 
-Imported runs hold the decoder and Chameleon's vocabulary layout; Chameleon's
-BPE text tokenizer and VQ-VAE are not mmgen's, so score or sample them with
-token ids (mmgen.model.checkpoint.load_trained_model reads the decoder back).
+After an import, eval/sample.py, eval/classify.py, tokenizers/encode_sft.py and
+train/sft.py (full or LoRA) run on the folder as on a trained mmgen run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
 import sys
-import warnings
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
-from mmgen.interop import load_chameleon, save_chameleon
-from mmgen.model.checkpoint import load_trained_model, save_model_description
+from mmgen.config import ConfigError, RunPaths, load_config
+from mmgen.interop import save_chameleon
+from mmgen.interop.chameleon_run import extras_dir, import_chameleon_run
+from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.vocab import Vocab
 
 
@@ -32,28 +34,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("direction", choices=["export", "import"])
     parser.add_argument("--hf_dir", required=True, help="the Hugging Face checkpoint directory")
-    parser.add_argument("--step", type=int, default=-1, help="export: pretraining checkpoint step (-1: newest)")
+    parser.add_argument("--step", type=int, default=-1, help="export: checkpoint step (-1: newest)")
+    parser.add_argument("--from_folder", default="pretrain",
+                        help="export: the run's training folder to export (pretrain, or an SFT folder such as sft)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="export: weight dtype (default: as trained); import: float32 unless given")
     parser.add_argument("--extras_from", default=None,
                         help="export: Chameleon directory whose VQ-VAE, tokenizer files and token names are copied in")
+    parser.add_argument("--vq_decoder", default=None,
+                        help="import: VQGAN decoder weights in taming's layout (Meta's tokenizer/vqgan.ckpt)")
+    parser.add_argument("--replace", action="store_true", help="import: overwrite a target folder that holds files")
     args, rest = parser.parse_known_args()
     cfg = load_config(rest, description=__doc__)  # --config, --output_dir and other experiment overrides
     paths = RunPaths(cfg.run_dir)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.direction == "export":
-        model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=args.step)
-        save_chameleon(model, Vocab.load(paths.vocab), args.hf_dir, dtype=dtype, extras_from=args.extras_from)
-        print(f"exported step {step} of {paths.pretrain_dir} to {args.hf_dir}")
-        return
-    model, vocab = load_chameleon(args.hf_dir, dtype=dtype or torch.float32)
-    checkpoint = posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder, "step-0")
-    with warnings.catch_warnings():  # DCP warns that it saves from one process, which is the intent
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.save(model.state_dict(), checkpoint_id=checkpoint, no_dist=True)
-    save_model_description(paths.pretrain_dir, model.cfg, vocab.size)
-    vocab.save(paths.vocab)
-    print(f"imported {args.hf_dir} into {paths.root} ({model.num_params() / 1e6:.1f}M parameters, vocab {vocab.size})")
+    try:
+        if args.direction == "export":
+            export(paths, args, cfg.checkpoint.folder, dtype)
+        else:
+            summary = import_chameleon_run(args.hf_dir, paths.root, decoder_weights=args.vq_decoder, replace=args.replace,
+                                           dtype=dtype or torch.float32, checkpoint_folder=cfg.checkpoint.folder)
+            print(f"imported {args.hf_dir} into {paths.root} ({summary['parameters'] / 1e6:.1f}M parameters, "
+                  f"vocab {summary['vocab_size']}, {summary['text_pieces']} text pieces, image grid {summary['grid']})")
+    except ValueError as err:  # a checkpoint or target that cannot be converted: the user's input, one line
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{args.direction} {args.hf_dir}: {err}") from None
+
+
+def export(paths: RunPaths, args, checkpoint_folder: str, dtype) -> None:
+    source = posixpath.join(paths.root, args.from_folder)
+    model, step = load_trained_model(source, checkpoint_folder=checkpoint_folder, step=args.step)
+    extras = args.extras_from
+    if extras is None and os.path.isdir(extras_dir(paths.root)):
+        extras = extras_dir(paths.root)  # an imported run carries its source's VQ-VAE and tokenizer files
+    save_chameleon(model, Vocab.load(paths.vocab), args.hf_dir, dtype=dtype, extras_from=extras)
+    print(f"exported step {step} of {source} to {args.hf_dir}" + (f" (with the VQ-VAE and tokenizer of {extras})" if extras else ""))
 
 
 if __name__ == "__main__":

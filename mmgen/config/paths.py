@@ -40,6 +40,11 @@ class RunPaths:
         return self._join("tokenizers", "text.model")
 
     @property
+    def text_tokenizer_record(self) -> str:
+        """Which text tokenizer the run holds (``mmgen.tokenizers.run``); absent: the SentencePiece ``text_tokenizer``."""
+        return self._join("tokenizers", "text_tokenizer.json")
+
+    @property
     def image_tokenizer(self) -> str:
         return self._join("tokenizers", "image")
 

@@ -169,6 +169,9 @@ class ImageTokenizerConfig:
     """Weight of the PatchGAN hinge loss on the decoder; 0 leaves the discriminator out."""
     gan_start_step: int = 0
     """Step from which the discriminator trains and its loss counts (reconstruction warms up first)."""
+    resize: Literal["stretch", "center_crop"] = "stretch"
+    """How an image of another size is fitted: stretched to the square, or (Chameleon's preprocessing) its shorter
+    side scaled to image_size (Lanczos) and the centre cropped, transparent pixels on white."""
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Compute dtype of encoder and decoder; 'auto' is bf16 where the hardware computes it natively. The quantizer is always float32."""
     checkpoint_every: int = 500
@@ -247,6 +250,8 @@ class SampleConfig:
     """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
     compile: bool = False
     """torch.compile the one-token decode step."""
+    prompt_sep: bool = False
+    """End the prompt with the separator token, as Chameleon's processor does in chat mode (instruction-tuned checkpoints)."""
     prompt_images: str = ""
     """Comma-separated image files (any fsspec URL) placed after the prompt text, in order."""
     context: str = ""

@@ -24,12 +24,20 @@ def _decode(tokenizer: MultimodalTokenizer, ids: list[int], fs, root: str, stem:
     """(text with [image k] markers, PNG names, layout) of a token stream; writes ``<stem>-image-k.png``."""
     # sampled streams are decoded leniently: an image cut off by the token budget is dropped
     parts = tokenizer.decode_parts(list(ids), strict=False)
-    images = iter(tokenizer.decode_images([p for p in parts if not isinstance(p, str)]))
+    grids = [p for p in parts if not isinstance(p, str)]
+    renderable = tokenizer.image_tok is not None and tokenizer.image_tok.can_decode
+    images = iter(tokenizer.decode_images(grids) if renderable else ())
     pieces, image_files, layout = [], [], []
     for part in parts:
         if isinstance(part, str):
             pieces.append(part)
             layout.append({"text": part})
+            continue
+        if not renderable:  # an image tokenizer without its decoder: keep the codes, say why there is no picture
+            name = f"{stem}-codes-{sum('codes' in p for p in layout)}.json"
+            _write(fs, posixpath.join(root, name), json.dumps(part.tolist()).encode())
+            pieces.append(f"\n[image codes: {name} (no VQ-VAE decoder to render them)]\n")
+            layout.append({"codes": name})
             continue
         name = f"{stem}-image-{len(image_files)}.png"
         png = io.BytesIO()
@@ -84,6 +92,8 @@ def render_html(records: list[dict], out_dir: str, *, title: str, name: str = "i
         for part in parts:
             if "text" in part:
                 out.append(H.escape(part["text"]))
+            elif "codes" in part:
+                out.append(f"<br><i>[image codes in {H.escape(part['codes'])}: no VQ-VAE decoder to render them]</i><br>")
             else:
                 with fs.open(posixpath.join(root, part["image"]), "rb") as f:
                     out.append(f"<br>{H.img_tag(f.read(), width=width, title=part['image'])}<br>")

@@ -19,7 +19,9 @@ Codes equal the reference's: both pick the codebook entry at the smallest
 Euclidean distance, and the imported tokenizer computes in float32
 (``precision="float32"``) as the reference does. Pixels map to [-1, 1] as
 ``x / 127.5 - 1`` (Meta's preprocessing; Hugging Face's image processor rounds
-the scale to 0.0078).
+the scale to 0.0078); images of another size are fitted as Meta's code does
+(shorter side to the target with Lanczos, centre crop, transparency on white:
+``resize="center_crop"``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def config_from_vq_config(vq: dict[str, Any]) -> ImageTokenizerConfig:
         cosine_lookup=False,
         kmeans_init=False,
         precision="float32",
+        resize="center_crop",
     )
 
 

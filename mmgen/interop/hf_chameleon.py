@@ -43,7 +43,7 @@ from safetensors.torch import save_file
 
 from mmgen.config.schema import ModelConfig
 from mmgen.model.transformer import Transformer, ffn_hidden_dim
-from mmgen.tokenizers.vocab import Vocab
+from mmgen.tokenizers.vocab import DEFAULT_SPECIALS, Vocab
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -91,7 +91,9 @@ def vocab_from_vocabulary_map(
 
     Image codes must be one contiguous run of ids in code order (true of
     Meta's release: id = code + 4). The text range is the longest run of ids
-    that are neither image codes, nor special, nor reserved tokens.
+    that are neither image codes, nor special, nor reserved tokens. mmgen's
+    further roles (``mask``, ``infill_*``, ``task_*``) are given the free
+    reserved tokens in id order.
     """
     images = sorted((token_id, code) for name, token_id in vocabulary_map.items() if (code := image_code_of(name)) is not None)
     if not images:
@@ -106,7 +108,14 @@ def vocab_from_vocabulary_map(
         elif role not in OPTIONAL_SPECIALS:
             raise ValueError(f"vocabulary_map lacks Chameleon's {role} token {name!r}")
     not_text = {i for i, _ in images} | set(specials.values())
-    not_text |= {i for name, i in vocabulary_map.items() if _RESERVED.fullmatch(name)}
+    reserved = sorted((i, name) for name, i in vocabulary_map.items() if _RESERVED.fullmatch(name) and i not in not_text)
+    not_text |= {i for i, _ in reserved}
+    # mmgen's own roles (mask, CM3 sentinels, SFT task tokens) take free reserved tokens, lowest ids first, so
+    # an imported run fine-tunes with mmgen's SFT format; a role left without a token is simply absent
+    free = iter(reserved)
+    for role in DEFAULT_SPECIALS:
+        if role not in specials and (slot := next(free, None)) is not None:
+            specials[role], pieces[role] = slot
     start, best = 0, (0, 0)
     for i in [*sorted(j for j in not_text if j < vocab_size), vocab_size]:
         if i - start > best[1] - best[0]:

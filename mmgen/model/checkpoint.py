@@ -32,6 +32,16 @@ def save_model_description(run_dir: str, model: ModelConfig, vocab_size: int, *,
         json.dump(description, f, indent=2)
 
 
+def read_model_description(run_dir: str) -> dict:
+    """``model.json`` of a training folder: the architecture (``model``), ``vocab_size`` and LoRA settings."""
+    description = posixpath.join(run_dir, MODEL_FILE)
+    fs, local = fsspec.core.url_to_fs(description)
+    if not fs.exists(local):
+        raise FileNotFoundError(f"missing input {description} (run train/pretrain.py first)")
+    with fs.open(local, "r") as f:
+        return json.load(f)
+
+
 def checkpoint_steps(checkpoint_dir: str) -> list[int]:
     fs, root = fsspec.core.url_to_fs(checkpoint_dir)
     if not fs.exists(root):
@@ -50,12 +60,7 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
 
     LoRA adapters of a LoRA fine-tuning run are merged into the base weights.
     """
-    description = posixpath.join(pretrain_dir, MODEL_FILE)
-    fs, local = fsspec.core.url_to_fs(description)
-    if not fs.exists(local):
-        raise FileNotFoundError(f"missing input {description} (run train/pretrain.py first)")
-    with fs.open(local, "r") as f:
-        saved = json.load(f)
+    saved = read_model_description(pretrain_dir)
     cfg = ModelConfig(**saved["model"])
     checkpoint_dir = posixpath.join(pretrain_dir, checkpoint_folder)
     steps = checkpoint_steps(checkpoint_dir)

@@ -45,8 +45,28 @@ METRICS_FILE = "metrics.json"
 _EVAL_BATCH = 256
 
 
-def images_to_uint8(images: Images, image_size: int) -> torch.Tensor:
-    """uint8 ``[B, 3, S, S]``; PIL images of another size are resized (bicubic), tensors must match."""
+def _fit(image: Image.Image, image_size: int, resize: str) -> Image.Image:
+    if resize == "center_crop":  # Chameleon's: shorter side to the target, centre crop, transparency on white
+        if "A" in image.getbands() or "transparency" in image.info:
+            rgba = image.convert("RGBA")
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        image = image.convert("RGB")
+        if image.size == (image_size, image_size):
+            return image
+        scale = image_size / min(image.size)
+        # the longer side truncated, as transformers' ChameleonImageProcessor sizes it
+        w, h = max(image_size, int(image.width * scale)), max(image_size, int(image.height * scale))
+        image = image.resize((w, h), Image.Resampling.LANCZOS)
+        left, top = (w - image_size) // 2, (h - image_size) // 2
+        return image.crop((left, top, left + image_size, top + image_size))
+    image = image.convert("RGB")
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return image
+
+
+def images_to_uint8(images: Images, image_size: int, resize: str = "stretch") -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]``; PIL images of another size are fitted (``resize``: see ImageTokenizerConfig), tensors must match."""
     if isinstance(images, torch.Tensor):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected a uint8 tensor [B, H, W, 3], got {images.dtype} {tuple(images.shape)}")
@@ -55,10 +75,7 @@ def images_to_uint8(images: Images, image_size: int) -> torch.Tensor:
         return images.permute(0, 3, 1, 2).contiguous()
     arrays = []
     for image in images:
-        image = image.convert("RGB")
-        if image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(image, dtype=np.uint8))
+        arrays.append(np.asarray(_fit(image, image_size, resize), dtype=np.uint8))
     if not arrays:
         return torch.empty(0, 3, image_size, image_size, dtype=torch.uint8)
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -147,6 +164,11 @@ class ImageTokenizer:
         return self.model.grid
 
     @property
+    def can_decode(self) -> bool:
+        """False for a tokenizer imported without decoder weights: it encodes images but cannot render codes."""
+        return self.model.decoder is not None
+
+    @property
     def codebook_size(self) -> int:
         return self.model.codebook_size
 
@@ -156,7 +178,7 @@ class ImageTokenizer:
 
     @torch.no_grad()
     def encode(self, images: Images) -> torch.Tensor:
-        pixels = images_to_uint8(images, self.image_size)
+        pixels = images_to_uint8(images, self.image_size, self.config.resize)
         codes = []
         for batch in pixels.split(_EVAL_BATCH):
             with autocast(self.device, self.dtype):
@@ -182,7 +204,7 @@ class ImageTokenizer:
 
     def evaluate(self, images: Images) -> dict[str, float]:
         """Held-out PSNR (dB, uint8 range), SSIM, codebook usage and code perplexity."""
-        pixels = images_to_uint8(images, self.image_size)
+        pixels = images_to_uint8(images, self.image_size, self.config.resize)
         codes = self.encode(pixels.permute(0, 2, 3, 1))
         recon = self.decode(codes).permute(0, 3, 1, 2)
         mse = (recon.float() - pixels.float()).pow(2).mean().item()

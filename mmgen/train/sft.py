@@ -1,7 +1,9 @@
 """Supervised fine-tuning: the pretraining trainer, started from a pretraining checkpoint on SFT shards.
 
 Everything but the data, the schedule and the folders is the pretraining
-setup (model, FSDP2, loss). torchtitan loads the pretrained weights through
+setup (FSDP2, loss); the architecture is the one the starting checkpoint was
+saved with (``pretrain/model.json``), so an imported Chameleon fine-tunes
+whatever ``model`` section the config holds. torchtitan loads the pretrained weights through
 ``checkpoint.initial_load_path`` (model only) on the first start; a restarted
 SFT run resumes from its own newest checkpoint instead. With ``sft.lora_rank``
 only LoRA adapters train; they are also written on their own as
@@ -19,7 +21,9 @@ import fsspec
 
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
-from mmgen.model.checkpoint import checkpoint_steps
+from mmgen.config.schema import ModelConfig
+from mmgen.model.checkpoint import checkpoint_steps, read_model_description
+from mmgen.train.model_spec import build_model_spec
 from mmgen.train.trainer import MMGenTrainer, build_trainer_config
 
 
@@ -82,6 +86,9 @@ def build_sft_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     paths = RunPaths(cfg.run_dir)
     start_from = check_sft_inputs(cfg)
     tc = build_trainer_config(cfg)
+    # fine-tuning continues the checkpoint's architecture (an imported Chameleon's, say), not the config's
+    pretrained = read_model_description(paths.pretrain_dir)
+    tc.model_spec = build_model_spec(ModelConfig(**pretrained["model"]), pretrained["vocab_size"], cfg.name)
     tc.dump_folder = paths.sft_dir(cfg.sft.folder)
     tc.loss_log = posixpath.join(tc.dump_folder, "loss_log.jsonl")
     tc.dataloader.tokens_dir = paths.tokens("sft-train")

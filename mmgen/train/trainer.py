@@ -33,7 +33,7 @@ from torchtitan.trainer import Trainer
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.device import compute_dtype, default_device
 from mmgen.model.checkpoint import save_model_description
-from mmgen.tokenizers.text import TextTokenizer
+from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
 from mmgen.train.model_spec import build_model_spec
@@ -44,13 +44,13 @@ class VocabTokenizer(BaseTokenizer):
 
     @dataclass(kw_only=True, slots=True)
     class Config(BaseTokenizer.Config):
-        vocab_path: str = ""
-        text_tokenizer_path: str = ""
+        run_dir: str = ""
 
     def __init__(self, config: Config, **_: Any):
         super().__init__()
-        self.vocab = Vocab.load(config.vocab_path)
-        self.text = TextTokenizer.load(config.text_tokenizer_path)
+        paths = RunPaths(config.run_dir)
+        self.vocab = Vocab.load(paths.vocab)
+        self.text = load_text_tokenizer(paths, self.vocab)
         self.eos_id = self.vocab.eos
 
     def encode(self, text: str) -> list[int]:
@@ -124,7 +124,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         dump_folder=paths.pretrain_dir,
         loss_log=paths.loss_log,
     )
-    tc.tokenizer = VocabTokenizer.Config(vocab_path=paths.vocab, text_tokenizer_path=paths.text_tokenizer)
+    tc.tokenizer = VocabTokenizer.Config(run_dir=cfg.run_dir)
     tc.dataloader = PackedDataLoader.Config(
         tokens_dir=paths.tokens("train"),
         pad_id=vocab.pad,
@@ -212,7 +212,7 @@ def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config |
         trainer_config = build_trainer_config(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         spec = trainer_config.model_spec.model
-        save_model_description(trainer_config.dump_folder, cfg.model, spec.vocab_size, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha)
+        save_model_description(trainer_config.dump_folder, spec.model, spec.vocab_size, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha)
     trainer = trainer_config.build()
     try:
         trainer.train()
