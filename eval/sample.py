@@ -17,7 +17,6 @@ and the repetition penalty are in the ``sample`` section. Writes
 and ``index.html`` (every sample with its images inline, and what was retrieved).
 """
 
-import json
 import time
 
 import fsspec
@@ -29,6 +28,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
 from mmgen.eval.shapes_eval import sample_kwargs
+from mmgen.files import write_json
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
@@ -109,9 +109,9 @@ def main() -> None:
         print(f"--- sample {k} ---\n{record['text']}")
     page = render_html(records, paths.samples_dir, title=f"mmgen samples: {s.prompt}")
     print(f"wrote {len(records)} sample(s) to {paths.samples_dir} (open {page})")
-    with fsspec.open(paths.stage_timing("sample"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, "step": step, "images": sum(len(r["images"]) for r in records),
-                   "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]}, f)
+    write_json(paths.stage_timing("sample"), {"seconds": time.time() - start, "step": step,
+                                               "images": sum(len(r["images"]) for r in records),
+                                               "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]})
 
 
 if __name__ == "__main__":

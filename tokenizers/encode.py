@@ -24,6 +24,7 @@ from mmgen.cli import run_cli
 from mmgen.config import ConfigError, RunPaths, load_config
 from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
+from mmgen.files import write_json
 from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
 from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs
 from mmgen.tokenizers.text import TextTokenizer
@@ -101,8 +102,7 @@ def main() -> None:
         summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents)
         for split, s in summary.items():
             print(f"{split}: {json.dumps(s)}")
-        with fsspec.open(paths.stage_timing("encode"), "w", auto_mkdir=True) as f:
-            json.dump({"seconds": time.time() - start, **summary}, f)
+        write_json(paths.stage_timing("encode"), {"seconds": time.time() - start, **summary})
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -33,7 +33,8 @@ import fsspec
 from mmgen.data.corpus import Corpus
 from mmgen.data.document import Document
 from mmgen.data.reading import ReadStats
-from mmgen.data.token_shards import TokenShardWriter, atomic_write, write_manifest, write_mixture
+from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
+from mmgen.files import write_atomic
 from mmgen.tokenizers.vocab import MultimodalTokenizer
 
 
@@ -187,7 +188,7 @@ def encode_job(job: Job, tokenizer: MultimodalTokenizer, *, tokens_per_shard: in
     record = {"source": corpus.shards[job.shard], "shards": writer.finish(), "stats": stats.to_dict(),
               "fingerprint": fingerprint,
               "documents": counts["documents"], "tokens": counts["tokens"], "images": counts["images"]}  # fmt: skip
-    atomic_write(fs, done_path, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_atomic(done_path, json.dumps(record, indent=1, sort_keys=True).encode(), fs)
     if progress is not None:
         progress.add(shards=1)
     return record

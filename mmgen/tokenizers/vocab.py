@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from mmgen.data.document import Document
+from mmgen.files import reading, write_json
 
 if TYPE_CHECKING:
     from mmgen.tokenizers.image import ImageTokenizer
@@ -117,12 +118,11 @@ class Vocab:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str) -> None:
-        with fsspec.open(path, "w", auto_mkdir=True) as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "Vocab":
-        with fsspec.open(path, "r") as f:
+        with fsspec.open(path, "r") as f, reading(path, "vocabulary"):
             return cls.from_dict(json.load(f))
 
     # ----- specials -----
