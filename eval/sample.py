@@ -28,7 +28,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
 from mmgen.eval.shapes_eval import sample_kwargs
-from mmgen.files import write_json
+from mmgen.files import CorruptFileError, write_json
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
@@ -44,7 +44,10 @@ def _load_images(spec: str) -> list[Image.Image]:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing prompt image {path}")
         with fs.open(local, "rb") as f:
-            images.append(Image.open(f).convert("RGB"))
+            try:
+                images.append(Image.open(f).convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                raise CorruptFileError(f"prompt image {path} is not an image that can be read") from None
     return images
 
 

@@ -30,16 +30,17 @@ _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, EOFError, Unicode
 
 
 @contextmanager
-def reading(path: str, what: str) -> Iterator[None]:
+def reading(path: str, what: str, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Turn a parser's failure on ``path`` into one CorruptFileError naming the file and what it should hold.
 
-    A missing file stays FileNotFoundError and an error already naming its file passes through unchanged.
+    ``also``: further exception types the parser raises (torch's DCP raises a BaseException). A missing file
+    stays FileNotFoundError and an error already naming its file passes through unchanged.
     """
     try:
         yield
     except CorruptFileError:
         raise
-    except _DECODE_ERRORS as err:
+    except (*_DECODE_ERRORS, *also) as err:
         detail = " ".join(str(err).split())[:200] or type(err).__name__
         raise CorruptFileError(f"{path} is not a readable {what} (truncated or corrupt?): {detail}") from err
 

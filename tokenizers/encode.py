@@ -26,7 +26,7 @@ from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
 from mmgen.files import write_json
 from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
-from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs
+from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 
@@ -98,6 +98,7 @@ def main() -> None:
         print(f"{prefix}{resumed} input shards were already done and skipped")
     if world > 1:
         torch.distributed.barrier()
+    summary = None
     if rank == 0:
         summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents)
         for split, s in summary.items():
@@ -106,6 +107,8 @@ def main() -> None:
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if summary is not None:  # after the barrier: the other ranks are not left waiting for rank 0
+        require_documents(summary)
 
 
 def _weights_bytes(image_dir: str) -> bytes:

@@ -18,6 +18,7 @@ import warnings
 import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from mmgen.config.schema import ModelConfig
 from mmgen.files import reading, write_json
@@ -72,7 +73,7 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
             add_lora(model, rank=lora_rank, alpha=lora_alpha)
     state = model.state_dict()
     checkpoint = posixpath.join(checkpoint_dir, f"step-{step}")
-    with warnings.catch_warnings(), reading(checkpoint, f"checkpoint of the model {MODEL_FILE} describes"):
+    with warnings.catch_warnings(), reading(checkpoint, f"checkpoint of the model {MODEL_FILE} describes", also=(CheckpointException,)):
         warnings.simplefilter("ignore", UserWarning)  # DCP warns that it loads in one process, which is the intent
         dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
         model.load_state_dict(state)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -135,7 +136,7 @@ class ImageTokenizer:
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
             )
             model = VQVAE.from_config(config)
-        with fsspec.open(weights_path, "rb") as f, reading(weights_path, f"image tokenizer weights for {CONFIG_FILE}"):
+        with fsspec.open(weights_path, "rb") as f, reading(weights_path, f"image tokenizer weights for {CONFIG_FILE}", also=(SafetensorError,)):
             state = load_safetensors(f.read())
             if any(k.startswith("encoder.net.") for k in state):
                 raise CorruptFileError(f"{out_dir} holds an image tokenizer of mmgen's earlier VQ-VAE layout; retrain it")

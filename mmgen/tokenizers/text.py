@@ -24,7 +24,7 @@ import fsspec
 import sentencepiece as spm
 
 from mmgen.config.schema import TextTokenizerConfig
-from mmgen.files import write_atomic
+from mmgen.files import reading, write_atomic
 
 _META_SPACE = "\u2581"
 _BYTE_PIECES = 256
@@ -43,7 +43,7 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, path: str) -> "TextTokenizer":
-        with fsspec.open(path, "rb") as f:
+        with fsspec.open(path, "rb") as f, reading(path, "SentencePiece model"):
             return cls(model_proto=f.read())
 
     def save(self, path: str) -> None:

@@ -20,7 +20,7 @@ import fsspec
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
 from mmgen.model.checkpoint import checkpoint_steps
-from mmgen.train.trainer import MMGenTrainer, build_trainer_config
+from mmgen.train.trainer import MMGenTrainer, build_trainer_config, check_training_tokens
 
 
 def check_sft_inputs(cfg: ExperimentConfig) -> str:
@@ -30,6 +30,7 @@ def check_sft_inputs(cfg: ExperimentConfig) -> str:
     fs, local = fsspec.core.url_to_fs(manifest)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {manifest} (run tokenizers/encode_sft.py --config {cfg.name} first)")
+    check_training_tokens(paths, paths.tokens("sft-train"))
     checkpoints = posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder)
     steps = checkpoint_steps(checkpoints)
     if not steps:

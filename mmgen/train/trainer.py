@@ -29,6 +29,8 @@ from torchtitan.distributed.activation_checkpoint import FullAC
 from torchtitan.trainer import Trainer
 
 from mmgen.config import ExperimentConfig, RunPaths
+from mmgen.config.paths import StaleInputError
+from mmgen.data.token_shards import TokenShardError, TokenShards
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import append_jsonl, read_jsonl, write_atomic
 from mmgen.model.checkpoint import save_model_description
@@ -191,7 +193,10 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
 
 
 def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
-    """Fail before any process starts when an earlier stage's output is missing."""
+    """Fail before any process starts when an earlier stage's output is missing, unreadable or empty.
+
+    Each rank would otherwise print its own traceback, after torchrun's start-up.
+    """
     paths = RunPaths(cfg.run_dir)
     needed = {
         paths.vocab: "tokenizers/encode.py",
@@ -204,6 +209,19 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
+    check_training_tokens(paths, paths.tokens("train"))
+
+
+def check_training_tokens(paths: RunPaths, tokens: str) -> None:
+    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with that vocabulary."""
+    vocab = Vocab.load(paths.vocab)
+    TextTokenizer.load(paths.text_tokenizer)
+    shards = TokenShards(tokens)
+    if len(shards) == 0:
+        raise TokenShardError(f"{tokens} holds no documents to train on")
+    if int(shards.manifest.get("vocab_size", vocab.size)) != vocab.size:
+        raise StaleInputError(f"{tokens} was encoded with a vocabulary of {shards.manifest['vocab_size']} tokens, "
+                              f"but {paths.vocab} has {vocab.size}: encode again")
 
 
 def save_adapters(model: torch.nn.Module, path: str) -> None:
