@@ -303,3 +303,66 @@ def test_encoding_zero_training_documents_fails_clearly(tiny_run, tmp_path):
     status, err = run_stage("tokenizers/encode.py", run, "--data.train_corpus", str(shard))
     line = assert_one_error_line(status, err, "0 documents")
     assert "image_outside_corpus" in line or "missing_image" in line
+
+
+# ----- property tests: readers, token-id decoding, config parsing -----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FAST
+@given(key=st.sampled_from(sorted(_RULES)), raw=st.text(max_size=12))
+def test_any_override_string_is_accepted_or_one_config_error(key, raw):
+    try:
+        load_config(["--config", "debug", f"--{key}", raw])
+    except ConfigError as err:
+        assert "\n" not in " ".join(str(err).split())
+
+
+@FAST
+@given(line=st.binary(max_size=200))
+def test_any_jsonl_line_parses_or_is_a_counted_skip(line):
+    from mmgen.data.mmc4 import parse_json_line, parse_record
+    from mmgen.data.reading import SkipRow
+
+    try:
+        record = parse_json_line(line)
+        if record is not None:
+            parse_record(record)
+    except SkipRow as skip:
+        assert skip.reason.isidentifier()
+
+
+@FAST
+@given(text=st.text(max_size=300))
+def test_any_loss_log_text_reads_or_names_its_bad_line(tmp_path_factory, text):
+    from mmgen.files import read_jsonl
+
+    path = tmp_path_factory.mktemp("log") / "loss_log.jsonl"
+    path.write_text(text)
+    try:
+        records = read_jsonl(str(path))
+    except ValueError as err:
+        assert "line" in str(err)
+    else:
+        assert isinstance(records, list)
+
+
+@FAST
+@given(data=st.data())
+def test_any_token_ids_decode_leniently_and_strictly_fail_only_with_value_error(tiny_run, data):
+    from mmgen.tokenizers.text import TextTokenizer
+    from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
+
+    vocab = Vocab.load(str(tiny_run / "tokenizers" / "vocab.json"))
+    tokenizer = MultimodalTokenizer(vocab, TextTokenizer.load(str(tiny_run / "tokenizers" / "text.model")), None)
+    ids = data.draw(st.lists(st.integers(-3, vocab.size + 3), max_size=80))
+    parts = tokenizer.decode_parts(ids, strict=False)
+    assert all(isinstance(p, str) or tuple(p.shape) == vocab.grid for p in parts)
+    try:
+        tokenizer.decode_parts(ids, strict=True)
+    except ValueError:
+        pass

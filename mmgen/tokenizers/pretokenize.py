@@ -256,5 +256,8 @@ def require_documents(summaries: dict[str, dict]) -> None:
     for split, s in summaries.items():
         if s["documents_out"] == 0:
             reasons = ", ".join(f"{k}: {v}" for k, v in s["skipped"].items()) or "none"
-            example = "; e.g. " + " row ".join(str(x) for x in s["skipped_examples"][0]) if s["skipped_examples"] else ""
+            example = ""
+            if s["skipped_examples"]:
+                source, row, reason = s["skipped_examples"][0]
+                example = f"; e.g. {source} row {row} ({reason})"
             raise CorpusError(f"the {split} split encoded 0 documents ({s['documents_in']} read; skipped {reasons}){example}")
