@@ -41,7 +41,10 @@ def reading(path: str, what: str, also: tuple[type[BaseException], ...] = ()) ->
     except CorruptFileError:
         raise
     except (*_DECODE_ERRORS, *also) as err:
-        detail = " ".join(str(err).split())[:200] or type(err).__name__
+        text = str(err)
+        if "Traceback (most recent call last)" in text:  # a failure wrapped with its traceback (DCP): keep what went wrong
+            text = [line for line in text.splitlines() if line.strip()][-1]
+        detail = " ".join(text.split())[:200] or type(err).__name__
         raise CorruptFileError(f"{path} is not a readable {what} (truncated or corrupt?): {detail}") from err
 
 
