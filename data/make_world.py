@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import json
 import time
-
-import fsspec
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.shapes_world import generate_world
+from mmgen.files import write_json
 
 
 def main() -> None:
@@ -24,8 +22,7 @@ def main() -> None:
     for key, value in counts.items():
         print(f"{key}: {value}")
     print(f"wrote {paths.corpus_dir} in {seconds:.1f}s")
-    with fsspec.open(paths.stage_timing("world"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": round(seconds, 3)}, f)
+    write_json(paths.stage_timing("world"), {"seconds": round(seconds, 3)})
 
 
 if __name__ == "__main__":

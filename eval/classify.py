@@ -34,8 +34,9 @@ from mmgen.eval.classify import (
     image_given_label_scores,
     label_given_image_scores,
 )
-from mmgen.eval.report import eval_dir, write_atomically
+from mmgen.eval.report import eval_dir
 from mmgen.eval.shapes_eval import classify_eval, eval_scenes
+from mmgen.files import write_atomic
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
@@ -115,7 +116,7 @@ def main() -> None:
               f"per class {json.dumps(task['per_class'])}")
     images = len(next(t for n, t in results.items() if n != "skipped")["predictions"])
     summary = {"step": step, "seconds": seconds, "images_per_second": images / seconds, "tasks": results}
-    write_atomically(posixpath.join(out, "results.json"), json.dumps(summary, indent=1))
+    write_atomic(posixpath.join(out, "results.json"), json.dumps(summary, indent=1))
     print(f"wrote {out}/results.json and confusion PNGs ({images / seconds:.1f} images/s)")
 
 

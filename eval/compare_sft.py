@@ -23,6 +23,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
 from mmgen.eval.sft_eval import sft_eval
+from mmgen.files import write_json
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.model.lora import trainable_share
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -65,11 +66,9 @@ def main() -> None:
     for key in keys:
         print(f"{key:<26}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results.values()))
     out = posixpath.join(paths.root, "eval", "sft_metrics.json")
-    with fsspec.open(out, "w", auto_mkdir=True) as f:
-        json.dump(results, f, indent=2)
+    write_json(out, results)
     print(f"wrote {out}")
-    with fsspec.open(paths.stage_timing("compare_sft"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start}, f)
+    write_json(paths.stage_timing("compare_sft"), {"seconds": time.time() - start})
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ page shows the generated images and captions. Settings: the ``eval`` section.
 import json
 import time
 
-import fsspec
 import torch
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.device import default_device
 from mmgen.eval.report import eval_dir, write_report
+from mmgen.files import write_json
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
@@ -37,8 +37,7 @@ def main() -> None:
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))
     print(f"wrote {eval_dir(paths)}/metrics.json and report.html")
-    with fsspec.open(paths.stage_timing("report"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, "step": step}, f)
+    write_json(paths.stage_timing("report"), {"seconds": time.time() - start, "step": step})
 
 
 if __name__ == "__main__":

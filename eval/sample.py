@@ -20,7 +20,6 @@ codes as ``sample-K-codes-J.json`` instead of a PNG. ``sample.prompt_sep`` ends 
 separator, Chameleon's chat form.
 """
 
-import json
 import time
 
 import fsspec
@@ -32,6 +31,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
 from mmgen.eval.shapes_eval import sample_kwargs
+from mmgen.files import CorruptFileError, write_json
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
@@ -47,7 +47,10 @@ def _load_images(spec: str) -> list[Image.Image]:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing prompt image {path}")
         with fs.open(local, "rb") as f:
-            images.append(Image.open(f).convert("RGB"))
+            try:
+                images.append(Image.open(f).convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                raise CorruptFileError(f"prompt image {path} is not an image that can be read") from None
     return images
 
 
@@ -116,9 +119,9 @@ def main() -> None:
         print(f"--- sample {k} ---\n{record['text']}")
     page = render_html(records, paths.samples_dir, title=f"mmgen samples: {s.prompt}")
     print(f"wrote {len(records)} sample(s) to {paths.samples_dir} (open {page})")
-    with fsspec.open(paths.stage_timing("sample"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, "step": step, "images": sum(len(r["images"]) for r in records),
-                   "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]}, f)
+    write_json(paths.stage_timing("sample"), {"seconds": time.time() - start, "step": step,
+                                               "images": sum(len(r["images"]) for r in records),
+                                               "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]})
 
 
 if __name__ == "__main__":

@@ -5,19 +5,17 @@
 
 import json
 
-import fsspec
-
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.eval.summary import demo_summary
+from mmgen.files import write_json
 
 
 def main() -> None:
     cfg = load_config(description=__doc__)
     paths = RunPaths(cfg.run_dir)
     summary = demo_summary(paths)
-    with fsspec.open(paths.summary, "w", auto_mkdir=True) as f:
-        json.dump(summary, f, indent=2)
+    write_json(paths.summary, summary)
     print(json.dumps(summary, indent=2))
     print(f"wrote {paths.summary}")
 

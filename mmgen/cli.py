@@ -1,26 +1,44 @@
 """The one wrapper every stage script runs its ``main`` through.
 
-A user mistake (a bad config override, a corpus that is wrong as a whole, a missing or stale input file) ends the
-run with one line, ``error: <message>``, on stderr and exit status 2 — not a traceback. Anything else is a
-bug and keeps its traceback.
+A user mistake (a bad config override, a corpus that is wrong as a whole, a missing, corrupt or stale input
+file) or a fault of the machine rather than of mmgen (a full disk, an output folder that is a file, no
+permission, Ctrl-C) ends the run with one line, ``error: <message>``, on stderr and a nonzero exit status
+(2; 130 for an interruption) — not a traceback. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from mmgen.config.errors import ConfigError
 from mmgen.config.paths import StaleInputError
 from mmgen.data.obelics import CorpusError
+from mmgen.data.token_shards import TokenShardError
+from mmgen.files import CorruptFileError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, FileNotFoundError, StaleInputError)
+# the machine's faults (OSError: a missing file, a full disk, ...) are handled beside these
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, CorruptFileError, StaleInputError, TokenShardError)
+
+
+def describe_os_error(err: OSError) -> str:
+    """'No space left on device: /run/x' rather than Python's '[Errno 28] ...' repr."""
+    if err.strerror and err.filename:
+        return f"{err.strerror}: {err.filename}"
+    return str(err) or type(err).__name__
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    raise SystemExit(status) from None
 
 
 def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
     except USER_ERRORS as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(err) or type(err).__name__)
+    except OSError as err:
+        fail(describe_os_error(err))
+    except KeyboardInterrupt:
+        fail("interrupted", status=130)

@@ -13,17 +13,16 @@ contiguous slice of the documents (whole batches of
 writes every file, identical to a single-process run's.
 """
 
-import json
 import os
 import time
 from datetime import timedelta
 
-import fsspec
 import torch
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
+from mmgen.files import write_json
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
 from mmgen.tokenizers.vocab import Vocab
@@ -53,8 +52,7 @@ def main() -> None:
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
                                        rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
     if rank == 0:
-        with fsspec.open(paths.stage_timing("build_index"), "w", auto_mkdir=True) as f:
-            json.dump({"seconds": time.time() - start, "ranks": world, **report}, f)
+        write_json(paths.stage_timing("build_index"), {"seconds": time.time() - start, "ranks": world, **report})
     if world > 1:
         torch.distributed.barrier()  # no rank reports done before rank 0's files are written
         torch.distributed.destroy_process_group()

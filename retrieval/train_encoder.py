@@ -8,15 +8,14 @@ recall@1/5 in both directions on held-out pairs next to random and
 bag-of-words baselines. Writes ``<run>/retrieval/encoder/``.
 """
 
-import json
 import time
 
-import fsspec
 import numpy as np
 import torch
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
+from mmgen.files import write_json
 from mmgen.retrieval.encoder import EncoderShape
 from mmgen.retrieval.pairs import tokenized_caption_pairs
 from mmgen.retrieval.training import bag_of_words_similarity, encoder_similarity, retrieval_report, train_dual_encoder
@@ -55,10 +54,8 @@ def main() -> None:
     for name, figures in report.items():
         print(f"{name:>13}: " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     result = {"seconds": time.time() - start, "train_pairs": len(train_codes), "heldout_pairs": len(test_codes), "recall": report}
-    with fsspec.open(paths.retrieval_encoder + "/metrics.json", "w") as f:
-        json.dump(result, f, indent=2)
-    with fsspec.open(paths.stage_timing("train_encoder"), "w", auto_mkdir=True) as f:
-        json.dump(result, f)
+    write_json(paths.retrieval_encoder + "/metrics.json", result)
+    write_json(paths.stage_timing("train_encoder"), result)
 
 
 if __name__ == "__main__":

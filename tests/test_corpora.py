@@ -65,10 +65,10 @@ def test_drop_image_policy_keeps_documents_that_still_hold_an_image(tmp_path):
     docs = list(corpus)
     assert [parts_of(d) for d in docs] == [["<img>", "one two"]]
     assert corpus.stats.images_dropped == {"missing_image": 1}
-    # documents that lose every image are skipped, as their text was chosen to go with images
+    # interleaved documents that lose every image keep their text, counted
     obelics = open_corpus(str(write_obelics(tmp_path / "o")), options=DataConfig(missing_image="drop_image"))
-    assert len(list(obelics)) == 4
-    assert obelics.stats.skipped == {"no_images_left": 2}
+    assert len(list(obelics)) == 6
+    assert obelics.stats.skipped == {} and obelics.stats.text_only == 2
     assert obelics.stats.images_dropped == {"url_image": 1, "missing_image": 1}
 
 

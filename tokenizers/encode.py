@@ -24,8 +24,9 @@ from mmgen.cli import run_cli
 from mmgen.config import ConfigError, RunPaths, load_config
 from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
+from mmgen.files import write_json
 from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
-from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs
+from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 
@@ -97,15 +98,17 @@ def main() -> None:
         print(f"{prefix}{resumed} input shards were already done and skipped")
     if world > 1:
         torch.distributed.barrier()
+    summary = None
     if rank == 0:
         summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents)
         for split, s in summary.items():
             print(f"{split}: {json.dumps(s)}")
-        with fsspec.open(paths.stage_timing("encode"), "w", auto_mkdir=True) as f:
-            json.dump({"seconds": time.time() - start, **summary}, f)
+        write_json(paths.stage_timing("encode"), {"seconds": time.time() - start, **summary})
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if summary is not None:  # after the barrier: the other ranks are not left waiting for rank 0
+        require_documents(summary)
 
 
 def _weights_bytes(image_dir: str) -> bytes:

@@ -7,16 +7,15 @@ Writes ``<run>/tokens/sft-{train,heldout}``: one sequence per example,
 loss starts, the task, and the ground truth in each example's metadata.
 """
 
-import json
 import time
 
-import fsspec
 import torch
 
 from mmgen.cli import run_cli
 from mmgen.config import ConfigError, RunPaths, load_config
 from mmgen.data.sft_tasks import task_examples
 from mmgen.data.token_shards import TokenShardWriter
+from mmgen.files import write_json
 from mmgen.retrieval.pairs import read_caption_pairs
 from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.tokenizers.sft import encode_sft_examples
@@ -56,8 +55,7 @@ def main() -> None:
         manifest = writer.close({"tasks": weights})
         summary[split] = {"examples": counts, "tokens": manifest["tokens"]}
         print(f"sft-{split}: {counts}, {manifest['tokens']} tokens -> {paths.tokens(f'sft-{split}')}")
-    with fsspec.open(paths.stage_timing("encode_sft"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start, **summary}, f)
+    write_json(paths.stage_timing("encode_sft"), {"seconds": time.time() - start, **summary})
 
 
 if __name__ == "__main__":

@@ -9,18 +9,17 @@ curves and reconstruction grids go to ``<run>/tokenizers/image/tensorboard``.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from itertools import islice
 
-import fsspec
 import torch
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
+from mmgen.files import write_json
 from mmgen.tokenizers.image import images_to_uint8
 from mmgen.tokenizers.image_train import fit
 
@@ -59,8 +58,7 @@ def main() -> None:
     _, metrics = fit(train, heldout, tok_cfg, paths.image_tokenizer)
     seconds = time.perf_counter() - start
     if world == 1 or torch.distributed.get_rank() == 0:
-        with fsspec.open(paths.stage_timing("train_image"), "w", auto_mkdir=True) as f:
-            json.dump({"seconds": round(seconds, 3), **metrics}, f)
+        write_json(paths.stage_timing("train_image"), {"seconds": round(seconds, 3), **metrics})
         print(
             f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, "
             f"codebook usage {metrics['codebook_usage']:.1%}, code perplexity {metrics['code_perplexity']:.1f}"

@@ -5,17 +5,15 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 import time
 from itertools import islice
-
-import fsspec
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
+from mmgen.files import write_json
 from mmgen.tokenizers.run import SENTENCEPIECE, write_text_tokenizer_record
 from mmgen.tokenizers.text import train_text_tokenizer
 
@@ -34,8 +32,7 @@ def main() -> None:
     write_text_tokenizer_record(posixpath.dirname(paths.text_tokenizer), SENTENCEPIECE, posixpath.basename(paths.text_tokenizer))
     seconds = time.perf_counter() - start
     print(f"{corpus}: {stats.summary()}")
-    with fsspec.open(paths.stage_timing("train_text"), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": round(seconds, 3), "vocab_size": tokenizer.vocab_size}, f)
+    write_json(paths.stage_timing("train_text"), {"seconds": round(seconds, 3), "vocab_size": tokenizer.vocab_size})
 
 
 if __name__ == "__main__":

@@ -6,36 +6,31 @@
 Starting the same command again resumes from the newest checkpoint.
 """
 
-import json
 import os
 import sys
 import time
 
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
+from mmgen.files import write_json
 
 
 def main() -> None:
     cfg = load_config(description=__doc__)
-    from mmgen.train.trainer import check_pretraining_inputs, run_pretraining
+    from mmgen.train.trainer import check_pretraining_inputs, end_rank_process, run_pretraining
 
-    if "LOCAL_RANK" not in os.environ:
-        check_pretraining_inputs(cfg)
-        from mmgen.train.launch import launch_local
-
-        start = time.time()
-        launch_local(__file__, sys.argv[1:], processes=cfg.processes)
-        timing = {"seconds": time.time() - start, "processes": cfg.processes}
-    else:
-        start = time.time()
+    timing = RunPaths(cfg.run_dir).stage_timing("pretrain")
+    start = time.time()
+    if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
         run_pretraining(cfg)
-        if os.environ.get("RANK", "0") != "0":
-            return
-        timing = {"seconds": time.time() - start, "processes": int(os.environ.get("WORLD_SIZE", "1"))}
-    import fsspec
+        if os.environ.get("RANK", "0") == "0":
+            write_json(timing, {"seconds": time.time() - start, "processes": int(os.environ.get("WORLD_SIZE", "1"))})
+        end_rank_process()
+    check_pretraining_inputs(cfg)
+    from mmgen.train.launch import launch_local
 
-    with fsspec.open(RunPaths(cfg.run_dir).stage_timing("pretrain"), "w", auto_mkdir=True) as f:
-        json.dump(timing, f)
+    launch_local(__file__, sys.argv[1:], processes=cfg.processes)
+    write_json(timing, {"seconds": time.time() - start, "processes": cfg.processes})
 
 
 if __name__ == "__main__":

@@ -8,34 +8,32 @@ Needs tokenizers/encode_sft.py and a pretraining checkpoint; writes
 again resumes.
 """
 
-import json
 import os
 import sys
 import time
 
-import fsspec
-
 from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
+from mmgen.files import write_json
 
 
 def main() -> None:
     cfg = load_config(description=__doc__)
     from mmgen.train.sft import build_sft_config, check_sft_inputs
-    from mmgen.train.trainer import run_pretraining
+    from mmgen.train.trainer import end_rank_process, run_pretraining
 
+    timing = RunPaths(cfg.run_dir).stage_timing(cfg.sft.folder)
     start = time.time()
-    if "LOCAL_RANK" not in os.environ:
-        check_sft_inputs(cfg)
-        from mmgen.train.launch import launch_local
-
-        launch_local(__file__, sys.argv[1:], processes=cfg.processes)
-    else:
+    if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
         run_pretraining(cfg, build_sft_config(cfg))
-        if os.environ.get("RANK", "0") != "0":
-            return
-    with fsspec.open(RunPaths(cfg.run_dir).stage_timing(cfg.sft.folder), "w", auto_mkdir=True) as f:
-        json.dump({"seconds": time.time() - start}, f)
+        if os.environ.get("RANK", "0") == "0":
+            write_json(timing, {"seconds": time.time() - start})
+        end_rank_process()
+    check_sft_inputs(cfg)
+    from mmgen.train.launch import launch_local
+
+    launch_local(__file__, sys.argv[1:], processes=cfg.processes)
+    write_json(timing, {"seconds": time.time() - start})
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ from mmgen.config.overrides import apply_overrides, help_text
 from mmgen.config.paths import RunPaths
 from mmgen.config.presets import BUILTIN
 from mmgen.config.schema import ExperimentConfig
+from mmgen.config.validation import validate_config
 
-__all__ = ["ConfigError", "ExperimentConfig", "RunPaths", "load_config", "resolve_config"]
+__all__ = ["ConfigError", "ExperimentConfig", "RunPaths", "load_config", "resolve_config", "validate_config"]
 
 
 def resolve_config(name: str) -> ExperimentConfig:
@@ -87,4 +88,5 @@ def load_config(
             f"or package.module:function (default: {default}){alias_line}\n{help_text(config)}"
         )
         raise SystemExit(0)
+    validate_config(config)
     return config

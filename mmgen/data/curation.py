@@ -7,7 +7,9 @@ plus document metadata — and hands it to ``Curator.document``, so the policies
   ratio) → resize / crop to the tokenizer's size. A *missing or undecodable* image skips the whole document
   (``missing_image="skip_document"``, docs/ARCHITECTURE.md) or only drops that image (``"drop_image"``, useful for
   web corpora where many URLs are dead). A *filtered or duplicate* image is dropped from its document and
-  counted in ``ReadStats.images_dropped``; a document that had images and lost them all is skipped.
+  counted in ``ReadStats.images_dropped``.
+  An interleaved document (OBELICS, MMC4) that loses every image this way keeps its text, as a text-only
+  document (counted); a caption pair or ImageFolder image without its image is skipped.
 - documents: text length bounds, images per document, and exact duplicates by content hash (texts and
   raw image bytes), each skip counted by reason.
 
@@ -64,8 +66,12 @@ class Curator:
                         timeout=o.network_timeout, retries=o.network_retries)  # fmt: skip
 
     def document(self, items: list[str | ImageItem], metadata: dict[str, Any], refs: ImageRef,
-                 stats: ReadStats) -> Document:  # fmt: skip
-        """The curated document, or ``SkipRow``; dropped images are counted in ``stats``."""
+                 stats: ReadStats, *, keep_text: bool = False) -> Document:  # fmt: skip
+        """The curated document, or ``SkipRow``; dropped images are counted in ``stats``.
+
+        ``keep_text`` (interleaved corpora): a document that loses every image keeps its text as a text-only
+        document, counted in ``stats.text_only``; otherwise (a caption without its image) it is skipped.
+        """
         o = self.options
         items = [it for it in items if not (isinstance(it, str) and not it)]  # empty strings carry nothing
         for it in items:
@@ -110,7 +116,9 @@ class Curator:
             parts.append(image)
             image_metadata.append(item.metadata)
         if n_images and dropped == n_images:
-            raise SkipRow("no_images_left")
+            if not keep_text or not parts:
+                raise SkipRow("no_images_left")
+            stats.text_only += 1
         if not parts:
             raise SkipRow("empty_document")
         metadata = {**metadata, "content_hash": doc_hash}

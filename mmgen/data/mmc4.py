@@ -17,6 +17,7 @@ import gzip
 import json
 import posixpath
 import zipfile
+import zlib
 from typing import Any, Iterator
 
 import fsspec
@@ -46,7 +47,7 @@ def jsonl_lines(fs: fsspec.AbstractFileSystem, path: str, source: str) -> Iterat
                     yield from enumerate(f)
             else:
                 yield from enumerate(raw)
-    except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError, OSError) as err:
         raise CorpusError(f"{source} is not a readable jsonl file ({type(err).__name__}: {err})") from None
 
 
@@ -76,7 +77,7 @@ def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: C
             if record is None:
                 continue
             items, metadata = parse_record(record)
-            doc = curator.document(items, metadata, refs, stats)
+            doc = curator.document(items, metadata, refs, stats, keep_text=True)
         except SkipRow as skip:
             stats.skip(source, row, skip.reason)
             continue

@@ -84,7 +84,7 @@ def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: C
             for i in range(batch.num_rows):
                 try:
                     items, metadata = parse_record({c: data[c][i] for c in columns})
-                    doc = curator.document(items, metadata, refs, stats)
+                    doc = curator.document(items, metadata, refs, stats, keep_text=True)
                 except SkipRow as skip:
                     stats.skip(source, row, skip.reason)
                 else:
@@ -126,6 +126,8 @@ def parse_record(record: dict[str, Any]) -> tuple[list[str | ImageItem], dict[st
 def _json(text: str | None, kind: type) -> Any:
     if text is None:
         return None
+    if not isinstance(text, (str, bytes)):  # a metadata column of another type: the row's metadata is unusable
+        raise SkipRow("bad_metadata")
     try:
         value = json.loads(text)
     except ValueError:

@@ -4,13 +4,14 @@ Two kinds of failure, on purpose (docs/ARCHITECTURE.md): a bad *record* raises `
 counted in ``ReadStats`` with its shard and row, so one bad record never stops a run; a bad *file* raises
 ``CorpusError`` naming the file, because it means the user pointed at the wrong thing.
 
-An image reference is embedded bytes, a path relative to the shard (or to ``image_root``), an fsspec URL,
-or an ``http(s)://`` URL, fetched only when ``allow_network`` is on (with a timeout and retries).
+An image reference is embedded bytes, a path inside the shard's folder (or ``image_root``), or an
+``http(s)://`` URL, fetched only when ``allow_network`` is on (with size and time limits and retries).
 ``ImageRef`` resolves one to bytes; ``mmgen.data.images`` decodes them.
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 import urllib.request
@@ -18,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import fsspec
+import fsspec.implementations.local
 
 _NETWORK_PROTOCOLS = ("http://", "https://")
 MAX_DOWNLOAD_BYTES = 64 << 20  # no image worth tokenizing is larger; a bigger body is not read to the end
@@ -44,7 +46,9 @@ class ReadStats:
     """Skipped records by reason (e.g. 'undecodable_image', 'misaligned', 'empty_document')."""
     images_dropped: Counter = field(default_factory=Counter)
     """Images left out of their document by reason (duplicates, filtered, missing under 'drop_image'); a
-    document that loses every image is then also skipped as 'no_images_left'."""
+    caption pair that loses its image is then also skipped as 'no_images_left'."""
+    text_only: int = 0
+    """Interleaved documents that lost every image and were kept as text only (among ``documents_read``)."""
     examples: list[tuple[str, int, str]] = field(default_factory=list)
     """Up to ``max_examples`` skipped records as (source, row, reason)."""
     max_examples: int = 20
@@ -66,23 +70,26 @@ class ReadStats:
         self.documents_read += other.documents_read
         self.skipped.update(other.skipped)
         self.images_dropped.update(other.images_dropped)
+        self.text_only += other.text_only
         self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
 
     def to_dict(self) -> dict:
         return {"documents_read": self.documents_read, "skipped": dict(sorted(self.skipped.items())),
-                "images_dropped": dict(sorted(self.images_dropped.items())),
+                "images_dropped": dict(sorted(self.images_dropped.items())), "text_only": self.text_only,
                 "examples": [list(e) for e in self.examples]}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict) -> "ReadStats":
         return cls(documents_read=data["documents_read"], skipped=Counter(data["skipped"]),
-                   images_dropped=Counter(data.get("images_dropped", {})),
+                   images_dropped=Counter(data.get("images_dropped", {})), text_only=data.get("text_only", 0),
                    examples=[tuple(e) for e in data.get("examples", [])])  # fmt: skip
 
     def summary(self) -> str:
         dropped = ""
         if self.images_dropped:
             dropped = "; images dropped: " + ", ".join(f"{r}: {n}" for r, n in sorted(self.images_dropped.items()))
+        if self.text_only:
+            dropped += f"; {self.text_only} documents kept as text only"
         if not self.skipped:
             return f"read {self.documents_read} documents, skipped none{dropped}"
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.skipped.items()))
@@ -113,7 +120,13 @@ def source_name(fs: fsspec.AbstractFileSystem, path: str, url: str) -> str:
 
 @dataclass
 class ImageRef:
-    """Resolves image references of one shard to bytes; every failure is a ``SkipRow``."""
+    """Resolves image references of one shard to bytes; every failure is a ``SkipRow``.
+
+    A corpus is data from elsewhere, so its references are confined: a path is read only when it resolves
+    (symlinks followed) inside the shard's folder or ``image_root``, only from a regular file no larger than
+    ``MAX_DOWNLOAD_BYTES``; only ``http(s)`` URLs are fetched, and only with ``allow_network``; a reference
+    naming any other file system or protocol chain (``s3://``, ``file://``, ``simplecache::http://``) is refused.
+    """
 
     fs: fsspec.AbstractFileSystem
     shard_dir: str
@@ -131,21 +144,41 @@ class ImageRef:
             raise SkipRow("bad_image_reference")
         if ref.startswith(_NETWORK_PROTOCOLS):
             return self.fetch(ref)
+        if "://" in ref or "::" in ref:
+            raise SkipRow("foreign_image_reference")
         try:
-            if "://" in ref:
-                with fsspec.open(ref, "rb") as f:
-                    return f.read()
-            if self.image_root:
-                with fsspec.open(posixpath.join(self.image_root, ref), "rb") as f:
-                    return f.read()
-            with self.fs.open(posixpath.join(self.shard_dir, ref), "rb") as f:
-                return f.read()
-        except ImportError as err:  # e.g. s3:// without s3fs: true of every image, so not a per-record skip
+            return self._read_inside(ref)
+        except ImportError as err:  # e.g. an s3:// image_root without s3fs: true of every image, not a per-record skip
             raise CorpusError(f"cannot open image {ref}: {err}") from None
         except (OSError, ValueError):
             if url and self.allow_network:
                 return self.fetch(url)
             raise SkipRow("missing_image") from None
+
+    def _root(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        if self.image_root:
+            return fsspec.core.url_to_fs(self.image_root)
+        return self.fs, self.shard_dir
+
+    def _read_inside(self, ref: str) -> bytes:
+        fs, root = self._root()
+        # MMC4 ships its images in a folder beside the shards: try there after the shard's own folder
+        candidates = [ref] if self.image_root else [ref, posixpath.join("images", ref)]
+        for i, candidate in enumerate(candidates):
+            path = _confined(fs, root, candidate)
+            if i + 1 < len(candidates) and not fs.exists(path):
+                continue
+            info = fs.info(path)
+            if info.get("type") != "file":  # a FIFO or device would block or never end
+                raise SkipRow("not_a_regular_file")
+            if (info.get("size") or 0) > MAX_DOWNLOAD_BYTES:
+                raise SkipRow("image_too_large")
+            with fs.open(path, "rb") as f:
+                data = f.read(MAX_DOWNLOAD_BYTES + 1)
+            if len(data) > MAX_DOWNLOAD_BYTES:
+                raise SkipRow("image_too_large")
+            return data
+        raise FileNotFoundError(ref)
 
     def fetch(self, url: str) -> bytes:
         if not url.startswith(_NETWORK_PROTOCOLS):
@@ -154,15 +187,36 @@ class ImageRef:
             raise SkipRow("url_image")  # network fetching is off unless the config turns it on
         for attempt in range(self.retries + 1):
             try:
-                request = urllib.request.Request(url, headers={"User-Agent": "mmgen-corpus-reader"})
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    data = response.read(MAX_DOWNLOAD_BYTES + 1)
-                if len(data) > MAX_DOWNLOAD_BYTES:
-                    raise SkipRow("image_too_large")
-                return data
+                return self._download(url)
             except SkipRow:
                 raise
             except Exception:  # noqa: BLE001 - URLError, HTTPError, timeouts, bad URLs: all mean "not fetched"
                 if attempt < self.retries:
                     time.sleep(0.5 * 2**attempt)
         raise SkipRow("fetch_failed")
+
+    def _download(self, url: str) -> bytes:
+        """One attempt, abandoned after ``timeout`` seconds in all (a server that trickles bytes included)."""
+        deadline = time.monotonic() + self.timeout
+        request = urllib.request.Request(url, headers={"User-Agent": "mmgen-corpus-reader"})
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            chunks, size = [], 0
+            while chunk := response.read(1 << 16):
+                size += len(chunk)
+                if size > MAX_DOWNLOAD_BYTES:
+                    raise SkipRow("image_too_large")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(url)
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _confined(fs: fsspec.AbstractFileSystem, root: str, ref: str) -> str:
+    """``ref`` resolved against ``root``; ``SkipRow('image_outside_corpus')`` when it escapes ``root``."""
+    local = isinstance(fs, fsspec.implementations.local.LocalFileSystem)
+    resolve = os.path.realpath if local else posixpath.normpath
+    base = resolve(root)
+    path = resolve(posixpath.join(root, ref))  # an absolute ref replaces root here, then must still lie inside
+    if path != base and not path.startswith(base.rstrip("/") + "/"):
+        raise SkipRow("image_outside_corpus")
+    return path

@@ -33,6 +33,7 @@ from PIL import Image
 from mmgen.config.overrides import ConfigError
 from mmgen.config.paths import RunPaths
 from mmgen.config.schema import WorldConfig
+from mmgen.files import write_atomic
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -335,8 +336,9 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> 
             general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
             rows.append(document_row(items, cfg.image_size, general))
         table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
-        with fs.open(posixpath.join(root, f"shard-{shards:05d}.parquet"), "wb") as f:
-            pq.write_table(table, f)
+        shard = io.BytesIO()
+        pq.write_table(table, shard)
+        write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
         shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards}
 
@@ -353,11 +355,9 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
     for i in range(count):
         scene = _scene_in(split, rng, cfg)
         relative = f"{image_dir_name}/{i:06d}.png"
-        with fs.open(posixpath.join(posixpath.dirname(jsonl), relative), "wb") as f:
-            f.write(png_bytes(render_scene(scene, cfg.image_size)))
+        write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(render_scene(scene, cfg.image_size)), fs)
         lines.append(json.dumps({"image": relative, "caption": describe_scene(scene), "metadata": scene}))
-    with fs.open(jsonl, "w") as f:
-        f.write("".join(line + "\n" for line in lines))
+    write_atomic(jsonl, "".join(line + "\n" for line in lines), fs)
     return {f"{split}_caption_pairs": count}
 
 

@@ -28,24 +28,18 @@ from typing import Any, Iterable, Sequence
 import fsspec
 import numpy as np
 
+from mmgen.files import CorruptFileError, reading, write_atomic
+
 SPECIAL, TEXT, IMAGE = 0, 1, 2
 DUPLICATES_FILE = "duplicates.npy"
 
 
-class TokenShardError(ValueError):
+class TokenShardError(CorruptFileError):
     """Token shards that are missing or inconsistent; the message names the folder."""
 
 
 def _dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
-
-
-def atomic_write(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent or complete."""
-    tmp = f"{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -115,13 +109,13 @@ class TokenShardWriter:
         tokens = np.concatenate(self._docs)
         base = posixpath.join(self.root, name)
         meta = "".join(json.dumps(m, sort_keys=True) + "\n" for m in self._meta).encode()
-        atomic_write(self.fs, base + ".tokens.npy", npy_bytes(tokens))
+        write_atomic(base + ".tokens.npy", npy_bytes(tokens), self.fs)
         if self.vocab is not None:
-            atomic_write(self.fs, base + ".modality.npy",
-                         npy_bytes(modality_of(tokens, self.vocab.text_range, self.vocab.image_range)))  # fmt: skip
-        atomic_write(self.fs, base + ".docs.npy", npy_bytes(np.array(self._rows, dtype=np.int64).reshape(-1, 3)))
-        atomic_write(self.fs, base + ".meta.jsonl", meta)
-        atomic_write(self.fs, base + ".index.npy", npy_bytes(offsets))  # last: marks the shard finished
+            write_atomic(base + ".modality.npy",
+                         npy_bytes(modality_of(tokens, self.vocab.text_range, self.vocab.image_range)), self.fs)  # fmt: skip
+        write_atomic(base + ".docs.npy", npy_bytes(np.array(self._rows, dtype=np.int64).reshape(-1, 3)), self.fs)
+        write_atomic(base + ".meta.jsonl", meta, self.fs)
+        write_atomic(base + ".index.npy", npy_bytes(offsets), self.fs)  # last: marks the shard finished
         self.shards.append({"name": name, "documents": len(self._docs), "tokens": int(offsets[-1])})
         self.shard_index += 1
         self._reset()
@@ -153,8 +147,8 @@ def write_manifest(folder: str, shards: list[dict[str, Any]], *, vocab_size: int
     if dedup:
         duplicates = _duplicates(fs, root, shards)
         manifest["duplicates"] = len(duplicates)
-        atomic_write(fs, posixpath.join(root, DUPLICATES_FILE), npy_bytes(duplicates))
-    atomic_write(fs, posixpath.join(root, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        write_atomic(posixpath.join(root, DUPLICATES_FILE), npy_bytes(duplicates), fs)
+    write_atomic(posixpath.join(root, "manifest.json"), json.dumps(manifest, indent=2).encode(), fs)
     return manifest
 
 
@@ -193,8 +187,10 @@ class TokenShards:
         manifest_path = posixpath.join(root, "manifest.json")
         if not self.fs.exists(manifest_path):
             raise TokenShardError(f"no token shards at {folder} (missing manifest.json; run tokenizers/encode.py)")
-        with self.fs.open(manifest_path, "r") as f:
+        with self.fs.open(manifest_path, "r") as f, reading(posixpath.join(folder, "manifest.json"), "token-shard manifest"):
             self.manifest = json.load(f)
+            if not isinstance(self.manifest, dict) or not isinstance(self.manifest.get("mixture", self.manifest.get("shards")), list):
+                raise ValueError("it lists neither shards nor a mixture")
         self.components: list[tuple[TokenShards, float]] = []
         self._shards: list[_Shard] = []
         if "mixture" in self.manifest:
@@ -207,19 +203,26 @@ class TokenShards:
             ).astype(np.int64)
         else:
             self.components = [(self, 1.0)]
-            self._shards = [
-                _Shard(tokens=_load_npy(self.fs, posixpath.join(root, s["name"] + ".tokens.npy")),
-                       offsets=_load_npy(self.fs, posixpath.join(root, s["name"] + ".index.npy")),
-                       base=posixpath.join(root, s["name"]))  # fmt: skip
-                for s in self.manifest["shards"]
-            ]
+            self._shards = [self._open_shard(root, s["name"]) for s in self.manifest["shards"]]
             counts = [len(s.offsets) - 1 for s in self._shards]
             self.lengths = np.concatenate([np.diff(s.offsets) for s in self._shards]) if self._shards else np.zeros(0, np.int64)
             dup_path = posixpath.join(root, DUPLICATES_FILE)
-            self.duplicates = (np.asarray(_load_npy(self.fs, dup_path)) if self.fs.exists(dup_path)
-                               else np.zeros(0, np.int64))  # fmt: skip
+            with reading(posixpath.join(folder, DUPLICATES_FILE), "duplicate list"):
+                self.duplicates = (np.asarray(_load_npy(self.fs, dup_path), dtype=np.int64) if self.fs.exists(dup_path)
+                                   else np.zeros(0, np.int64))  # fmt: skip
+                if ((self.duplicates < 0) | (self.duplicates >= sum(counts))).any():
+                    raise ValueError("it lists documents the shards do not hold")
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self._cache: dict[tuple[int, str], Any] = {}
+
+    def _open_shard(self, root: str, name: str) -> _Shard:
+        base = posixpath.join(root, name)
+        with reading(posixpath.join(self.folder, name + ".*.npy"), "token shard"):
+            tokens, offsets = _load_npy(self.fs, base + ".tokens.npy"), _load_npy(self.fs, base + ".index.npy")
+            # a torn or mismatched pair would hand out garbage documents later: check the index against the tokens
+            if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
+                raise ValueError(f"its index does not match its {len(tokens)} tokens")
+        return _Shard(tokens=tokens, offsets=offsets, base=base)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -253,11 +256,12 @@ class TokenShards:
             path = self._shards[shard].base + suffix
             if not self.fs.exists(path):
                 raise TokenShardError(f"{self.folder}: {posixpath.basename(path)} is missing (written by an older encode?)")
-            if suffix.endswith(".jsonl"):
-                with self.fs.open(path, "r") as f:
-                    self._cache[key] = [json.loads(line) for line in f]
-            else:
-                self._cache[key] = _load_npy(self.fs, path)
+            with reading(path, "token-shard side file"):
+                if suffix.endswith(".jsonl"):
+                    with self.fs.open(path, "r") as f:
+                        self._cache[key] = [json.loads(line) for line in f]
+                else:
+                    self._cache[key] = _load_npy(self.fs, path)
         return self._cache[key]
 
     def metadata(self, i: int) -> dict[str, Any]:
@@ -293,5 +297,5 @@ def write_mixture(folder: str, components: list[dict[str, Any]], extra: dict[str
     fs, root = fsspec.core.url_to_fs(folder)
     fs.makedirs(root, exist_ok=True)
     manifest = {"mixture": components, **(extra or {})}
-    atomic_write(fs, posixpath.join(root, "manifest.json"), json.dumps(manifest, indent=2).encode())
+    write_atomic(posixpath.join(root, "manifest.json"), json.dumps(manifest, indent=2).encode(), fs)
     return manifest

@@ -33,6 +33,7 @@ from mmgen.eval.intervals import with_interval
 from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
+from mmgen.files import write_atomic
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
@@ -179,14 +180,6 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
     return H.page(f"mmgen evaluation: {cfg.name}", "\n".join(body))
 
 
-def write_atomically(path: str, data: str) -> None:
-    fs, local = fsspec.core.url_to_fs(path)
-    fs.makedirs(posixpath.dirname(local), exist_ok=True)
-    with fs.open(local + ".tmp", "w") as f:
-        f.write(data)
-    fs.mv(local + ".tmp", local)
-
-
 def eval_dir(paths: RunPaths) -> str:
     return posixpath.join(paths.root, "eval")
 
@@ -196,6 +189,6 @@ def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step:
                  log: Callable[[str], None] = print) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
     out = eval_dir(paths)
-    write_atomically(posixpath.join(out, "report.html"), page)
-    write_atomically(posixpath.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    write_atomic(posixpath.join(out, "report.html"), page)
+    write_atomic(posixpath.join(out, "metrics.json"), json.dumps(metrics, indent=2))
     return metrics

@@ -15,6 +15,7 @@ import fsspec
 
 from mmgen.config import RunPaths
 from mmgen.device import machine_description
+from mmgen.files import read_jsonl
 
 STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
 OPTIONAL_STAGES = ("report", "encode_sft", "sft", "sft_lora", "compare_sft")
@@ -33,8 +34,7 @@ def _loss_log(path: str) -> list[dict[str, Any]]:
     fs, local = fsspec.core.url_to_fs(path)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {path} (run train/pretrain.py first)")
-    with fs.open(local, "r") as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_jsonl(path)
     if not records:
         raise FileNotFoundError(f"{path} holds no logged steps")
     # a resumed run appends; keep the newest record of each step

@@ -10,14 +10,8 @@ import posixpath
 
 import fsspec
 
+from mmgen.files import write_atomic
 from mmgen.tokenizers.vocab import MultimodalTokenizer
-
-
-def _write(fs, path: str, data: bytes) -> None:
-    # a reader never sees half a file: write aside, then rename
-    with fs.open(path + ".tmp", "wb") as f:
-        f.write(data)
-    fs.mv(path + ".tmp", path)
 
 
 def _decode(tokenizer: MultimodalTokenizer, ids: list[int], fs, root: str, stem: str) -> tuple[str, list[str], list[dict]]:
@@ -42,7 +36,7 @@ def _decode(tokenizer: MultimodalTokenizer, ids: list[int], fs, root: str, stem:
         name = f"{stem}-image-{len(image_files)}.png"
         png = io.BytesIO()
         next(images).save(png, format="PNG")
-        _write(fs, posixpath.join(root, name), png.getvalue())
+        write_atomic(posixpath.join(root, name), png.getvalue(), fs)
         pieces.append(f"\n[image {len(image_files)}: {name}]\n")
         layout.append({"image": name})
         image_files.append(name)
@@ -76,8 +70,8 @@ def render_sample(tokenizer: MultimodalTokenizer, prompt_ids: list[int], new_ids
         "parts": layout,
         "retrieved": context,
     }
-    _write(fs, posixpath.join(root, f"{stem}.txt"), (text + "\n").encode())
-    _write(fs, posixpath.join(root, f"{stem}.json"), json.dumps(record, indent=1).encode())
+    write_atomic(posixpath.join(root, f"{stem}.txt"), (text + "\n").encode(), fs)
+    write_atomic(posixpath.join(root, f"{stem}.json"), json.dumps(record, indent=1).encode(), fs)
     return record
 
 
@@ -113,5 +107,5 @@ def render_html(records: list[dict], out_dir: str, *, title: str, name: str = "i
         body += parts_html(record["parts"], 160)
         body.append("</div>")
     path = posixpath.join(root, name)
-    _write(fs, path, H.page(title, "\n".join(body)).encode())
+    write_atomic(path, H.page(title, "\n".join(body)).encode(), fs)
     return path

@@ -18,8 +18,10 @@ import warnings
 import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from mmgen.config.schema import ModelConfig
+from mmgen.files import reading, write_json
 from mmgen.model.lora import add_lora, merge_lora
 from mmgen.model.transformer import Transformer
 
@@ -28,8 +30,7 @@ MODEL_FILE = "model.json"
 
 def save_model_description(run_dir: str, model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> None:
     description = {"model": dataclasses.asdict(model), "vocab_size": vocab_size, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
-    with fsspec.open(posixpath.join(run_dir, MODEL_FILE), "w", auto_mkdir=True) as f:
-        json.dump(description, f, indent=2)
+    write_json(posixpath.join(run_dir, MODEL_FILE), description)
 
 
 def read_model_description(run_dir: str) -> dict:
@@ -38,7 +39,7 @@ def read_model_description(run_dir: str) -> dict:
     fs, local = fsspec.core.url_to_fs(description)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {description} (run train/pretrain.py first)")
-    with fs.open(local, "r") as f:
+    with fs.open(local, "r") as f, reading(description, "model description"):
         return json.load(f)
 
 
@@ -60,8 +61,11 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
 
     LoRA adapters of a LoRA fine-tuning run are merged into the base weights.
     """
+    description = posixpath.join(pretrain_dir, MODEL_FILE)
     saved = read_model_description(pretrain_dir)
-    cfg = ModelConfig(**saved["model"])
+    with reading(description, "model description"):
+        cfg = ModelConfig(**saved["model"])
+        vocab_size, lora_rank, lora_alpha = int(saved["vocab_size"]), int(saved.get("lora_rank", 0)), saved.get("lora_alpha", 0.0)
     checkpoint_dir = posixpath.join(pretrain_dir, checkpoint_folder)
     steps = checkpoint_steps(checkpoint_dir)
     if not steps:
@@ -70,14 +74,16 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
         step = steps[-1]
     elif step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} under {checkpoint_dir} (have {steps})")
-    model = Transformer(cfg, saved["vocab_size"])
-    if saved.get("lora_rank"):
-        add_lora(model, rank=saved["lora_rank"], alpha=saved["lora_alpha"])
+    with reading(description, "model description"):
+        model = Transformer(cfg, vocab_size)
+        if lora_rank:
+            add_lora(model, rank=lora_rank, alpha=lora_alpha)
     state = model.state_dict()
-    with warnings.catch_warnings():  # DCP warns that it loads in one process, which is the intent
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=posixpath.join(checkpoint_dir, f"step-{step}"), no_dist=True)
-    model.load_state_dict(state)
-    if saved.get("lora_rank"):
+    checkpoint = posixpath.join(checkpoint_dir, f"step-{step}")
+    with warnings.catch_warnings(), reading(checkpoint, f"checkpoint of the model {MODEL_FILE} describes", also=(CheckpointException,)):
+        warnings.simplefilter("ignore", UserWarning)  # DCP warns that it loads in one process, which is the intent
+        dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+        model.load_state_dict(state)
+    if lora_rank:
         merge_lora(model)
     return model.to(device).eval(), step

@@ -24,6 +24,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from mmgen.files import write_atomic
+
 
 @dataclass
 class EncoderShape:
@@ -89,9 +91,7 @@ class DualEncoder(nn.Module):
         fs.makedirs(root, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         for name, data in (("encoder.safetensors", save_safetensors(state)), ("encoder.json", json.dumps(asdict(self.shape)).encode())):
-            with fs.open(posixpath.join(root, name + ".tmp"), "wb") as f:
-                f.write(data)
-            fs.mv(posixpath.join(root, name + ".tmp"), posixpath.join(root, name))
+            write_atomic(posixpath.join(root, name), data, fs)
 
     @classmethod
     def load(cls, folder: str, device: torch.device | str = "cpu") -> "DualEncoder":

@@ -20,6 +20,8 @@ import faiss
 import fsspec
 import numpy as np
 
+from mmgen.files import write_atomic
+
 
 @dataclass
 class IndexSpec:
@@ -109,10 +111,7 @@ class MemoryBank:
         if self.centre is not None:
             files["centre.npy"] = _npy(self.centre)
         for name, data in files.items():
-            tmp = posixpath.join(root, name + ".tmp")
-            with fs.open(tmp, "wb") as f:
-                f.write(data)
-            fs.mv(tmp, posixpath.join(root, name))
+            write_atomic(posixpath.join(root, name), data, fs)
 
     @classmethod
     def load(cls, folder: str) -> "MemoryBank":

@@ -19,6 +19,7 @@ import numpy as np
 from mmgen.config.paths import StaleInputError
 from mmgen.config.schema import RetrievalConfig
 from mmgen.data.token_shards import TokenShards
+from mmgen.files import write_atomic
 from mmgen.retrieval.documents import embed_documents, has_both_modalities
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
@@ -30,9 +31,7 @@ def save_neighbours(path: str, table: np.ndarray, info: dict) -> None:
     buf = io.BytesIO()
     np.save(buf, table.astype(np.int64), allow_pickle=False)
     for target, data in ((local, buf.getvalue()), (local[: -len(".npy")] + ".json", json.dumps(info, indent=2).encode())):
-        with fs.open(target + ".tmp", "wb") as f:
-            f.write(data)
-        fs.mv(target + ".tmp", target)
+        write_atomic(target, data, fs)
 
 
 def load_neighbours(path: str, n_documents: int) -> np.ndarray:

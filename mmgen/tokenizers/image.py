@@ -29,11 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from mmgen.config.schema import ImageTokenizerConfig
 from mmgen.device import compute_dtype
+from mmgen.files import CorruptFileError, reading, write_atomic
 from mmgen.tokenizers.vqvae import VQVAE
 
 Images = Union[Sequence[Image.Image], torch.Tensor]
@@ -142,21 +144,22 @@ class ImageTokenizer:
 
     @classmethod
     def load(cls, out_dir: str, device: torch.device | str = "cpu") -> "ImageTokenizer":
-        with fsspec.open(posixpath.join(out_dir, CONFIG_FILE), "r") as f:
+        config_path, weights_path = posixpath.join(out_dir, CONFIG_FILE), posixpath.join(out_dir, WEIGHTS_FILE)
+        with fsspec.open(config_path, "r") as f, reading(config_path, "image tokenizer config"):
             fields = json.load(f)
-        known = {f.name: f for f in dataclasses.fields(ImageTokenizerConfig)}
-        # JSON turns tuples into lists; the config keeps them as tuples
-        config = ImageTokenizerConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
-        )
-        model = VQVAE.from_config(config)
-        with fsspec.open(posixpath.join(out_dir, WEIGHTS_FILE), "rb") as f:
+            known = {f.name: f for f in dataclasses.fields(ImageTokenizerConfig)}
+            # JSON turns tuples into lists; the config keeps them as tuples
+            config = ImageTokenizerConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in known}
+            )
+            model = VQVAE.from_config(config)
+        with fsspec.open(weights_path, "rb") as f, reading(weights_path, f"image tokenizer weights for {CONFIG_FILE}", also=(SafetensorError,)):
             state = load_safetensors(f.read())
-        if any(k.startswith("encoder.net.") for k in state):
-            raise ValueError(f"{out_dir} holds an image tokenizer of mmgen's earlier VQ-VAE layout; retrain it")
-        if not any(k.startswith("decoder.") for k in state):
-            model.decoder = None
-        model.load_state_dict(state)
+            if any(k.startswith("encoder.net.") for k in state):
+                raise CorruptFileError(f"{out_dir} holds an image tokenizer of mmgen's earlier VQ-VAE layout; retrain it")
+            if not any(k.startswith("decoder.") for k in state):
+                model.decoder = None
+            model.load_state_dict(state)
         return cls(model=model, config=config, device=device)
 
     @property
@@ -215,15 +218,8 @@ class ImageTokenizer:
         fs, root = fsspec.core.url_to_fs(out_dir)
         fs.makedirs(root, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        _write_atomic(fs, posixpath.join(root, WEIGHTS_FILE), save_safetensors(state))
+        write_atomic(posixpath.join(root, WEIGHTS_FILE), save_safetensors(state), fs)
         config = json.dumps(dataclasses.asdict(self.config), indent=2).encode()
-        _write_atomic(fs, posixpath.join(root, CONFIG_FILE), config)
+        write_atomic(posixpath.join(root, CONFIG_FILE), config, fs)
         if metrics is not None:
-            _write_atomic(fs, posixpath.join(root, METRICS_FILE), json.dumps(metrics, indent=2).encode())
-
-
-def _write_atomic(fs, path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+            write_atomic(posixpath.join(root, METRICS_FILE), json.dumps(metrics, indent=2).encode(), fs)

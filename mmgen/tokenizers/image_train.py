@@ -42,13 +42,13 @@ from torch import nn
 
 from mmgen.config.schema import ImageTokenizerConfig
 from mmgen.device import compute_dtype, default_device
+from mmgen.files import write_atomic
 from mmgen.tokenizers.image import (
     _EVAL_BATCH,
     ImageTokenizer,
     Images,
     _to_model,
     _to_uint8,
-    _write_atomic,
     autocast,
     code_statistics,
     images_to_uint8,
@@ -140,10 +140,10 @@ class _Progress:
 def _save_checkpoint(root: str, tensors: dict[str, torch.Tensor], progress: _Progress, cfg: ImageTokenizerConfig):
     fs, path = fsspec.core.url_to_fs(posixpath.join(root, CHECKPOINT_DIR))
     fs.makedirs(path, exist_ok=True)
-    _write_atomic(fs, posixpath.join(path, "state.safetensors"), save_safetensors(tensors))
+    write_atomic(posixpath.join(path, "state.safetensors"), save_safetensors(tensors), fs)
     meta = {**dataclasses.asdict(progress), "config": dataclasses.asdict(cfg)}
     # the JSON is written last: a checkpoint without it (a crash mid-save) is ignored
-    _write_atomic(fs, posixpath.join(path, "progress.json"), json.dumps(meta).encode())
+    write_atomic(posixpath.join(path, "progress.json"), json.dumps(meta).encode(), fs)
 
 
 def _read_checkpoint(

@@ -32,8 +32,9 @@ import fsspec
 
 from mmgen.data.corpus import Corpus
 from mmgen.data.document import Document
-from mmgen.data.reading import ReadStats
-from mmgen.data.token_shards import TokenShardWriter, atomic_write, write_manifest, write_mixture
+from mmgen.data.reading import CorpusError, ReadStats
+from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
+from mmgen.files import write_atomic
 from mmgen.tokenizers.vocab import MultimodalTokenizer
 
 
@@ -187,7 +188,7 @@ def encode_job(job: Job, tokenizer: MultimodalTokenizer, *, tokens_per_shard: in
     record = {"source": corpus.shards[job.shard], "shards": writer.finish(), "stats": stats.to_dict(),
               "fingerprint": fingerprint,
               "documents": counts["documents"], "tokens": counts["tokens"], "images": counts["images"]}  # fmt: skip
-    atomic_write(fs, done_path, json.dumps(record, indent=1, sort_keys=True).encode())
+    write_atomic(done_path, json.dumps(record, indent=1, sort_keys=True).encode(), fs)
     if progress is not None:
         progress.add(shards=1)
     return record
@@ -212,7 +213,7 @@ def finalize(targets: Sequence[Target], *, vocab_size: int, dedup: bool) -> dict
             extra = {"source": t.corpus.url, "kind": t.corpus.kind, "documents_in": stats.records_in,
                      "images": sum(r["images"] for r in records),
                      "skipped": dict(sorted(stats.skipped.items())),
-                     "images_dropped": dict(sorted(stats.images_dropped.items())),
+                     "images_dropped": dict(sorted(stats.images_dropped.items())), "text_only": stats.text_only,
                      "skipped_examples": [list(e) for e in stats.examples]}  # fmt: skip
             shards = [s for r in records for s in r["shards"]]
             manifests.append(write_manifest(t.folder, shards, vocab_size=vocab_size, sources=t.corpus.shards,
@@ -245,5 +246,18 @@ def _summary(manifests: list[dict]) -> dict:
         "skipped": dict(sorted(skipped.items())),
         "cross_shard_duplicates": sum(m.get("duplicates", 0) for m in manifests),
         "images_dropped": dict(sorted(dropped.items())),
+        "text_only": sum(m.get("text_only", 0) for m in manifests),
         "skipped_examples": [e for m in manifests for e in m["skipped_examples"]][:5],  # [source, row, reason]
     }
+
+
+def require_documents(summaries: dict[str, dict]) -> None:
+    """A split that encoded to nothing is an error naming why, not a success that training trips over later."""
+    for split, s in summaries.items():
+        if s["documents_out"] == 0:
+            reasons = ", ".join(f"{k}: {v}" for k, v in s["skipped"].items()) or "none"
+            example = ""
+            if s["skipped_examples"]:
+                source, row, reason = s["skipped_examples"][0]
+                example = f"; e.g. {source} row {row} ({reason})"
+            raise CorpusError(f"the {split} split encoded 0 documents ({s['documents_in']} read; skipped {reasons}){example}")

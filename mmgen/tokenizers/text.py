@@ -24,6 +24,7 @@ import fsspec
 import sentencepiece as spm
 
 from mmgen.config.schema import TextTokenizerConfig
+from mmgen.files import reading, write_atomic
 
 _META_SPACE = "\u2581"
 _BYTE_PIECES = 256
@@ -42,12 +43,11 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, path: str) -> "TextTokenizer":
-        with fsspec.open(path, "rb") as f:
+        with fsspec.open(path, "rb") as f, reading(path, "SentencePiece model"):
             return cls(model_proto=f.read())
 
     def save(self, path: str) -> None:
-        with fsspec.open(path, "wb", auto_mkdir=True) as f:
-            f.write(self.model_proto)
+        write_atomic(path, self.model_proto)
 
     @property
     def vocab_size(self) -> int:

@@ -29,7 +29,9 @@ import fsspec
 import torch
 from PIL import Image
 
+from mmgen.config.paths import StaleInputError
 from mmgen.data.document import Document
+from mmgen.files import reading, write_json
 
 if TYPE_CHECKING:
     from mmgen.tokenizers.image import ImageTokenizer
@@ -117,12 +119,11 @@ class Vocab:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str) -> None:
-        with fsspec.open(path, "w", auto_mkdir=True) as f:
-            json.dump(self.to_dict(), f, indent=2)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "Vocab":
-        with fsspec.open(path, "r") as f:
+        with fsspec.open(path, "r") as f, reading(path, "vocabulary"):
             return cls.from_dict(json.load(f))
 
     # ----- specials -----
@@ -199,11 +200,12 @@ class MultimodalTokenizer:
     """Documents ↔ token ids in one ``Vocab``: text through SentencePiece, images through the VQ-VAE."""
 
     def __init__(self, vocab: Vocab, text_tok: "TextTokenizer", image_tok: "ImageTokenizer | None" = None):
+        # a tokenizer retrained after encoding no longer fits the run's vocab.json: a stale input, one error line
         if text_tok.vocab_size > vocab.text_size:
-            raise ValueError(f"text tokenizer has {text_tok.vocab_size} pieces, vocab holds {vocab.text_size}")
+            raise StaleInputError(f"text tokenizer has {text_tok.vocab_size} pieces, vocab holds {vocab.text_size}")
         if image_tok is not None:
             if image_tok.codebook_size > vocab.image_size or tuple(image_tok.grid) != vocab.grid:
-                raise ValueError(
+                raise StaleInputError(
                     f"image tokenizer (codebook {image_tok.codebook_size}, grid {tuple(image_tok.grid)}) does not "
                     f"fit the vocab (image ids {vocab.image_size}, grid {vocab.grid})"
                 )

@@ -24,7 +24,7 @@ from mmgen.data.token_shards import TokenShards
 from mmgen.config.schema import ModelConfig
 from mmgen.model.checkpoint import checkpoint_steps, read_model_description
 from mmgen.train.model_spec import build_model_spec
-from mmgen.train.trainer import MMGenTrainer, build_trainer_config
+from mmgen.train.trainer import MMGenTrainer, build_trainer_config, check_training_tokens
 
 
 def check_sft_inputs(cfg: ExperimentConfig) -> str:
@@ -34,6 +34,7 @@ def check_sft_inputs(cfg: ExperimentConfig) -> str:
     fs, local = fsspec.core.url_to_fs(manifest)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {manifest} (run tokenizers/encode_sft.py --config {cfg.name} first)")
+    check_training_tokens(paths, paths.tokens("sft-train"))
     checkpoints = posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder)
     steps = checkpoint_steps(checkpoints)
     if not steps:

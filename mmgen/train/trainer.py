@@ -14,12 +14,15 @@ JSONL loss log that later stages (the demo summary) read.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import logging
 import os
 import posixpath
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import fsspec
 import spmd_types as spmd
@@ -31,7 +34,10 @@ from torchtitan.distributed.activation_checkpoint import FullAC
 from torchtitan.trainer import Trainer
 
 from mmgen.config import ExperimentConfig, RunPaths
+from mmgen.config.paths import StaleInputError
+from mmgen.data.token_shards import TokenShardError, TokenShards
 from mmgen.device import compute_dtype, default_device
+from mmgen.files import append_jsonl, read_jsonl, write_atomic
 from mmgen.model.checkpoint import save_model_description
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
@@ -85,7 +91,13 @@ class MMGenTrainer(Trainer):
         self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
         return loss
 
+    _loss_log_checked = False
+
     def train_step(self, data_iterator):
+        if not self._loss_log_checked:
+            # the first step this process runs: after a resume, the log may hold steps that are about to run again
+            self._loss_log_checked = True
+            self._forget_logged_steps_from(self.step)
         super().train_step(data_iterator)
         if not self.metrics_processor.should_log(self.step):
             return
@@ -104,8 +116,18 @@ class MMGenTrainer(Trainer):
         if self.config.loss_log and (not dist.is_initialized() or dist.get_rank() == 0):
             record = {"step": self.step, "time": time.time(), "text_tokens": int(text_n), "image_tokens": int(image_n)}
             record.update({k.split("/")[1]: v for k, v in metrics.items()})
-            with fsspec.open(self.config.loss_log, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.config.loss_log, record)
+
+    def _forget_logged_steps_from(self, step: int) -> None:
+        """Drop loss-log records of ``step`` and later (logged after the checkpoint this run resumed from)."""
+        log = self.config.loss_log
+        if not log or (dist.is_initialized() and dist.get_rank() != 0):
+            return
+        fs, local = fsspec.core.url_to_fs(log)
+        if not fs.exists(local):
+            return
+        kept = [r for r in read_jsonl(log) if r.get("step", 0) < step]
+        write_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def copy_fields(section: Any, target: Any) -> None:
@@ -172,7 +194,10 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
 
 
 def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
-    """Fail before any process starts when an earlier stage's output is missing."""
+    """Fail before any process starts when an earlier stage's output is missing, unreadable or empty.
+
+    Each rank would otherwise print its own traceback, after torchrun's start-up.
+    """
     paths = RunPaths(cfg.run_dir)
     needed = {
         paths.vocab: "tokenizers/encode.py",
@@ -185,6 +210,19 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
+    check_training_tokens(paths, paths.tokens("train"))
+
+
+def check_training_tokens(paths: RunPaths, tokens: str) -> None:
+    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with that vocabulary."""
+    vocab = Vocab.load(paths.vocab)
+    TextTokenizer.load(paths.text_tokenizer)
+    shards = TokenShards(tokens)
+    if len(shards) == 0:
+        raise TokenShardError(f"{tokens} holds no documents to train on")
+    if int(shards.manifest.get("vocab_size", vocab.size)) != vocab.size:
+        raise StaleInputError(f"{tokens} was encoded with a vocabulary of {shards.manifest['vocab_size']} tokens, "
+                              f"but {paths.vocab} has {vocab.size}: encode again")
 
 
 def save_adapters(model: torch.nn.Module, path: str) -> None:
@@ -196,10 +234,7 @@ def save_adapters(model: torch.nn.Module, path: str) -> None:
     adapters = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().contiguous()
                 for k, v in lora_state_dict(model).items()}
     if not dist.is_initialized() or dist.get_rank() == 0:
-        with fsspec.open(path + ".tmp", "wb") as f:
-            f.write(save(adapters))
-        fs, local = fsspec.core.url_to_fs(path)
-        fs.mv(local + ".tmp", local)
+        write_atomic(path, save(adapters))
 
 
 def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config | None = None) -> None:
@@ -220,5 +255,25 @@ def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config |
             save_adapters(trainer.model_parts[0], posixpath.join(trainer_config.dump_folder, "adapters.safetensors"))
     finally:
         trainer.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    # Only after success: tearing down a group while a failed peer is mid-collective can hang (torchtitan does the same).
+    # The trainer sits in reference cycles, so without a collection its DTensors would live on into interpreter exit.
+    del trainer
+    gc.collect()
+    if dist.is_initialized():
+        dist.barrier()  # no peer still waits on this rank's gloo threads
+        dist.destroy_process_group()
+
+
+def end_rank_process() -> NoReturn:
+    """End a finished torchrun rank without interpreter finalization; call it once its outputs are written.
+
+    torch's DTensor caches keep the device meshes, and with them the gloo process groups and their worker threads,
+    alive until the interpreter finalizes. A worker thread that then drops a tensor must take the GIL, which a
+    finalizing interpreter answers with pthread_exit; unwinding a C++ thread that way aborts the process
+    ("terminate called without an active exception", exit -6) although all work is done. Exiting here, with
+    streams and logs flushed, leaves no finalization to race with.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
