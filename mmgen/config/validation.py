@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from mmgen.config.overrides import ConfigError
+from mmgen.config.errors import ConfigError
 from mmgen.config.schema import ExperimentConfig
 
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mmgen.config.overrides import ConfigError
+from mmgen.config.errors import ConfigError
 from mmgen.config.paths import RunPaths
 from mmgen.config.schema import WorldConfig
 from mmgen.files import write_atomic
