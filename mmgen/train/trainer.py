@@ -216,7 +216,7 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
 def check_training_tokens(paths: RunPaths, tokens: str) -> None:
     """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with that vocabulary."""
     vocab = Vocab.load(paths.vocab)
-    TextTokenizer.load(paths.text_tokenizer)
+    load_text_tokenizer(paths, vocab)
     shards = TokenShards(tokens)
     if len(shards) == 0:
         raise TokenShardError(f"{tokens} holds no documents to train on")
