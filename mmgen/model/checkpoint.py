@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import posixpath
 import re
 import warnings
@@ -80,10 +81,18 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
             add_lora(model, rank=lora_rank, alpha=lora_alpha)
     state = model.state_dict()
     checkpoint = posixpath.join(checkpoint_dir, f"step-{step}")
-    with warnings.catch_warnings(), reading(checkpoint, f"checkpoint of the model {MODEL_FILE} describes", also=(CheckpointException,)):
-        warnings.simplefilter("ignore", UserWarning)  # DCP warns that it loads in one process, which is the intent
-        dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
-        model.load_state_dict(state)
+    # DCP logs each failed metadata read with its traceback (on the root logger) before raising; the raised
+    # error says the same in one line
+    dcp_log = logging.getLogger()
+    level = dcp_log.level
+    dcp_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), reading(checkpoint, f"checkpoint of the model {MODEL_FILE} describes", also=(CheckpointException,)):
+            warnings.simplefilter("ignore", UserWarning)  # DCP warns that it loads in one process, which is the intent
+            dcp.load(state, checkpoint_id=checkpoint, no_dist=True)
+            model.load_state_dict(state)
+    finally:
+        dcp_log.setLevel(level)
     if lora_rank:
         merge_lora(model)
     return model.to(device).eval(), step
