@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # the debug config made smaller still: every case and the fixture use the same overrides
@@ -31,6 +33,16 @@ def run_stage(script: str, run_dir: Path | str, *extra: str, small: bool = True)
     An exception other than SystemExit escapes: that is a traceback, which the caller's test reports.
     """
     argv = [str(ROOT / script), "--config", "debug", "--output_dir", str(run_dir), *(SMALL if small else []), *extra]
+    # a stage sets process-wide torch state (grad mode, threads) as its own process may; keep it out of the tests
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    try:
+        return _run_path(script, argv)
+    finally:
+        torch.set_grad_enabled(grad)
+        torch.set_num_threads(threads)
+
+
+def _run_path(script: str, argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
     with mock.patch.object(sys, "argv", argv), contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(io.StringIO()), mock.patch.dict(os.environ, {"OMP_NUM_THREADS": "1"}):  # fmt: skip
