@@ -123,9 +123,9 @@ def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
     trainer.model_parts, trainer.loss_fn, trainer.train_context = [Model()], make_loss(), contextlib.nullcontext
     labels = torch.tensor([[1, 12, 2, 13]])
     weights = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    per_token = torch.nn.functional.cross_entropy(trainer.model_parts[0].logits[0], labels[0], reduction="none")
     loss = trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0),
                                           {"positions": torch.arange(4)[None], "loss_weights": weights})  # fmt: skip
-    per_token = torch.nn.functional.cross_entropy(trainer.model_parts[0].logits[0], labels[0], reduction="none")
     assert torch.allclose(loss, per_token[2:].sum() / 2)
     trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0), {})
     _, text_n, _, image_n = trainer.modality_sums.tolist()
