@@ -76,14 +76,15 @@ _HEADLINE = ("caption_accuracy", "t2i_accuracy", "classify_shape_accuracy_image_
 
 
 def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
-    """The report's accuracies with their intervals: the pretrained model's, and each fine-tuned run's."""
+    """Accuracies with their 95 % intervals and items: the report's (pretrained model, report prompts) and the
+    SFT comparison's (each checkpoint on the held-out SFT prompts), kept apart since the prompts differ."""
     runs: dict[str, dict[str, Any]] = {}
-    for name, file in (("pretrained", "metrics.json"), (None, "sft_metrics.json")):
+    for prefix, file in (("report", "metrics.json"), ("sft comparison", "sft_metrics.json")):
         fs, local = fsspec.core.url_to_fs(posixpath.join(paths.root, "eval", file))
         if not fs.exists(local):
             continue
         found = read_json(posixpath.join(paths.root, "eval", file))
-        for run, metrics in ({name: found} if name else found).items():
-            runs.setdefault(run, {}).update({k: [round(metrics[k], 4), metrics.get(f"{k}_ci95"), metrics.get(f"{k}_items")]
-                                             for k in _HEADLINE if k in metrics})
+        for run, metrics in ({"pretrained": found} if prefix == "report" else found).items():
+            runs[f"{prefix}: {run}"] = {k: [round(metrics[k], 4), metrics.get(f"{k}_ci95"), metrics.get(f"{k}_items")]
+                                        for k in _HEADLINE if k in metrics}
     return runs
