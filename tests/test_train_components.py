@@ -44,8 +44,6 @@ def test_z_loss_adds_logsumexp_squared():
 
 def test_training_loader_mixes_by_weight_and_leaves_duplicates_out_with_cm3_and_condition_dropout(tmp_path):
     """The document transforms run inside each mixture component: weights and dedup hold with them on."""
-    import numpy as np
-
     from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
     from mmgen.tokenizers.vocab import Vocab
     from mmgen.train.components import PackedDataLoader

@@ -29,7 +29,7 @@ def _decode(tokenizer: MultimodalTokenizer, ids: list[int], fs, root: str, stem:
             continue
         if not renderable:  # an image tokenizer without its decoder: keep the codes, say why there is no picture
             name = f"{stem}-codes-{sum('codes' in p for p in layout)}.json"
-            _write(fs, posixpath.join(root, name), json.dumps(part.tolist()).encode())
+            write_atomic(posixpath.join(root, name), json.dumps(part.tolist()), fs)
             pieces.append(f"\n[image codes: {name} (no VQ-VAE decoder to render them)]\n")
             layout.append({"codes": name})
             continue

@@ -23,7 +23,6 @@ refused unless ``replace`` is set.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
