@@ -57,7 +57,7 @@ def parse_json_line(line: bytes) -> dict[str, Any] | None:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise SkipRow("non_utf8") from None
-    if not text.strip():
+    if not text.strip(" \t\r\n"):  # JSON's whitespace only: str.strip() would also drop control characters
         return None
     try:
         record = json.loads(text)

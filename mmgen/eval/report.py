@@ -37,7 +37,7 @@ from mmgen.files import write_atomic
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-             log: Callable[[str], None] = print, device=None) -> tuple[dict, str]:
+             log: Callable[[str], None] = print) -> tuple[dict, str]:
     """Run every measurement; returns (metrics, report HTML)."""
     e, world = cfg.eval, cfg.world
     timings: dict[str, float] = {}
@@ -87,7 +87,7 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         metrics.update({f"infill_{k}": v for k, v in infills.items()
                         if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
     metrics["vq_psnr"] = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
-    curve = timed("learning curve", lambda: learning_curve(cfg, paths, tokenizer, device or next(model.parameters()).device,
+    curve = timed("learning curve", lambda: learning_curve(cfg, paths, tokenizer, next(model.parameters()).device,
                                                            log=log))
     if curve:
         metrics["curve"] = curve
