@@ -97,6 +97,24 @@ def test_mixture_of_every_kind_encodes_with_summary_provenance_and_modality(tmp_
     assert abs(tokens[2] / sum(tokens) - 0.5) < 0.1 and abs(tokens[0] / sum(tokens) - 0.25) < 0.1
 
 
+def test_shapes_world_pretrains_on_its_documents_and_caption_pairs_by_share(tmp_path, tokenizers):
+    run = new_run(tmp_path, tokenizers)
+    world = ("--world.train_documents", "30", "--world.train_caption_pairs", "20", "--world.heldout_documents", "4")
+    subprocess.run([sys.executable, str(ROOT / "data/make_world.py"), "--config", "debug", "--output_dir", str(run),
+                    *world], cwd=ROOT, check=True, capture_output=True, env=ENV)  # fmt: skip
+    encode(run, *world, "--world.pretrain_caption_share", "0.25")
+    shards = TokenShards(str(run / "tokens" / "train"))
+    assert shards.is_mixture and [w for _, w in shards.components] == [0.75, 0.25]
+    summary = json.loads((run / "timings" / "encode.json").read_text())
+    assert summary["train"]["documents_in"] == 30 + 20
+    sources = {shards.provenance(i)[0] for i in range(len(shards))}
+    assert any(s.endswith("captions-train.jsonl") for s in sources) and any(s.endswith(".parquet") for s in sources)
+    # the world's mixture is set by its share; explicit weights need explicit corpora
+    proc = subprocess.run(encode_cmd(run, "--world.pretrain_caption_share", "0.25", "--data.train_weights", "1,1"),
+                          cwd=ROOT, capture_output=True, text=True, env=ENV)  # fmt: skip
+    assert proc.returncode == 2 and "world.pretrain_caption_share" in proc.stderr, proc.stderr
+
+
 def test_rerun_skips_finished_shards_and_redoes_the_rest_identically(tmp_path, corpora, tokenizers):
     run = new_run(tmp_path, tokenizers)
     args = ("--data.train_corpus", str(corpora["obelics"]), "--data.heldout_corpus", str(corpora["captions"]))

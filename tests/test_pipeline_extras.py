@@ -121,7 +121,9 @@ def test_sample_conditions_on_documents_it_retrieves(encoder_run):
 def test_sft_full_and_lora(run):
     from safetensors.torch import load_file
 
-    stage("tokenizers/encode_sft.py", run)
+    stage("tokenizers/encode_sft.py", run, "--sft.train_pairs", "30")  # of the debug world's 40
+    examples = json.loads((run / "timings" / "encode_sft.json").read_text())["train"]["examples"]
+    assert examples["caption"] == examples["t2i"] == 30
     stage("train/sft.py", run, "--sft.epochs", "0.5")
     log = [json.loads(line) for line in (run / "sft" / "loss_log.jsonl").read_text().splitlines()]
     assert log and log[0]["step"] == 1

@@ -47,6 +47,12 @@ def plan_targets(cfg, paths: RunPaths, image_size: int) -> list[Target]:
     for split, value in (("train", cfg.data.train_corpus), ("heldout", cfg.data.heldout_corpus)):
         urls = corpus_urls(value, paths.corpus_split(split))
         weights = cfg.data.train_weights if split == "train" and cfg.data.train_weights else [None] * len(urls)
+        share = cfg.world.pretrain_caption_share
+        if split == "train" and not value and share > 0:  # the shapes world: its documents and caption pairs
+            if cfg.data.train_weights:
+                raise ConfigError("data.train_weights needs data.train_corpus; the world's mixture is "
+                                  "world.pretrain_caption_share")
+            urls, weights = [*urls, paths.caption_pairs("train")], [1 - share, share]
         if len(weights) != len(urls):
             raise ConfigError(f"data.train_weights has {len(weights)} weights for {len(urls)} training corpora")
         for k, (url, weight) in enumerate(zip(urls, weights)):

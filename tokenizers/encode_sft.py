@@ -42,6 +42,8 @@ def main() -> None:
     summary = {}
     for split in ("train", "heldout"):
         pairs = read_caption_pairs(paths.caption_pairs(split))
+        if split == "train" and cfg.sft.train_pairs:
+            pairs = pairs[: cfg.sft.train_pairs]
         # held-out prompts carry no condition dropout: they measure the conditional model
         examples = task_examples(pairs, weights, condition_dropout=cfg.sft.condition_dropout if split == "train" else 0.0,
                                  seed=cfg.sft.seed + (split == "heldout"))

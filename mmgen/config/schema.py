@@ -30,6 +30,8 @@ class WorldConfig:
     """Caption pairs (image, caption) in the training split."""
     heldout_caption_pairs: int = 200
     """Caption pairs in the held-out split."""
+    pretrain_caption_share: float = 0.0
+    """Share of pretraining tokens drawn from the training caption pairs (as CM3leon and Chameleon mix image-caption pairs into pretraining) when data.train_corpus is empty; 0: the interleaved documents only."""
     documents_per_shard: int = 1000
     """Documents per OBELICS parquet shard."""
     max_images_per_document: int = 2
@@ -357,6 +359,8 @@ class SFTConfig:
     """Task mixture as task=weight (examples per caption pair; fractions sample a share): caption, t2i, vqa."""
     condition_dropout: float = 0.1
     """Probability that a text-to-image example loses its caption, so the model also learns p(image) for CFG."""
+    train_pairs: int = 0
+    """Training caption pairs the SFT examples are built from (the first N, so fine-tuning time does not grow with a pretraining mixture's pairs); 0: all."""
     epochs: float = 2.0
     """Passes over the SFT examples; sets the number of fine-tuning steps."""
     lr: float = 1e-3

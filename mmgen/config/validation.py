@@ -37,6 +37,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.heldout_documents": _at_least(0),
     "world.train_caption_pairs": _at_least(0),
     "world.heldout_caption_pairs": _at_least(0),
+    "world.pretrain_caption_share": _share(upper_open=True),
     "world.documents_per_shard": _at_least(1),
     # data
     "data.tokens_per_shard": _at_least(1),
@@ -130,6 +131,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retrieval.embed_batch_size": _at_least(1),
     # fine-tuning
     "sft.condition_dropout": _share(),
+    "sft.train_pairs": _at_least(0),
     "sft.epochs": _positive(),
     "sft.lr": _positive(),
     "sft.warmup_steps": _at_least(0),
