@@ -30,10 +30,9 @@ from mmgen.cli import run_cli
 from mmgen.config import RunPaths, load_config
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import default_device
-from mmgen.eval.shapes_eval import sample_kwargs
 from mmgen.files import CorruptFileError, write_json
 from mmgen.generation.render import render_html, render_sample
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
 from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
@@ -107,10 +106,8 @@ def main() -> None:
     def progress(done: int, total: int) -> None:
         print(f"  {done}/{total} tokens, {time.time() - start:.1f}s", flush=True)
 
-    outputs = sample(
-        model, tokenizer.vocab, [prompt] * s.num_samples, max_new_tokens=s.max_new_tokens, progress=progress,
-        **sample_kwargs(s),
-    )
+    outputs = sample(model, tokenizer.vocab, [prompt] * s.num_samples, SamplingParams.from_section(s), compile=s.compile,
+                     progress=progress)
     records = []
     for k, new_ids in enumerate(outputs):
         record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}", context_len=context_len,

@@ -20,7 +20,7 @@ from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, caption_scene, permutation_chance
 from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample_in_batches
 
 
 def _text(tokenizer, ids: Sequence[int]) -> str:
@@ -40,11 +40,8 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
     def prompts(indices):
         return [shards[i][: shards.metadata(i)["loss_start"]].tolist() for i in indices]
 
-    def run(batch_prompts, **kw):
-        out = []
-        for s in range(0, len(batch_prompts), batch_size):
-            out += sample(model, vocab, batch_prompts[s : s + batch_size], seed=seed, **kw)
-        return out
+    def run(batch_prompts, **params):
+        return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size)
 
     metrics: dict[str, float] = {}
     if by_task.get("caption"):
