@@ -21,12 +21,11 @@ import time
 import fsspec
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.curation import Curator
 from mmgen.data.imagefolder import class_label, list_classes, read_shard
 from mmgen.data.reading import ReadStats
-from mmgen.device import default_device
+from mmgen.device import generation_device
 from mmgen.eval.attributes import label_chance
 from mmgen.eval.classify import (
     classification_metrics,
@@ -85,11 +84,9 @@ def folder_tasks(cfg, model, tokenizer) -> dict:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    device = default_device()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # small batched forwards: one thread is as fast and leaves the other core free
+    stage = start_stage("classify", __doc__)
+    cfg, paths = stage.cfg, stage.paths
+    device = generation_device()
     model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
                                      step=cfg.sample.checkpoint_step, device=device)
     tokenizer = load_run_tokenizer(paths, device)

@@ -13,15 +13,12 @@ level; writes ``<run>/eval/sft_metrics.json``.
 
 import json
 import posixpath
-import time
 
 import fsspec
-import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
-from mmgen.device import default_device
+from mmgen.device import generation_device
 from mmgen.eval.sft_eval import sft_eval
 from mmgen.files import write_json
 from mmgen.model.checkpoint import load_trained_model
@@ -30,12 +27,9 @@ from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    start = time.time()
-    device = default_device()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # decode steps are tiny; a second thread only adds handoff cost
+    stage = start_stage("compare_sft", __doc__)
+    cfg, paths = stage.cfg, stage.paths
+    device = generation_device()
     tokenizer = load_run_tokenizer(paths, device)
     shards = TokenShards(paths.tokens("sft-heldout"))
     fs, root = fsspec.core.url_to_fs(paths.root)
@@ -68,7 +62,7 @@ def main() -> None:
     out = posixpath.join(paths.root, "eval", "sft_metrics.json")
     write_json(out, results)
     print(f"wrote {out}")
-    write_json(paths.stage_timing("compare_sft"), {"seconds": time.time() - start})
+    stage.record_timing()
 
 
 if __name__ == "__main__":

@@ -20,17 +20,14 @@ codes as ``sample-K-codes-J.json`` instead of a PNG. ``sample.prompt_sep`` ends 
 separator, Chameleon's chat form.
 """
 
-import time
-
 import fsspec
 import torch
 from PIL import Image
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
-from mmgen.device import default_device
-from mmgen.files import CorruptFileError, write_json
+from mmgen.device import generation_device
+from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model.checkpoint import load_trained_model
@@ -54,14 +51,9 @@ def _load_images(spec: str) -> list[Image.Image]:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__, aliases={"prompt": "sample.prompt", "seed": "sample.seed"})
-    paths = RunPaths(cfg.run_dir)
-    s = cfg.sample
-    start = time.time()
-    device = default_device()
-    if device.type == "cpu":
-        # one-token decode steps are tiny: a second thread costs more in handoff than it computes
-        torch.set_num_threads(1)
+    stage = start_stage("sample", __doc__, aliases={"prompt": "sample.prompt", "seed": "sample.seed"})
+    cfg, paths, s = stage.cfg, stage.paths, stage.cfg.sample
+    device = generation_device()
     tokenizer = load_run_tokenizer(paths, device)
     if not tokenizer.image_tok.can_decode:
         print("note: the run's image tokenizer has no decoder; sampled images are saved as codes, not pictures")
@@ -104,7 +96,7 @@ def main() -> None:
           f"for prompt {s.prompt!r}", flush=True)
 
     def progress(done: int, total: int) -> None:
-        print(f"  {done}/{total} tokens, {time.time() - start:.1f}s", flush=True)
+        print(f"  {done}/{total} tokens, {stage.seconds:.1f}s", flush=True)
 
     outputs = sample(model, tokenizer.vocab, [prompt] * s.num_samples, SamplingParams.from_section(s), compile=s.compile,
                      progress=progress)
@@ -116,9 +108,8 @@ def main() -> None:
         print(f"--- sample {k} ---\n{record['text']}")
     page = render_html(records, paths.samples_dir, title=f"mmgen samples: {s.prompt}")
     print(f"wrote {len(records)} sample(s) to {paths.samples_dir} (open {page})")
-    write_json(paths.stage_timing("sample"), {"seconds": time.time() - start, "step": step,
-                                               "images": sum(len(r["images"]) for r in records),
-                                               "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]})
+    stage.record_timing(step=step, images=sum(len(r["images"]) for r in records),
+                        retrieved=[d.get("bank_id", d.get("source")) for d in retrieved])
 
 
 if __name__ == "__main__":
