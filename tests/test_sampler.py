@@ -8,22 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sampling_reference import FullRecompute
 
-from mmgen.config.schema import ModelConfig
 from mmgen.generation.logits_processors import contrastive_top_k, guide, repetition_penalty
 from mmgen.generation.sampler import SamplingParams, guidance_prompt, sample
-from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 3))
 HW = VOCAB.grid[0] * VOCAB.grid[1]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), VOCAB.size)
-    m.init_weights()
-    return m.eval()
 
 
 T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
