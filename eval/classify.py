@@ -33,7 +33,6 @@ from mmgen.eval.classify import (
     image_given_label_scores,
     label_given_image_scores,
 )
-from mmgen.eval.report import eval_dir
 from mmgen.eval.shapes_eval import classify_eval, eval_scenes
 from mmgen.files import write_atomic
 from mmgen.model.checkpoint import load_trained_model
@@ -99,7 +98,7 @@ def main() -> None:
                                  split=cfg.eval.split)
             results = classify_eval(model, tokenizer, scenes, cfg.eval, cfg.world.image_size)
     seconds = time.time() - start
-    out = posixpath.join(eval_dir(paths), "classify")
+    out = paths.classify_dir
     fs, local = fsspec.core.url_to_fs(out)
     fs.makedirs(local, exist_ok=True)
     for name, task in results.items():

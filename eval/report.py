@@ -12,7 +12,7 @@ import json
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.device import generation_device
-from mmgen.eval.report import eval_dir, write_report
+from mmgen.eval.report import write_report
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
@@ -27,7 +27,7 @@ def main() -> None:
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))
-    print(f"wrote {eval_dir(paths)}/metrics.json and report.html")
+    print(f"wrote {paths.report_metrics} and {paths.report_page}")
     stage.record_timing(step=step)
 
 

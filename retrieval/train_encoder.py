@@ -49,7 +49,7 @@ def main() -> None:
     for name, figures in report.items():
         print(f"{name:>13}: " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()))
     result = {"train_pairs": len(train_codes), "heldout_pairs": len(test_codes), "recall": report}
-    write_json(paths.retrieval_encoder + "/metrics.json", {"seconds": stage.seconds, **result})
+    write_json(paths.retrieval_encoder_metrics, {"seconds": stage.seconds, **result})
     stage.record_timing(**result)
 
 

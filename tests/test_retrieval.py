@@ -75,14 +75,25 @@ def test_selection_skips_self_duplicates_unimodal_and_near_copies():
     assert chosen and not chosen & {0, 1, 2, 4}
 
 
-def test_neighbour_table_round_trip_and_length_check(tmp_path):
-    path = str(tmp_path / "neighbours.npy")
-    save_neighbours(path, np.array([[1, -1], [0, 2]]), {"k": 2})
-    assert load_neighbours(path, 2).tolist() == [[1, -1], [0, 2]]
-    with pytest.raises(ValueError, match="lists neighbours of 2 documents"):
-        load_neighbours(path, 3)
+def test_neighbour_table_round_trip_and_staleness_checks(tmp_path):
+    from mmgen.config.paths import StaleInputError
+
+    docs = random_docs(3, seed=1)
+    shards = write_shards(tmp_path / "tokens", docs)
+    path = str(tmp_path / "neighbours" / "train.npy")
+    save_neighbours(path, np.array([[1, -1], [0, 2], [0, 1]]), {"k": 2}, shards)
+    assert load_neighbours(path, shards).tolist() == [[1, -1], [0, 2], [0, 1]]
+    with pytest.raises(StaleInputError, match="for 3 documents"):
+        load_neighbours(path, write_shards(tmp_path / "more", docs + docs[:1]))
+    # as many documents, other tokens (say a re-encode with a retrained tokenizer): refused too
+    changed = [docs[0], docs[2], docs[1]]
+    with pytest.raises(StaleInputError, match="other tokens"):
+        load_neighbours(path, write_shards(tmp_path / "tokens2", changed))
+    with pytest.raises(StaleInputError, match="other tokens"):  # a table from before fingerprints
+        (tmp_path / "neighbours" / "train.json").unlink()
+        load_neighbours(path, shards)
     with pytest.raises(FileNotFoundError):
-        load_neighbours(str(tmp_path / "absent.npy"), 2)
+        load_neighbours(str(tmp_path / "absent.npy"), shards)
 
 
 def test_dual_encoder_learns_pairs_better_than_chance():
