@@ -31,8 +31,7 @@ from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model.checkpoint import load_trained_model
-from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
-from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
+from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
@@ -78,20 +77,10 @@ def main() -> None:
             retrieved.append({"bank_id": doc.bank_id, "similarity": doc.similarity, "tokens": doc.tokens.tolist()})
     retrieved += [{"source": "sample.context", "tokens": tokenizer.encode_parts([c.strip()])}
                   for c in s.context.split("|") if c.strip()]
-    context_len = 0
-    if retrieved:  # the training layout of retrieval-augmented documents: BOS r1 SEP r2 SEP main
-        # cut like a training sequence: the prompt and the sampled tokens keep their room in seq_len + 1 tokens
-        room = max(cfg.training.seq_len + 1 - (len(prompt) - 1) - s.max_new_tokens, 1)
-        bodies = [body(d["tokens"], bos=vocab.bos, eos=vocab.eos) for d in retrieved]
-        kept = fit_retrieved(bodies, room, boi=vocab.boi, eoi=vocab.eoi)
-        if kept != [len(b) for b in bodies]:
-            print(f"retrieved context cut to {sum(kept)} of {sum(map(len, bodies))} tokens (kept per document: {kept}) "
-                  f"to fit training.seq_len {cfg.training.seq_len} with the prompt and {s.max_new_tokens} new tokens")
-        # the records show what the model was given
-        retrieved = [{**d, "tokens": b[:n].tolist(), "cut": n < len(b)} for d, b, n in zip(retrieved, bodies, kept) if n]
-        prefix = retrieved_prefix([d["tokens"] for d in retrieved], bos=vocab.bos, eos=vocab.eos, sep=vocab.sep)
-        prompt = prefix.tolist() + prompt[1:]
-        context_len = len(prefix)
+    augmented = prompt_with_context(prompt, retrieved, vocab, seq_len=cfg.training.seq_len, max_new_tokens=s.max_new_tokens)
+    if augmented.note:
+        print(augmented.note)
+    prompt, context_len, retrieved = augmented.tokens, augmented.context_len, augmented.context
     print(f"sampling {s.num_samples} document(s) of up to {s.max_new_tokens} tokens from step {step} "
           f"for prompt {s.prompt!r}", flush=True)
 

@@ -378,3 +378,21 @@ def test_near_duplicate_tests_survive_a_weak_encoder_and_query_dropout():
     assert (table >= 0).mean() > 0.9
     assert 1 not in table[0] and 0 not in table[1] and not (table == np.arange(n)[:, None]).any()
     assert not any({0, 1} <= set(row.tolist()) for row in table)  # diversity: never the document and its copy
+
+
+def test_prompt_with_context_takes_the_training_layout_and_cuts_the_context_first():
+    from mmgen.retrieval.query import prompt_with_context
+
+    first, second = doc([1, 2], []), doc([3], [[1, 2, 3, 4]])
+    prompt = [VOCAB.bos, VOCAB.text_to_id(5)]
+    context = [{"source": "a", "tokens": first.tolist()}, {"source": "b", "tokens": second.tolist()}]
+    whole = prompt_with_context(prompt, context, VOCAB, seq_len=100, max_new_tokens=10)
+    expected_prefix = [VOCAB.bos, *first[1:-1], VOCAB.sep, *second[1:-1], VOCAB.sep]
+    assert whole.tokens == expected_prefix + prompt[1:] and whole.context_len == len(expected_prefix)
+    assert [d["cut"] for d in whole.context] == [False, False] and whole.note == ""
+    # room for 6 tokens of context (BOS and SEPs included): the first document whole, the second without its
+    # image (never half of it)
+    cut = prompt_with_context(prompt, context, VOCAB, seq_len=6 + (len(prompt) - 1) + 10 - 1, max_new_tokens=10)
+    assert cut.tokens == [VOCAB.bos, *first[1:-1], VOCAB.sep, *second[1:2], VOCAB.sep, *prompt[1:]]
+    assert [d["cut"] for d in cut.context] == [False, True] and "cut to 3 of 9 tokens" in cut.note
+    assert prompt_with_context(prompt, [], VOCAB, seq_len=100, max_new_tokens=10).tokens == prompt

@@ -25,7 +25,7 @@ import torch
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import machine_description
-from mmgen.eval import html as H
+from mmgen import pages as H
 from mmgen.eval.classify import confusion_png
 from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
 from mmgen.eval.infill_eval import infill_eval

@@ -17,9 +17,9 @@ from PIL import Image
 
 from mmgen.config.schema import EvalConfig, WorldConfig
 from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene, render_scene, scene_split
-from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene, label_chance,
+from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
                                    permutation_chance)
-from mmgen.eval.classify import classification_metrics, image_given_label_scores, label_given_image_scores
+from mmgen.eval.classify import classify_both_ways
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.sampler import SamplingParams, sample
 
@@ -116,15 +116,8 @@ def classify_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_s
         prompts = [[tokenizer.encode_parts([cfg.classify_prompt.format(caption=c)], eos=False) for c in cs]
                    for cs in captions]
         follows = [[tokenizer.encode_text(cfg.classify_follow.format(caption=c)) for c in cs] for cs in captions]
-        for direction, scores in (
-            ("image_given_label", image_given_label_scores(model, vocab, grids, prompts, batch_size=cfg.batch_size,
-                                                           reuse_prefix=reuse_prefix, calibrate=cfg.calibrate)),
-            ("label_given_image", label_given_image_scores(model, vocab, grids, lead, follows,
-                                                           batch_size=cfg.batch_size, reuse_prefix=reuse_prefix,
-                                                           calibrate=cfg.calibrate)),
-        ):
-            metrics = classification_metrics(scores, truth, list(labels))
-            metrics["chance"] = label_chance([labels[t] for t in truth], metrics["predictions"], seed=cfg.seed)
-            metrics["labels"] = list(labels)
-            results[f"{key}/{direction}"] = metrics
+        both = classify_both_ways(model, vocab, grids, truth, labels, prompts=prompts, lead=lead, follows=follows,
+                                  batch_size=cfg.batch_size, calibrate=cfg.calibrate, seed=cfg.seed,
+                                  reuse_prefix=reuse_prefix)  # fmt: skip
+        results |= {f"{key}/{direction}": metrics for direction, metrics in both.items()}
     return results
