@@ -22,7 +22,7 @@ from mmgen.device import generation_device
 from mmgen.eval.classify import write_classification
 from mmgen.eval.image_folder import folder_classification
 from mmgen.eval.shapes_eval import classify_eval, eval_scenes
-from mmgen.model.checkpoint import load_trained_model
+from mmgen.model.checkpoint import load_pretrained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
@@ -30,8 +30,7 @@ def main() -> None:
     stage = start_stage("classify", __doc__)
     cfg, paths = stage.cfg, stage.paths
     device = generation_device()
-    model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
-                                     step=cfg.sample.checkpoint_step, device=device)
+    model, step = load_pretrained_model(cfg, paths, device)
     tokenizer = load_run_tokenizer(paths, device)
     start = time.time()
     skipped = None

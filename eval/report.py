@@ -13,7 +13,7 @@ import json
 from mmgen.cli import run_cli, start_stage
 from mmgen.device import generation_device
 from mmgen.eval.report import write_report
-from mmgen.model.checkpoint import load_trained_model
+from mmgen.model.checkpoint import load_pretrained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
@@ -21,8 +21,7 @@ def main() -> None:
     stage = start_stage("report", __doc__)
     cfg, paths = stage.cfg, stage.paths
     device = generation_device()
-    model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
-                                     step=cfg.sample.checkpoint_step, device=device)
+    model, step = load_pretrained_model(cfg, paths, device)
     tokenizer = load_run_tokenizer(paths, device)
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}

@@ -30,7 +30,7 @@ from mmgen.device import generation_device
 from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import SamplingParams, sample
-from mmgen.model.checkpoint import load_trained_model
+from mmgen.model.checkpoint import load_pretrained_model
 from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
 from mmgen.tokenizers.run import load_run_tokenizer
 
@@ -58,7 +58,7 @@ def main() -> None:
         print("note: the run's image tokenizer has no decoder; sampled images are saved as codes, not pictures")
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
-    model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)
+    model, step = load_pretrained_model(cfg, paths, device)
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
     if s.prompt_sep:  # Chameleon's chat form: the answer follows a separator
         prompt.append(tokenizer.vocab.sep)

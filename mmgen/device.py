@@ -39,15 +39,15 @@ def cores_per_rank(world: int) -> int:
     return max(len(os.sched_getaffinity(0)) // world, 1)
 
 
-def join_ranks(backend: str = "gloo", timeout: timedelta | None = None) -> tuple[int, int]:
-    """(rank, world size), with the process group joined when there are several ranks, and the
-    machine's cores shared among them unless ``OMP_NUM_THREADS`` says how many to use."""
+def join_ranks(backend: str = "gloo", timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device), with the process group joined when there are several ranks,
+    and the machine's cores shared among them unless ``OMP_NUM_THREADS`` says how many to use."""
     rank, world = torchrun_rank()
     if world > 1:
         torch.distributed.init_process_group(backend, timeout=timeout)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cores_per_rank(world))
-    return rank, world
+    return rank, world, rank_device()
 
 
 def leave_ranks(world: int) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
-from mmgen.device import join_ranks, leave_ranks, rank_device
+from mmgen.device import join_ranks, leave_ranks
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
 from mmgen.tokenizers.vocab import Vocab
@@ -29,9 +29,7 @@ def main() -> None:
     stage = start_stage("build_index", __doc__)
     cfg, paths = stage.cfg, stage.paths
     # gloo carries the gathered embeddings (CPU numpy arrays) whatever the device
-    rank, world = join_ranks("gloo", timeout=timedelta(hours=4))
-    torch.set_grad_enabled(False)
-    device = rank_device()
+    rank, world, device = join_ranks("gloo", timeout=timedelta(hours=4))
     vocab = Vocab.load(paths.vocab)
     encoder = DualEncoder.load(paths.retrieval_encoder, device=device)
     bank = TokenShards(paths.tokens("train"))
@@ -50,4 +48,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    with torch.no_grad():
+        run_cli(main)

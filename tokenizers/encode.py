@@ -22,7 +22,7 @@ from mmgen.cli import run_cli, start_stage
 from mmgen.config import ConfigError, RunPaths
 from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
-from mmgen.device import join_ranks, leave_ranks, rank_device
+from mmgen.device import join_ranks, leave_ranks
 from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
 from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
@@ -58,9 +58,7 @@ def main() -> None:
     stage = start_stage("encode", __doc__)
     cfg, paths = stage.cfg, stage.paths
     # the process group only serves the final barrier: everyone's shards are done before the manifests list them
-    rank, world = join_ranks("gloo", timeout=timedelta(hours=48))
-    torch.set_grad_enabled(False)
-    device = rank_device()
+    rank, world, device = join_ranks("gloo", timeout=timedelta(hours=48))
     text = TextTokenizer.load(paths.text_tokenizer)
     image = ImageTokenizer.load(paths.image_tokenizer, device=device)
     # the joint id space is fixed here, the first stage that needs both tokenizers
@@ -107,4 +105,5 @@ def _weights_bytes(image_dir: str) -> bytes:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    with torch.no_grad():
+        run_cli(main)
