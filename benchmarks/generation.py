@@ -15,15 +15,21 @@ on one thread, as the CLIs do.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from mmgen.config.schema import ModelConfig
 from mmgen.eval.classify import image_given_label_scores, label_given_image_scores
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from sampling_reference import FullRecompute  # noqa: E402  (the tests' reference decoding)
 
 
 def timed(fn, repeats: int) -> float:
@@ -58,20 +64,21 @@ def main() -> None:
 
     T0 = vocab.text_range[0]
     prompts = [[vocab.bos, *range(T0 + 1, T0 + 1 + 10 + b)] for b in range(args.batch)]
-    kw = dict(max_new_tokens=args.new_tokens, temperature=1.0, max_images=2, force_image=True, eos_stops=False)
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=1.0, max_images=2, force_image=True, eos_stops=False)
+    guided = dataclasses.replace(params, cfg_scale=3.0)
     tokens = args.batch * args.new_tokens
 
-    eager = timed(lambda: sample(model, vocab, prompts, **kw), args.repeats)
+    eager = timed(lambda: sample(model, vocab, prompts, params), args.repeats)
     print(f"decode eager:    {tokens / eager:8.1f} tokens/s  (batch {args.batch}, {args.new_tokens} new tokens)")
-    full = timed(lambda: sample(model, vocab, prompts, use_cache=False, **kw), 1)
+    full = timed(lambda: sample(model, vocab, prompts, params, decoding=FullRecompute(model)), 1)
     print(f"decode no cache: {tokens / full:8.1f} tokens/s  (KV cache speed-up x{full / eager:.2f})")
-    cfg = timed(lambda: sample(model, vocab, prompts, cfg_scale=3.0, **kw), args.repeats)
+    cfg = timed(lambda: sample(model, vocab, prompts, guided), args.repeats)
     print(f"decode with CFG: {tokens / cfg:8.1f} tokens/s  (2 streams batched; x{cfg / eager:.2f} the time)")
     if not args.no_compile:
         start = time.perf_counter()
-        sample(model, vocab, prompts, compile=True, **kw)
+        sample(model, vocab, prompts, params, compile=True)
         warmup = time.perf_counter() - start
-        compiled = timed(lambda: sample(model, vocab, prompts, compile=True, **kw), args.repeats)
+        compiled = timed(lambda: sample(model, vocab, prompts, params, compile=True), args.repeats)
         print(f"decode compiled: {tokens / compiled:8.1f} tokens/s  (x{eager / compiled:.2f} vs eager; "
               f"first call incl. compile {warmup:.1f}s)")
 

@@ -37,7 +37,7 @@ def main() -> None:
     vocab = Vocab.load(paths.vocab)
     heldout = TokenShards(paths.tokens("heldout"))
     train = TokenShards(paths.tokens("train"))
-    neighbours = load_neighbours(paths.neighbours("heldout"), len(heldout))
+    neighbours = load_neighbours(paths.neighbours("heldout"), heldout)
     overrides = [a for a in sys.argv[1:]]
     results = {}
     for mode in ("plain", "retrieval"):

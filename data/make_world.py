@@ -5,24 +5,17 @@
 
 from __future__ import annotations
 
-import time
-
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.shapes_world import generate_world
-from mmgen.files import write_json
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__.strip().splitlines()[0])
-    paths = RunPaths(cfg.run_dir)
-    start = time.perf_counter()
-    counts = generate_world(cfg.world, paths)
-    seconds = time.perf_counter() - start
+    stage = start_stage("world", __doc__.strip().splitlines()[0])
+    counts = generate_world(stage.cfg.world, stage.paths)
     for key, value in counts.items():
         print(f"{key}: {value}")
-    print(f"wrote {paths.corpus_dir} in {seconds:.1f}s")
-    write_json(paths.stage_timing("world"), {"seconds": round(seconds, 3)})
+    print(f"wrote {stage.paths.corpus_dir} in {stage.seconds:.1f}s")
+    stage.record_timing()
 
 
 if __name__ == "__main__":

@@ -9,35 +9,25 @@ page shows the generated images and captions. Settings: the ``eval`` section.
 """
 
 import json
-import time
 
-import torch
-
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
-from mmgen.device import default_device
-from mmgen.eval.report import eval_dir, write_report
-from mmgen.files import write_json
-from mmgen.model.checkpoint import load_trained_model
+from mmgen.cli import run_cli, start_stage
+from mmgen.device import generation_device
+from mmgen.eval.report import write_report
+from mmgen.model.checkpoint import load_pretrained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    start = time.time()
-    device = default_device()
-    if device.type == "cpu":
-        # one-token decode steps are tiny: a second thread costs more in handoff than it computes
-        torch.set_num_threads(1)
-    model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
-                                     step=cfg.sample.checkpoint_step, device=device)
+    stage = start_stage("report", __doc__)
+    cfg, paths = stage.cfg, stage.paths
+    device = generation_device()
+    model, step = load_pretrained_model(cfg, paths, device)
     tokenizer = load_run_tokenizer(paths, device)
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))
-    print(f"wrote {eval_dir(paths)}/metrics.json and report.html")
-    write_json(paths.stage_timing("report"), {"seconds": time.time() - start, "step": step})
+    print(f"wrote {paths.report_metrics} and {paths.report_page}")
+    stage.record_timing(step=step)
 
 
 if __name__ == "__main__":

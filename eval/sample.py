@@ -20,23 +20,18 @@ codes as ``sample-K-codes-J.json`` instead of a PNG. ``sample.prompt_sep`` ends 
 separator, Chameleon's chat form.
 """
 
-import time
-
 import fsspec
 import torch
 from PIL import Image
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
-from mmgen.device import default_device
-from mmgen.eval.shapes_eval import sample_kwargs
-from mmgen.files import CorruptFileError, write_json
+from mmgen.device import generation_device
+from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
-from mmgen.generation.sampler import sample
-from mmgen.model.checkpoint import load_trained_model
-from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
-from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
+from mmgen.generation.sampler import SamplingParams, sample
+from mmgen.model.checkpoint import load_pretrained_model
+from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
@@ -55,20 +50,15 @@ def _load_images(spec: str) -> list[Image.Image]:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__, aliases={"prompt": "sample.prompt", "seed": "sample.seed"})
-    paths = RunPaths(cfg.run_dir)
-    s = cfg.sample
-    start = time.time()
-    device = default_device()
-    if device.type == "cpu":
-        # one-token decode steps are tiny: a second thread costs more in handoff than it computes
-        torch.set_num_threads(1)
+    stage = start_stage("sample", __doc__, aliases={"prompt": "sample.prompt", "seed": "sample.seed"})
+    cfg, paths, s = stage.cfg, stage.paths, stage.cfg.sample
+    device = generation_device()
     tokenizer = load_run_tokenizer(paths, device)
     if not tokenizer.image_tok.can_decode:
         print("note: the run's image tokenizer has no decoder; sampled images are saved as codes, not pictures")
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
-    model, step = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=s.checkpoint_step, device=device)
+    model, step = load_pretrained_model(cfg, paths, device)
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
     if s.prompt_sep:  # Chameleon's chat form: the answer follows a separator
         prompt.append(tokenizer.vocab.sep)
@@ -87,30 +77,18 @@ def main() -> None:
             retrieved.append({"bank_id": doc.bank_id, "similarity": doc.similarity, "tokens": doc.tokens.tolist()})
     retrieved += [{"source": "sample.context", "tokens": tokenizer.encode_parts([c.strip()])}
                   for c in s.context.split("|") if c.strip()]
-    context_len = 0
-    if retrieved:  # the training layout of retrieval-augmented documents: BOS r1 SEP r2 SEP main
-        # cut like a training sequence: the prompt and the sampled tokens keep their room in seq_len + 1 tokens
-        room = max(cfg.training.seq_len + 1 - (len(prompt) - 1) - s.max_new_tokens, 1)
-        bodies = [body(d["tokens"], bos=vocab.bos, eos=vocab.eos) for d in retrieved]
-        kept = fit_retrieved(bodies, room, boi=vocab.boi, eoi=vocab.eoi)
-        if kept != [len(b) for b in bodies]:
-            print(f"retrieved context cut to {sum(kept)} of {sum(map(len, bodies))} tokens (kept per document: {kept}) "
-                  f"to fit training.seq_len {cfg.training.seq_len} with the prompt and {s.max_new_tokens} new tokens")
-        # the records show what the model was given
-        retrieved = [{**d, "tokens": b[:n].tolist(), "cut": n < len(b)} for d, b, n in zip(retrieved, bodies, kept) if n]
-        prefix = retrieved_prefix([d["tokens"] for d in retrieved], bos=vocab.bos, eos=vocab.eos, sep=vocab.sep)
-        prompt = prefix.tolist() + prompt[1:]
-        context_len = len(prefix)
+    augmented = prompt_with_context(prompt, retrieved, vocab, seq_len=cfg.training.seq_len, max_new_tokens=s.max_new_tokens)
+    if augmented.note:
+        print(augmented.note)
+    prompt, context_len, retrieved = augmented.tokens, augmented.context_len, augmented.context
     print(f"sampling {s.num_samples} document(s) of up to {s.max_new_tokens} tokens from step {step} "
           f"for prompt {s.prompt!r}", flush=True)
 
     def progress(done: int, total: int) -> None:
-        print(f"  {done}/{total} tokens, {time.time() - start:.1f}s", flush=True)
+        print(f"  {done}/{total} tokens, {stage.seconds:.1f}s", flush=True)
 
-    outputs = sample(
-        model, tokenizer.vocab, [prompt] * s.num_samples, max_new_tokens=s.max_new_tokens, progress=progress,
-        **sample_kwargs(s),
-    )
+    outputs = sample(model, tokenizer.vocab, [prompt] * s.num_samples, SamplingParams.from_section(s), compile=s.compile,
+                     progress=progress)
     records = []
     for k, new_ids in enumerate(outputs):
         record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}", context_len=context_len,
@@ -119,9 +97,8 @@ def main() -> None:
         print(f"--- sample {k} ---\n{record['text']}")
     page = render_html(records, paths.samples_dir, title=f"mmgen samples: {s.prompt}")
     print(f"wrote {len(records)} sample(s) to {paths.samples_dir} (open {page})")
-    write_json(paths.stage_timing("sample"), {"seconds": time.time() - start, "step": step,
-                                               "images": sum(len(r["images"]) for r in records),
-                                               "retrieved": [d.get("bank_id", d.get("source")) for d in retrieved]})
+    stage.record_timing(step=step, images=sum(len(r["images"]) for r in records),
+                        retrieved=[d.get("bank_id", d.get("source")) for d in retrieved])
 
 
 if __name__ == "__main__":

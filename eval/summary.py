@@ -5,15 +5,13 @@
 
 import json
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.eval.summary import demo_summary
 from mmgen.files import write_json
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
+    paths = start_stage("summary", __doc__).paths
     summary = demo_summary(paths)
     write_json(paths.summary, summary)
     print(json.dumps(summary, indent=2))

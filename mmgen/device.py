@@ -4,12 +4,57 @@ from __future__ import annotations
 
 import functools
 import os
+from datetime import timedelta
 
 import torch
 
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def generation_device() -> torch.device:
+    """The default device for sampling and scoring; a CPU on one thread: one-token decode steps and small
+    batched forwards gain nothing from a second thread, which only adds handoff cost."""
+    device = default_device()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    return device
+
+
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in a torchrun job; (0, 1) outside one."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_device() -> torch.device:
+    """This rank's GPU when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def cores_per_rank(world: int) -> int:
+    """The machine's cores shared among ``world`` ranks."""
+    return max(len(os.sched_getaffinity(0)) // world, 1)
+
+
+def join_ranks(backend: str = "gloo", timeout: timedelta | None = None) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device), with the process group joined when there are several ranks,
+    and the machine's cores shared among them unless ``OMP_NUM_THREADS`` says how many to use."""
+    rank, world = torchrun_rank()
+    if world > 1:
+        torch.distributed.init_process_group(backend, timeout=timeout)
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(cores_per_rank(world))
+    return rank, world, rank_device()
+
+
+def leave_ranks(world: int) -> None:
+    """Wait for every rank, then leave the process group (nothing outside a multi-rank job)."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 @functools.cache

@@ -13,32 +13,23 @@ contiguous slice of the documents (whole batches of
 writes every file, identical to a single-process run's.
 """
 
-import os
-import time
 from datetime import timedelta
 
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
-from mmgen.files import write_json
+from mmgen.device import join_ranks, leave_ranks
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
 from mmgen.tokenizers.vocab import Vocab
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # gloo carries the gathered embeddings (CPU numpy arrays) whatever the device
-        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=4))
-    start = time.time()
-    torch.set_grad_enabled(False)
-    if "OMP_NUM_THREADS" not in os.environ:  # ranks share the machine's cores
-        torch.set_num_threads(max(len(os.sched_getaffinity(0)) // world, 1))
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if torch.cuda.is_available() else "cpu"
+    stage = start_stage("build_index", __doc__)
+    cfg, paths = stage.cfg, stage.paths
+    # gloo carries the gathered embeddings (CPU numpy arrays) whatever the device
+    rank, world, device = join_ranks("gloo", timeout=timedelta(hours=4))
     vocab = Vocab.load(paths.vocab)
     encoder = DualEncoder.load(paths.retrieval_encoder, device=device)
     bank = TokenShards(paths.tokens("train"))
@@ -52,11 +43,10 @@ def main() -> None:
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
                                        rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
     if rank == 0:
-        write_json(paths.stage_timing("build_index"), {"seconds": time.time() - start, "ranks": world, **report})
-    if world > 1:
-        torch.distributed.barrier()  # no rank reports done before rank 0's files are written
-        torch.distributed.destroy_process_group()
+        stage.record_timing(ranks=world, **report)
+    leave_ranks(world)  # no rank reports done before rank 0's files are written
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    with torch.no_grad():
+        run_cli(main)

@@ -8,13 +8,10 @@ recall@1/5 in both directions on held-out pairs next to random and
 bag-of-words baselines. Writes ``<run>/retrieval/encoder/``.
 """
 
-import time
-
 import numpy as np
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.files import write_json
 from mmgen.retrieval.encoder import EncoderShape
 from mmgen.retrieval.pairs import tokenized_caption_pairs
@@ -24,10 +21,8 @@ from mmgen.tokenizers.text import TextTokenizer
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    r = cfg.retrieval
-    start = time.time()
+    stage = start_stage("train_encoder", __doc__)
+    paths, r = stage.paths, stage.cfg.retrieval
     text = TextTokenizer.load(paths.text_tokenizer)
     image = ImageTokenizer.load(paths.image_tokenizer)
     with torch.inference_mode():
@@ -53,9 +48,9 @@ def main() -> None:
     )
     for name, figures in report.items():
         print(f"{name:>13}: " + "  ".join(f"{k} {v:.3f}" for k, v in figures.items()))
-    result = {"seconds": time.time() - start, "train_pairs": len(train_codes), "heldout_pairs": len(test_codes), "recall": report}
-    write_json(paths.retrieval_encoder + "/metrics.json", result)
-    write_json(paths.stage_timing("train_encoder"), result)
+    result = {"train_pairs": len(train_codes), "heldout_pairs": len(test_codes), "recall": report}
+    write_json(paths.retrieval_encoder_metrics, {"seconds": stage.seconds, **result})
+    stage.record_timing(**result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from PIL import Image
 from mmgen.config import RunPaths
 from mmgen.config.schema import ImageTokenizerConfig, TextTokenizerConfig
 from mmgen.tokenizers.image import ImageTokenizer
-from mmgen.tokenizers.text import train_text_tokenizer
+from mmgen.tokenizers.text import TextTokenizer, train_text_tokenizer
+from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 from mmgen.tokenizers.vqvae import VQVAE
 
 OBELICS_HUB_SCHEMA = pa.schema([
@@ -47,6 +48,12 @@ def make_tokenizers(run_dir: Path) -> RunPaths:
     torch.manual_seed(0)
     ImageTokenizer(model=VQVAE.from_config(cfg), config=cfg).save(paths.image_tokenizer)
     return paths
+
+
+def joint_tokenizer(text: TextTokenizer, image: ImageTokenizer) -> MultimodalTokenizer:
+    """The two tokenizers over the joint vocabulary that encode would build for them."""
+    vocab = Vocab.build(text_vocab_size=text.vocab_size, codebook_size=image.codebook_size, grid=image.grid)
+    return MultimodalTokenizer(vocab, text, image)
 
 
 def image_bytes(seed: int, *, size=(20, 14), fmt="PNG", mode="RGB") -> bytes:

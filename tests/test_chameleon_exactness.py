@@ -24,7 +24,7 @@ from chameleon_helpers import (  # noqa: E402
     write_checkpoint,
     write_vqgan_checkpoint,
 )
-from mmgen.generation.sampler import sample  # noqa: E402
+from mmgen.generation.sampler import SamplingParams, sample  # noqa: E402
 from mmgen.interop import load_chameleon  # noqa: E402
 from mmgen.interop.chameleon_vqvae import import_chameleon_vqvae  # noqa: E402
 from mmgen.tokenizers.hf_text import HFTextTokenizer  # noqa: E402
@@ -61,7 +61,7 @@ def test_greedy_generation_equals_transformers_generate(checkpoint):
     others = [i for i in range(vocab.size) if not (vocab.is_text(i) or vocab.is_image(i) or i == vocab.eos)]
     config = GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=vocab.pad,
                               suppress_tokens=others)  # fmt: skip
-    ours = sample(model, vocab, prompts, max_new_tokens=NEW_TOKENS, temperature=0.0, max_images=0, eos_stops=False)
+    ours = sample(model, vocab, prompts, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.0, max_images=0, eos_stops=False))
     for prompt, got in zip(prompts, ours):
         with torch.no_grad():
             want = hf.generate(torch.tensor([prompt]), generation_config=config)[0, len(prompt):].tolist()

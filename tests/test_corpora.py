@@ -14,17 +14,14 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from corpus_helpers import (image_bytes, make_tokenizers, mmc4_record, write_captions, write_imagefolder,
+from corpus_helpers import (image_bytes, mmc4_record, write_captions, write_imagefolder,
                             write_mmc4, write_obelics)  # fmt: skip
 from mmgen.config.schema import DataConfig
 from mmgen.data.corpus import detect_kind, open_corpus, read_documents
 from mmgen.data.images import decode_image, fit_image
 from mmgen.data.reading import CorpusError, ReadStats, SkipRow
 from mmgen.data.token_shards import TokenShards, TokenShardWriter
-from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.pretokenize import pretokenize
-from mmgen.tokenizers.text import TextTokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 
 
 def parts_of(doc):
@@ -275,18 +272,6 @@ def test_read_shard_is_its_own_dedup_scope(tmp_path):
 
 # ----- robustness: every record is encoded or counted, whatever the bytes -----
 
-_TOKENIZER: list[MultimodalTokenizer] = []
-
-
-def tiny_tokenizer() -> MultimodalTokenizer:
-    if not _TOKENIZER:
-        paths = make_tokenizers(Path(tempfile.mkdtemp(prefix="mmgen-tok-")))
-        text, image = TextTokenizer.load(paths.text_tokenizer), ImageTokenizer.load(paths.image_tokenizer)
-        vocab = Vocab.build(text_vocab_size=text.vocab_size, codebook_size=image.codebook_size, grid=image.grid)
-        _TOKENIZER.append(MultimodalTokenizer(vocab, text, image))
-    return _TOKENIZER[0]
-
-
 GOOD_PNG = image_bytes(7, size=(12, 9))
 GOOD_JPEG = image_bytes(8, size=(12, 9), fmt="JPEG")
 
@@ -342,8 +327,8 @@ def mmc4_lines(draw, names):
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
-def test_encode_never_crashes_and_accounts_for_every_record(data):
-    tokenizer = tiny_tokenizer()
+def test_encode_never_crashes_and_accounts_for_every_record(data, tiny_tokenizer):
+    tokenizer = tiny_tokenizer
     names = [f"im{i}.png" for i in range(4)] + ["absent.png"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -374,11 +359,11 @@ def test_encode_never_crashes_and_accounts_for_every_record(data):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(images=st.lists(st.one_of(image_files(), st.none()), min_size=1, max_size=4),
        texts=st.lists(st.one_of(st.text(max_size=10), st.none()), min_size=1, max_size=4))
-def test_obelics_rows_with_corrupted_image_bytes(images, texts):
+def test_obelics_rows_with_corrupted_image_bytes(images, texts, tiny_tokenizer):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer
     n = min(len(images), len(texts))
     rows = [{"texts": texts[: n - i] + [None] * i, "images": [None] * (n - i) + images[:i]} for i in range(n + 1)]
     schema = pa.schema([("texts", pa.list_(pa.string())), ("images", pa.list_(pa.binary()))])

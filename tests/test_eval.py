@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmgen.config.schema import ModelConfig, WorldConfig
+from mmgen.config.schema import WorldConfig
 from mmgen.data.shapes_world import describe_scene, random_scene, render_scene, scene_split
 from mmgen.eval.attributes import (
     attribute_accuracy,
@@ -28,7 +28,7 @@ from mmgen.eval.likelihood import bits_per_token, common_prefix_length, continua
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.eval.intervals import ratio_interval, wilson_interval
 from mmgen.eval.shapes_eval import eval_scenes
-from mmgen.model import Transformer, per_token_loss
+from mmgen.model import per_token_loss
 from mmgen.tokenizers.vocab import Vocab
 
 
@@ -106,14 +106,6 @@ def test_intervals():
 
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 2))
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), VOCAB.size)
-    m.init_weights()
-    return m.eval()
 
 
 def _direct_logprobs(model, prefix, continuation):

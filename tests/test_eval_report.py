@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint as dcp
 
+from corpus_helpers import joint_tokenizer
+
 from mmgen.config import RunPaths, resolve_config
 from mmgen.config.schema import ModelConfig
 from mmgen.data.shapes_world import describe_scene, random_scene, render_scene
@@ -18,7 +20,6 @@ from mmgen.model.checkpoint import save_model_description
 from mmgen.model import Transformer
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import train_text_tokenizer
-from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
 from mmgen.tokenizers.vqvae import VQVAE
 
 KEYS = ("text_bits_per_token", "image_bits_per_token", "caption_accuracy", "t2i_accuracy",
@@ -37,8 +38,8 @@ def test_report_writes_every_metric(tmp_path):
     torch.manual_seed(0)
     image_tok = ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer)
     image_tok.save(paths.image_tokenizer, metrics={"psnr": 12.5})
-    vocab = Vocab.build(text_tok.vocab_size, image_tok.codebook_size, image_tok.grid)
-    tokenizer = MultimodalTokenizer(vocab, text_tok, image_tok)
+    tokenizer = joint_tokenizer(text_tok, image_tok)
+    vocab = tokenizer.vocab
     writer = TokenShardWriter(paths.tokens("heldout"), vocab_size=vocab.size, tokens_per_shard=10_000)
     for s, t in zip(scenes[:4], texts):
         writer.add(tokenizer.encode_parts([t, render_scene(s)]), {})
@@ -72,8 +73,8 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path):
     text_tok = train_text_tokenizer(texts, cfg.text_tokenizer, paths.text_tokenizer, log=lambda _: None)
     torch.manual_seed(0)
     image_tok = ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer)
-    vocab = Vocab.build(text_tok.vocab_size, image_tok.codebook_size, image_tok.grid)
-    tokenizer = MultimodalTokenizer(vocab, text_tok, image_tok)
+    tokenizer = joint_tokenizer(text_tok, image_tok)
+    vocab = tokenizer.vocab
     writer = TokenShardWriter(paths.tokens("heldout"), vocab_size=vocab.size, tokens_per_shard=10_000)
     writer.add(tokenizer.encode_parts([texts[0], render_scene(random_scene(np.random.default_rng(0), cfg.world))]), {})
     writer.close()

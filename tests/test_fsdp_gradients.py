@@ -6,7 +6,6 @@ so FSDP must sum the ranks' gradients rather than average them
 """
 
 import os
-import socket
 from types import SimpleNamespace
 
 import pytest
@@ -65,21 +64,15 @@ def _rank(rank, port, batch, queue):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_two_ranks_give_the_one_process_gradient():
+def test_two_ranks_give_the_one_process_gradient(free_port):
     batch = torch.randint(0, VOCAB, (4, 33), generator=torch.Generator().manual_seed(1))
     reference = _model()
     _loss(reference, batch, batch[:, 1:].numel()).backward()
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port
     procs = [ctx.Process(target=_rank, args=(r, port, batch, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -115,12 +114,6 @@ def test_an_interrupted_run_resumes_and_ends_where_an_uninterrupted_run_ends(tmp
     assert not any("resuming" in m for m in messages)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
@@ -135,9 +128,9 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_data_parallel_training_keeps_one_codebook(tmp_path):
+def test_data_parallel_training_keeps_one_codebook(tmp_path, free_port):
     """Two gloo ranks: k-means init, EMA updates, dead-code restarts and weights stay identical across ranks."""
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_ddp_worker, args=(2, free_port, str(tmp_path)), nprocs=2, start_method="spawn")
     rank0, rank1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert rank0["quantizer._codebook.initted"].item()
     for key in rank0:

@@ -45,7 +45,7 @@ def test_retrieval_never_returns_the_document_or_its_duplicate(encoder_run):
     # a 30-step encoder puts everything close together: only exact self/duplicate checks may filter here
     stage("retrieval/build_index.py", run, "--retrieval.max_similarity", "1.01")
     docs = TokenShards(str(run / "tokens" / "train"))
-    table = np.load(run / "tokens" / "train" / "neighbours.npy")
+    table = np.load(run / "retrieval" / "neighbours" / "train.npy")
     hashes = [content_hash(docs[i]) for i in range(len(docs))]
     assert table.shape == (len(docs), 2) and (table >= 0).any()
     for i, row in enumerate(table):
@@ -66,7 +66,7 @@ def test_build_index_on_two_ranks_matches_one_rank(encoder_run):
     run = encoder_run
     # 120 training documents in batches of 32: rank 0 embeds 64, rank 1 56
     args = ("--retrieval.max_similarity", "1.01", "--retrieval.embed_batch_size", "32")
-    outputs = ["tokens/train/neighbours.npy", "tokens/heldout/neighbours.npy", "retrieval/bank/doc_ids.npy"]
+    outputs = ["retrieval/neighbours/train.npy", "retrieval/neighbours/heldout.npy", "retrieval/bank/doc_ids.npy"]
 
     def build(*launcher):
         proc = subprocess.run([*launcher, str(ROOT / "retrieval/build_index.py"), "--config", "debug", "--output_dir", str(run), *args],
@@ -81,7 +81,7 @@ def test_build_index_on_two_ranks_matches_one_rank(encoder_run):
     assert len(vectors_one) == 120 and np.array_equal(vectors_one, vectors_two)
     for name, one, two in zip(outputs, files_one, files_two):
         assert one == two, name
-    assert (np.load(run / "tokens/train/neighbours.npy") >= 0).mean() > 0.9
+    assert (np.load(run / "retrieval/neighbours/train.npy") >= 0).mean() > 0.9
 
 
 @pytest.mark.slow
@@ -198,7 +198,7 @@ def test_no_demo_corpus_document_retrieves_itself_or_a_duplicate(tmp_path):
     docs = TokenShards(str(out / "tokens" / "train"))
     assert len(docs) > 0.9 * settings.train_documents  # curation drops exact duplicates at read time
     hashes = np.array([content_hash(docs[i]) for i in range(len(docs))])
-    table = np.load(out / "tokens" / "train" / "neighbours.npy")
+    table = np.load(out / "retrieval" / "neighbours" / "train.npy")
     rows, cols = np.nonzero(table >= 0)
     picked = table[rows, cols]
     assert len(picked) > len(docs)  # most documents get neighbours

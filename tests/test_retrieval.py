@@ -75,14 +75,25 @@ def test_selection_skips_self_duplicates_unimodal_and_near_copies():
     assert chosen and not chosen & {0, 1, 2, 4}
 
 
-def test_neighbour_table_round_trip_and_length_check(tmp_path):
-    path = str(tmp_path / "neighbours.npy")
-    save_neighbours(path, np.array([[1, -1], [0, 2]]), {"k": 2})
-    assert load_neighbours(path, 2).tolist() == [[1, -1], [0, 2]]
-    with pytest.raises(ValueError, match="lists neighbours of 2 documents"):
-        load_neighbours(path, 3)
+def test_neighbour_table_round_trip_and_staleness_checks(tmp_path):
+    from mmgen.config.paths import StaleInputError
+
+    docs = random_docs(3, seed=1)
+    shards = write_shards(tmp_path / "tokens", docs)
+    path = str(tmp_path / "neighbours" / "train.npy")
+    save_neighbours(path, np.array([[1, -1], [0, 2], [0, 1]]), {"k": 2}, shards)
+    assert load_neighbours(path, shards).tolist() == [[1, -1], [0, 2], [0, 1]]
+    with pytest.raises(StaleInputError, match="for 3 documents"):
+        load_neighbours(path, write_shards(tmp_path / "more", docs + docs[:1]))
+    # as many documents, other tokens (say a re-encode with a retrained tokenizer): refused too
+    changed = [docs[0], docs[2], docs[1]]
+    with pytest.raises(StaleInputError, match="other tokens"):
+        load_neighbours(path, write_shards(tmp_path / "tokens2", changed))
+    with pytest.raises(StaleInputError, match="other tokens"):  # a table from before fingerprints
+        (tmp_path / "neighbours" / "train.json").unlink()
+        load_neighbours(path, shards)
     with pytest.raises(FileNotFoundError):
-        load_neighbours(str(tmp_path / "absent.npy"), 2)
+        load_neighbours(str(tmp_path / "absent.npy"), shards)
 
 
 def test_dual_encoder_learns_pairs_better_than_chance():
@@ -367,3 +378,21 @@ def test_near_duplicate_tests_survive_a_weak_encoder_and_query_dropout():
     assert (table >= 0).mean() > 0.9
     assert 1 not in table[0] and 0 not in table[1] and not (table == np.arange(n)[:, None]).any()
     assert not any({0, 1} <= set(row.tolist()) for row in table)  # diversity: never the document and its copy
+
+
+def test_prompt_with_context_takes_the_training_layout_and_cuts_the_context_first():
+    from mmgen.retrieval.query import prompt_with_context
+
+    first, second = doc([1, 2], []), doc([3], [[1, 2, 3, 4]])
+    prompt = [VOCAB.bos, VOCAB.text_to_id(5)]
+    context = [{"source": "a", "tokens": first.tolist()}, {"source": "b", "tokens": second.tolist()}]
+    whole = prompt_with_context(prompt, context, VOCAB, seq_len=100, max_new_tokens=10)
+    expected_prefix = [VOCAB.bos, *first[1:-1], VOCAB.sep, *second[1:-1], VOCAB.sep]
+    assert whole.tokens == expected_prefix + prompt[1:] and whole.context_len == len(expected_prefix)
+    assert [d["cut"] for d in whole.context] == [False, False] and whole.note == ""
+    # room for 6 tokens of context (BOS and SEPs included): the first document whole, the second without its
+    # image (never half of it)
+    cut = prompt_with_context(prompt, context, VOCAB, seq_len=6 + (len(prompt) - 1) + 10 - 1, max_new_tokens=10)
+    assert cut.tokens == [VOCAB.bos, *first[1:-1], VOCAB.sep, *second[1:2], VOCAB.sep, *prompt[1:]]
+    assert [d["cut"] for d in cut.context] == [False, True] and "cut to 3 of 9 tokens" in cut.note
+    assert prompt_with_context(prompt, [], VOCAB, seq_len=100, max_new_tokens=10).tokens == prompt

@@ -6,23 +6,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sampling_reference import FullRecompute
 
-from mmgen.config.schema import ModelConfig
 from mmgen.generation.logits_processors import contrastive_top_k, guide, repetition_penalty
-from mmgen.generation.sampler import guidance_prompt, sample
-from mmgen.model import Transformer
+from mmgen.generation.sampler import SamplingParams, guidance_prompt, sample
 from mmgen.tokenizers.vocab import Vocab
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 3))
 HW = VOCAB.grid[0] * VOCAB.grid[1]
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), VOCAB.size)
-    m.init_weights()
-    return m.eval()
 
 
 T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
@@ -56,8 +47,8 @@ def check_grammar(seq: list[int], *, max_images: int, max_new_tokens: int, eos_s
 @pytest.mark.parametrize("max_images", [0, 1, 2])
 def test_samples_obey_grammar(model, max_images):
     prompts = PROMPTS * 3
-    outs = sample(model, VOCAB, prompts, max_new_tokens=60, temperature=1.0, max_images=max_images, seed=3,
-                  eos_stops=False)
+    params = SamplingParams(max_new_tokens=60, temperature=1.0, max_images=max_images, seed=3, eos_stops=False)
+    outs = sample(model, VOCAB, prompts, params)
     images = [check_grammar(o, max_images=max_images, max_new_tokens=60, eos_stops=False) for o in outs]
     assert all(len(o) == 60 for o in outs)
     if max_images:
@@ -65,7 +56,7 @@ def test_samples_obey_grammar(model, max_images):
 
 
 def test_eos_ends_sequences_and_budget_holds(model):
-    outs = sample(model, VOCAB, PROMPTS * 4, max_new_tokens=40, temperature=1.5, top_k=20, max_images=3, seed=1)
+    outs = sample(model, VOCAB, PROMPTS * 4, SamplingParams(max_new_tokens=40, temperature=1.5, top_k=20, max_images=3, seed=1))
     for o in outs:
         check_grammar(o, max_images=3, max_new_tokens=40)
     assert any(o and o[-1] == VOCAB.eos for o in outs)
@@ -73,35 +64,35 @@ def test_eos_ends_sequences_and_budget_holds(model):
 
 def test_image_needs_room_in_budget(model):
     # HW + 2 = 8 tokens would overflow a budget of 7, so BOI is never allowed.
-    outs = sample(model, VOCAB, PROMPTS * 4, max_new_tokens=7, max_images=2, force_image=True, seed=0)
+    outs = sample(model, VOCAB, PROMPTS * 4, SamplingParams(max_new_tokens=7, max_images=2, force_image=True, seed=0))
     assert all(VOCAB.boi not in o for o in outs)
 
 
 def test_seed_reproduces(model):
     kwargs = dict(max_new_tokens=30, temperature=1.0, top_p=0.9, max_images=1, eos_stops=False)
-    a = sample(model, VOCAB, PROMPTS, seed=7, **kwargs)
-    b = sample(model, VOCAB, PROMPTS, seed=7, **kwargs)
-    c = sample(model, VOCAB, PROMPTS, seed=8, **kwargs)
+    a = sample(model, VOCAB, PROMPTS, SamplingParams(seed=7, **kwargs))
+    b = sample(model, VOCAB, PROMPTS, SamplingParams(seed=7, **kwargs))
+    c = sample(model, VOCAB, PROMPTS, SamplingParams(seed=8, **kwargs))
     assert a == b and a != c
 
 
 def test_force_image_opens_an_image(model):
-    outs = sample(model, VOCAB, PROMPTS, max_new_tokens=12, max_images=1, force_image=True, seed=2,
-                  eos_stops=False)
+    outs = sample(model, VOCAB, PROMPTS, SamplingParams(max_new_tokens=12, max_images=1, force_image=True, seed=2,
+                                                        eos_stops=False))
     for o in outs:
         assert o[0] == VOCAB.boi and o[HW + 1] == VOCAB.eoi
         check_grammar(o, max_images=1, max_new_tokens=12, eos_stops=False)
 
 
 def test_greedy_batch_equals_single_prompts(model):
-    kwargs = dict(max_new_tokens=15, temperature=0.0, max_images=1, seed=0, eos_stops=False)
-    batched = sample(model, VOCAB, PROMPTS, **kwargs)
-    assert batched == [sample(model, VOCAB, [p], **kwargs)[0] for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=15, temperature=0.0, max_images=1, seed=0, eos_stops=False)
+    batched = sample(model, VOCAB, PROMPTS, params)
+    assert batched == [sample(model, VOCAB, [p], params)[0] for p in PROMPTS]
 
 
 def test_prompt_ending_inside_an_image_is_completed(model):
     prompts = [[VOCAB.bos, T0 + 1, VOCAB.boi], [VOCAB.bos, VOCAB.boi, I0, I0 + 1]]
-    outs = sample(model, VOCAB, prompts, max_new_tokens=HW + 6, max_images=1, seed=4, eos_stops=False)
+    outs = sample(model, VOCAB, prompts, SamplingParams(max_new_tokens=HW + 6, max_images=1, seed=4, eos_stops=False))
     for prompt, out in zip(prompts, outs):
         due = HW - (len(prompt) - prompt.index(VOCAB.boi) - 1)
         assert all(VOCAB.image_range[0] <= c < VOCAB.image_range[1] for c in out[:due])
@@ -113,10 +104,11 @@ def test_prompt_ending_inside_an_image_is_completed(model):
 
 @pytest.mark.parametrize("options", [dict(), dict(cfg_scale=3.0, image_cfg_scale=1.5), dict(cdk_k=4)])
 def test_kv_cache_equals_full_forward(model, options):
-    kwargs = dict(max_new_tokens=2 * (HW + 2) + 6, temperature=1.0, max_images=2, seed=5, eos_stops=False, **options)
+    params = SamplingParams(max_new_tokens=2 * (HW + 2) + 6, temperature=1.0, max_images=2, seed=5, eos_stops=False,
+                            **options)
     prompts = PROMPTS + [[VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3]]
-    cached = sample(model, VOCAB, prompts, **kwargs)
-    full = sample(model, VOCAB, prompts, use_cache=False, **kwargs)
+    cached = sample(model, VOCAB, prompts, params)
+    full = sample(model, VOCAB, prompts, params, decoding=FullRecompute(model))
     assert cached == full
     assert any(VOCAB.boi in o for o in cached)  # images were sampled, so guidance was exercised
 
@@ -124,10 +116,10 @@ def test_kv_cache_equals_full_forward(model, options):
 def test_cfg_scale_one_equals_unguided(model):
     kwargs = dict(max_new_tokens=3 * (HW + 2), temperature=1.0, max_images=3, force_image=True, seed=11,
                   eos_stops=False)
-    unguided = sample(model, VOCAB, PROMPTS * 2, **kwargs)
-    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=1.0, **kwargs) == unguided
-    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=1.0, image_cfg_scale=1.0, **kwargs) == unguided
-    assert sample(model, VOCAB, PROMPTS * 2, cfg_scale=5.0, **kwargs) != unguided
+    unguided = sample(model, VOCAB, PROMPTS * 2, SamplingParams(**kwargs))
+    assert sample(model, VOCAB, PROMPTS * 2, SamplingParams(cfg_scale=1.0, **kwargs)) == unguided
+    assert sample(model, VOCAB, PROMPTS * 2, SamplingParams(cfg_scale=1.0, image_cfg_scale=1.0, **kwargs)) == unguided
+    assert sample(model, VOCAB, PROMPTS * 2, SamplingParams(cfg_scale=5.0, **kwargs)) != unguided
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -146,9 +138,10 @@ def test_cfg_scale_one_equals_unguided(model):
 )
 def test_property_never_mixes_modalities(model, seed, temperature, top_k, top_p, penalty, cfg, image_cfg, cdk_k,
                                          max_images, force_image, max_new_tokens):
-    outs = sample(model, VOCAB, PROMPTS, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                  top_p=top_p, repetition_penalty=penalty, cfg_scale=cfg, image_cfg_scale=image_cfg, cdk_k=cdk_k,
-                  cdk_alpha=0.1, max_images=max_images, force_image=force_image, seed=seed)
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                            repetition_penalty=penalty, cfg_scale=cfg, image_cfg_scale=image_cfg, cdk_k=cdk_k,
+                            cdk_alpha=0.1, max_images=max_images, force_image=force_image, seed=seed)
+    outs = sample(model, VOCAB, PROMPTS, params)
     for o in outs:
         check_grammar(o, max_images=max_images, max_new_tokens=max_new_tokens)
 

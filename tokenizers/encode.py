@@ -12,19 +12,17 @@ killed encode just resumes. Ends with documents in, out, and skipped by reason p
 """
 
 import json
-import os
 import posixpath
-import time
 from datetime import timedelta
 
 import fsspec
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import ConfigError, RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
+from mmgen.config import ConfigError, RunPaths
 from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
-from mmgen.files import write_json
+from mmgen.device import join_ranks, leave_ranks
 from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
 from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
@@ -63,18 +61,10 @@ def plan_targets(cfg, paths: RunPaths, image_size: int) -> list[Target]:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # only for the final barrier: everyone's shards are done before the manifests list them
-        torch.distributed.init_process_group("gloo", timeout=timedelta(hours=48))
-    start = time.time()
-    torch.set_grad_enabled(False)
-    if "OMP_NUM_THREADS" not in os.environ:  # ranks share the machine's cores
-        torch.set_num_threads(max(len(os.sched_getaffinity(0)) // world, 1))
-    device = torch.device("cpu")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    stage = start_stage("encode", __doc__)
+    cfg, paths = stage.cfg, stage.paths
+    # the process group only serves the final barrier: everyone's shards are done before the manifests list them
+    rank, world, device = join_ranks("gloo", timeout=timedelta(hours=48))
     text = TextTokenizer.load(paths.text_tokenizer)
     image = ImageTokenizer.load(paths.image_tokenizer, device=device)
     # the joint id space is fixed here, the first stage that needs both tokenizers
@@ -109,10 +99,8 @@ def main() -> None:
         summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents)
         for split, s in summary.items():
             print(f"{split}: {json.dumps(s)}")
-        write_json(paths.stage_timing("encode"), {"seconds": time.time() - start, **summary})
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        stage.record_timing(**summary)
+    leave_ranks(world)
     if summary is not None:  # after the barrier: the other ranks are not left waiting for rank 0
         require_documents(summary)
 
@@ -123,4 +111,5 @@ def _weights_bytes(image_dir: str) -> bytes:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    with torch.no_grad():
+        run_cli(main)

@@ -7,15 +7,12 @@ Writes ``<run>/tokens/sft-{train,heldout}``: one sequence per example,
 loss starts, the task, and the ground truth in each example's metadata.
 """
 
-import time
-
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import ConfigError, RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
+from mmgen.config import ConfigError
 from mmgen.data.sft_tasks import task_examples
 from mmgen.data.token_shards import TokenShardWriter
-from mmgen.files import write_json
 from mmgen.retrieval.pairs import read_caption_pairs
 from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.tokenizers.sft import encode_sft_examples
@@ -32,10 +29,9 @@ def parse_tasks(spec: str) -> dict[str, float]:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
-    paths = RunPaths(cfg.run_dir)
+    stage = start_stage("encode_sft", __doc__)
+    cfg, paths = stage.cfg, stage.paths
     weights = parse_tasks(cfg.sft.tasks)
-    start = time.time()
     torch.set_grad_enabled(False)
     tokenizer = load_run_tokenizer(paths)
     vocab = tokenizer.vocab
@@ -57,7 +53,7 @@ def main() -> None:
         manifest = writer.close({"tasks": weights})
         summary[split] = {"examples": counts, "tokens": manifest["tokens"]}
         print(f"sft-{split}: {counts}, {manifest['tokens']} tokens -> {paths.tokens(f'sft-{split}')}")
-    write_json(paths.stage_timing("encode_sft"), {"seconds": time.time() - start, **summary})
+    stage.record_timing(**summary)
 
 
 if __name__ == "__main__":

@@ -9,17 +9,14 @@ curves and reconstruction grids go to ``<run>/tokenizers/image/tensorboard``.
 
 from __future__ import annotations
 
-import os
-import time
 from itertools import islice
 
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
-from mmgen.files import write_json
+from mmgen.device import cores_per_rank, rank_device, torchrun_rank
 from mmgen.tokenizers.image import images_to_uint8
 from mmgen.tokenizers.image_train import fit
 
@@ -37,16 +34,15 @@ def read_images(url: str, limit: int, image_size: int, options) -> torch.Tensor:
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__.strip().splitlines()[0])
-    paths = RunPaths(cfg.run_dir)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    stage = start_stage("train_image", __doc__.strip().splitlines()[0])
+    cfg, paths = stage.cfg, stage.paths
+    rank, world = torchrun_rank()
     if world > 1:  # under torchrun: one process per rank, the quantizer syncs its codebook over this group
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(rank_device())
         torch.distributed.init_process_group(backend)
-    torch.set_num_threads(max(len(os.sched_getaffinity(0)) // world, 1))
-    start = time.perf_counter()
+    torch.set_num_threads(cores_per_rank(world))
     tok_cfg = cfg.image_tokenizer
     # Training never sees more images than steps × batch, so reading more would only cost memory.
     train_url = cfg.data.train_corpus or paths.corpus_split("train")
@@ -56,9 +52,8 @@ def main() -> None:
     if len(train) == 0:
         raise CorpusError(f"{train_url} holds no readable images to train the image tokenizer on")
     _, metrics = fit(train, heldout, tok_cfg, paths.image_tokenizer)
-    seconds = time.perf_counter() - start
-    if world == 1 or torch.distributed.get_rank() == 0:
-        write_json(paths.stage_timing("train_image"), {"seconds": round(seconds, 3), **metrics})
+    if rank == 0:
+        stage.record_timing(**metrics)
         print(
             f"held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, "
             f"codebook usage {metrics['codebook_usage']:.1%}, code perplexity {metrics['code_perplexity']:.1f}"

@@ -6,23 +6,19 @@
 from __future__ import annotations
 
 import posixpath
-import time
 from itertools import islice
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
 from mmgen.data.corpus import read_documents
 from mmgen.data.obelics import CorpusError, ReadStats
-from mmgen.files import write_json
 from mmgen.tokenizers.run import SENTENCEPIECE, write_text_tokenizer_record
 from mmgen.tokenizers.text import train_text_tokenizer
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__.strip().splitlines()[0])
-    paths = RunPaths(cfg.run_dir)
+    stage = start_stage("train_text", __doc__.strip().splitlines()[0])
+    cfg, paths = stage.cfg, stage.paths
     corpus = cfg.data.train_corpus or paths.corpus_split("train")
-    start = time.perf_counter()
     stats = ReadStats()
     passages = (text for doc in read_documents(corpus, options=cfg.data, stats=stats) for text in doc.texts if text)
     texts = list(islice(passages, cfg.text_tokenizer.max_sentences))
@@ -30,9 +26,8 @@ def main() -> None:
         raise CorpusError(f"{corpus} holds no text to train the text tokenizer on")
     tokenizer = train_text_tokenizer(texts, cfg.text_tokenizer, paths.text_tokenizer)
     write_text_tokenizer_record(posixpath.dirname(paths.text_tokenizer), SENTENCEPIECE, posixpath.basename(paths.text_tokenizer))
-    seconds = time.perf_counter() - start
     print(f"{corpus}: {stats.summary()}")
-    write_json(paths.stage_timing("train_text"), {"seconds": round(seconds, 3), "vocab_size": tokenizer.vocab_size})
+    stage.record_timing(vocab_size=tokenizer.vocab_size)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ import sys
 
 import torch
 
-from mmgen.cli import run_cli
-from mmgen.config import ConfigError, RunPaths, load_config
+from mmgen.cli import run_cli, start_stage
+from mmgen.config import ConfigError, RunPaths
 from mmgen.interop import save_chameleon
 from mmgen.interop.chameleon_run import extras_dir, import_chameleon_run
 from mmgen.model.checkpoint import load_trained_model
@@ -45,8 +45,8 @@ def main() -> None:
                         help="import: VQGAN decoder weights in taming's layout (Meta's tokenizer/vqgan.ckpt)")
     parser.add_argument("--replace", action="store_true", help="import: overwrite a target folder that holds files")
     args, rest = parser.parse_known_args()
-    cfg = load_config(rest, description=__doc__)  # --config, --output_dir and other experiment overrides
-    paths = RunPaths(cfg.run_dir)
+    stage = start_stage("convert_chameleon", __doc__, rest)  # --config, --output_dir and other experiment overrides
+    cfg, paths = stage.cfg, stage.paths
     dtype = getattr(torch, args.dtype) if args.dtype else None
     try:
         if args.direction == "export":

@@ -8,29 +8,27 @@ Starting the same command again resumes from the newest checkpoint.
 
 import os
 import sys
-import time
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
-from mmgen.files import write_json
+from mmgen.cli import run_cli, start_stage
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
+    stage = start_stage("pretrain", __doc__)
+    cfg = stage.cfg
+    from mmgen.device import torchrun_rank
     from mmgen.train.trainer import check_pretraining_inputs, end_rank_process, run_pretraining
 
-    timing = RunPaths(cfg.run_dir).stage_timing("pretrain")
-    start = time.time()
     if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
         run_pretraining(cfg)
-        if os.environ.get("RANK", "0") == "0":
-            write_json(timing, {"seconds": time.time() - start, "processes": int(os.environ.get("WORLD_SIZE", "1"))})
+        rank, world = torchrun_rank()
+        if rank == 0:
+            stage.record_timing(processes=world)
         end_rank_process()
     check_pretraining_inputs(cfg)
     from mmgen.train.launch import launch_local
 
     launch_local(__file__, sys.argv[1:], processes=cfg.processes)
-    write_json(timing, {"seconds": time.time() - start, "processes": cfg.processes})
+    stage.record_timing(processes=cfg.processes)
 
 
 if __name__ == "__main__":

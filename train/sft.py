@@ -10,30 +10,28 @@ again resumes.
 
 import os
 import sys
-import time
 
-from mmgen.cli import run_cli
-from mmgen.config import RunPaths, load_config
-from mmgen.files import write_json
+from mmgen.cli import run_cli, start_stage
 
 
 def main() -> None:
-    cfg = load_config(description=__doc__)
+    stage = start_stage("sft", __doc__)
+    cfg = stage.cfg
+    stage.name = cfg.sft.folder  # timed under its folder's name: several fine-tunings may run
+    from mmgen.device import torchrun_rank
     from mmgen.train.sft import build_sft_config, check_sft_inputs
     from mmgen.train.trainer import end_rank_process, run_pretraining
 
-    timing = RunPaths(cfg.run_dir).stage_timing(cfg.sft.folder)
-    start = time.time()
     if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
         run_pretraining(cfg, build_sft_config(cfg))
-        if os.environ.get("RANK", "0") == "0":
-            write_json(timing, {"seconds": time.time() - start})
+        if torchrun_rank()[0] == 0:
+            stage.record_timing()
         end_rank_process()
     check_sft_inputs(cfg)
     from mmgen.train.launch import launch_local
 
     launch_local(__file__, sys.argv[1:], processes=cfg.processes)
-    write_json(timing, {"seconds": time.time() - start})
+    stage.record_timing()
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ class RunPaths:
         return self._join("tokenizers", "image")
 
     @property
+    def image_tokenizer_metrics(self) -> str:
+        """Held-out PSNR, SSIM and codebook usage, saved with the image tokenizer."""
+        return self._join("tokenizers", "image", "metrics.json")
+
+    @property
     def vocab(self) -> str:
         return self._join("tokenizers", "vocab.json")
 
@@ -62,12 +67,17 @@ class RunPaths:
         return self._join("retrieval", "encoder")
 
     @property
+    def retrieval_encoder_metrics(self) -> str:
+        return self._join("retrieval", "encoder", "metrics.json")
+
+    @property
     def memory_bank(self) -> str:
         return self._join("retrieval", "bank")
 
     def neighbours(self, split: str) -> str:
-        """Retrieved-neighbour table [documents, k] stored beside a split's token shards."""
-        return self._join("tokens", split, "neighbours.npy")
+        """Retrieved-neighbour table [documents, k] of a split's documents (its info, with the fingerprint of the
+        tokens it was built on, is the ``.json`` beside it)."""
+        return self._join("retrieval", "neighbours", f"{split}.npy")
 
     # pretraining
     @property
@@ -86,6 +96,28 @@ class RunPaths:
     @property
     def samples_dir(self) -> str:
         return self._join("samples")
+
+    # evaluation
+    @property
+    def eval_dir(self) -> str:
+        return self._join("eval")
+
+    @property
+    def report_metrics(self) -> str:
+        return self._join("eval", "metrics.json")
+
+    @property
+    def report_page(self) -> str:
+        return self._join("eval", "report.html")
+
+    @property
+    def sft_metrics(self) -> str:
+        """eval/compare_sft.py's figures of the pretrained and every fine-tuned checkpoint."""
+        return self._join("eval", "sft_metrics.json")
+
+    @property
+    def classify_dir(self) -> str:
+        return self._join("eval", "classify")
 
     def stage_timing(self, stage: str) -> str:
         return self._join("timings", f"{stage}.json")

@@ -10,14 +10,13 @@ image and image to text, as CM3leon trains). Files may be plain, ``.zip`` or ``.
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any, Iterator
 
 import fsspec
 
 from mmgen.data.curation import Curator, ImageItem
 from mmgen.data.document import Document
-from mmgen.data.mmc4 import jsonl_lines, parse_json_line
+from mmgen.data.mmc4 import read_jsonl_shard
 from mmgen.data.reading import ReadStats, SkipRow
 
 SUFFIXES = (".jsonl", ".jsonl.zip", ".jsonl.gz")
@@ -42,17 +41,6 @@ def in_caption_order(caption: str, image: ImageItem, caption_order: str, row: in
 
 def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator,
                stats: ReadStats) -> Iterator[Document]:  # fmt: skip
-    refs = curator.refs(fs, posixpath.dirname(path))
-    for row, line in jsonl_lines(fs, path, source):
-        try:
-            record = parse_json_line(line)
-            if record is None:
-                continue
-            items, metadata = parse_record(record, curator.options.caption_order, row)
-            doc = curator.document(items, metadata, refs, stats)
-        except SkipRow as skip:
-            stats.skip(source, row, skip.reason)
-            continue
-        doc.metadata.update(source=source, row=row)
-        stats.documents_read += 1
-        yield doc
+    order = curator.options.caption_order
+    yield from read_jsonl_shard(fs, path, source, curator, stats,
+                                lambda record, row: parse_record(record, order, row), keep_text=False)

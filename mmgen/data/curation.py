@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 from mmgen.config.schema import DataConfig
 from mmgen.data.document import Document, Part
@@ -38,6 +38,10 @@ class ImageItem:
     metadata: dict[str, Any] = field(default_factory=dict)
     fallback_url: str | None = None
     """Fetched (network allowed) when ``ref`` is a local path that is missing, e.g. MMC4's raw_url."""
+
+
+Parsed = tuple[list[str | ImageItem], dict[str, Any]]
+"""A parsed record: its texts and images in reading order, and the document's metadata."""
 
 
 def content_hash(*chunks: bytes) -> int:
@@ -64,6 +68,24 @@ class Curator:
         o = self.options
         return ImageRef(fs=fs, shard_dir=shard_dir, image_root=o.image_root, allow_network=o.allow_network,
                         timeout=o.network_timeout, retries=o.network_retries)  # fmt: skip
+
+    def documents(self, rows: Iterable[tuple[int, Any]], parse: Callable[[int, Any], Parsed | None], refs: ImageRef,
+                  source: str, stats: ReadStats, *, keep_text: bool = False) -> Iterator[Document]:  # fmt: skip
+        """The loop of every reader: each ``(row, raw record)`` parsed (None: nothing there, e.g. a blank line)
+        and curated into a document stamped with its provenance; a ``SkipRow`` from either is counted in
+        ``stats`` with its source and row, and the loop goes on."""
+        for row, raw in rows:
+            try:
+                parsed = parse(row, raw)
+                if parsed is None:
+                    continue
+                doc = self.document(*parsed, refs, stats, keep_text=keep_text)
+            except SkipRow as skip:
+                stats.skip(source, row, skip.reason)
+                continue
+            doc.metadata.update(source=source, row=row)
+            stats.documents_read += 1
+            yield doc
 
     def document(self, items: list[str | ImageItem], metadata: dict[str, Any], refs: ImageRef,
                  stats: ReadStats, *, keep_text: bool = False) -> Document:  # fmt: skip

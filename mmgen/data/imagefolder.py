@@ -15,9 +15,9 @@ from typing import Iterator
 import fsspec
 
 from mmgen.data.caption_pairs import in_caption_order
-from mmgen.data.curation import Curator, ImageItem
+from mmgen.data.curation import Curator, ImageItem, Parsed
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError, ReadStats, SkipRow
+from mmgen.data.reading import CorpusError, ReadStats
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -44,15 +44,10 @@ def read_shard(fs: fsspec.AbstractFileSystem, class_dir: str, source: str, curat
     files = sorted(p for p in fs.find(class_dir) if p.lower().endswith(IMAGE_SUFFIXES))
     refs = curator.refs(fs, class_dir)
     meta = {"label": label, "label_index": label_index}
-    for row, path in enumerate(files):
+
+    def parse(row: int, path: str) -> Parsed:
         image = ImageItem(ref=posixpath.relpath(path, class_dir), metadata=dict(meta))
         items = in_caption_order(text, image, curator.options.caption_order, row)
-        try:
-            doc = curator.document(items, {**meta, "path": posixpath.relpath(path, posixpath.dirname(class_dir))},
-                                   refs, stats)  # fmt: skip
-        except SkipRow as skip:
-            stats.skip(source, row, skip.reason)
-            continue
-        doc.metadata.update(source=source, row=row)
-        stats.documents_read += 1
-        yield doc
+        return items, {**meta, "path": posixpath.relpath(path, posixpath.dirname(class_dir))}
+
+    yield from curator.documents(enumerate(files), parse, refs, source, stats)

@@ -18,11 +18,11 @@ import json
 import posixpath
 import zipfile
 import zlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import fsspec
 
-from mmgen.data.curation import Curator, ImageItem
+from mmgen.data.curation import Curator, ImageItem, Parsed
 from mmgen.data.document import Document
 from mmgen.data.reading import CorpusError, ReadStats, SkipRow
 
@@ -68,25 +68,25 @@ def parse_json_line(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+def read_jsonl_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator, stats: ReadStats,
+                     parse: Callable[[dict[str, Any], int], Parsed], *, keep_text: bool) -> Iterator[Document]:  # fmt: skip
+    """Documents of a jsonl shard whose records ``parse(record, row)`` reads (MMC4's, caption pairs')."""
+
+    def parse_line(row: int, line: bytes) -> Parsed | None:
+        record = parse_json_line(line)
+        return None if record is None else parse(record, row)
+
+    refs = curator.refs(fs, posixpath.dirname(path))
+    yield from curator.documents(jsonl_lines(fs, path, source), parse_line, refs, source, stats, keep_text=keep_text)
+
+
 def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: Curator,
                stats: ReadStats) -> Iterator[Document]:  # fmt: skip
-    refs = curator.refs(fs, posixpath.dirname(path))
-    for row, line in jsonl_lines(fs, path, source):
-        try:
-            record = parse_json_line(line)
-            if record is None:
-                continue
-            items, metadata = parse_record(record)
-            doc = curator.document(items, metadata, refs, stats, keep_text=True)
-        except SkipRow as skip:
-            stats.skip(source, row, skip.reason)
-            continue
-        doc.metadata.update(source=source, row=row)
-        stats.documents_read += 1
-        yield doc
+    yield from read_jsonl_shard(fs, path, source, curator, stats, lambda record, row: parse_record(record),
+                                keep_text=True)
 
 
-def parse_record(record: dict[str, Any]) -> tuple[list[str | ImageItem], dict[str, Any]]:
+def parse_record(record: dict[str, Any]) -> Parsed:
     """Sentences and images in reading order, and the document metadata; ``SkipRow`` when malformed."""
     texts, images = record.get("text_list"), record.get("image_info", [])
     if not isinstance(texts, list) or not isinstance(images, list):

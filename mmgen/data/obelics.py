@@ -77,20 +77,17 @@ def read_shard(fs: fsspec.AbstractFileSystem, path: str, source: str, curator: C
     """Documents of one parquet shard, curated by ``curator``."""
     parquet, columns = _open_shard(fs, path, source)
     refs = curator.refs(fs, posixpath.dirname(path))
+    yield from curator.documents(_rows(parquet, columns, source), lambda row, record: parse_record(record), refs,
+                                 source, stats, keep_text=True)
+
+
+def _rows(parquet: pq.ParquetFile, columns: list[str], source: str) -> Iterator[tuple[int, dict[str, Any]]]:
     row = 0
     try:
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             data = batch.to_pydict()
             for i in range(batch.num_rows):
-                try:
-                    items, metadata = parse_record({c: data[c][i] for c in columns})
-                    doc = curator.document(items, metadata, refs, stats, keep_text=True)
-                except SkipRow as skip:
-                    stats.skip(source, row, skip.reason)
-                else:
-                    doc.metadata.update(source=source, row=row)
-                    stats.documents_read += 1
-                    yield doc
+                yield row, {c: data[c][i] for c in columns}
                 row += 1
     except (pa.ArrowInvalid, OSError) as err:  # e.g. a corrupt page, non-UTF-8 strings
         raise CorpusError(f"{source}: cannot read rows from {row} on ({err})") from None

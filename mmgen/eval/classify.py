@@ -21,12 +21,17 @@ accuracy and the confusion matrix; ``confusion_png`` draws it with PIL.
 from __future__ import annotations
 
 import io
+import json
+import posixpath
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from mmgen.files import write_atomic
+
+from mmgen.eval.attributes import label_chance
 from mmgen.eval.intervals import wilson_interval
 from mmgen.eval.likelihood import common_prefix_length, continuation_logprobs, grouped_continuation_logprobs
 
@@ -121,6 +126,43 @@ def classification_metrics(scores: torch.Tensor, truth: Sequence[int], labels: S
         "confusion": confusion.tolist(),
         "predictions": [labels[i] for i in top1.tolist()],
     }
+
+
+def classify_both_ways(model, vocab, grids, truth: Sequence[int], labels: Sequence[str], *,
+                       prompts: Sequence[Sequence[TokenIds]], lead: TokenIds, follows: Sequence[Sequence[TokenIds]],
+                       batch_size: int, calibrate: bool, seed: int, reuse_prefix: bool = True) -> dict[str, dict]:  # fmt: skip
+    """Every image classified among ``labels`` by log p(image | its label ``prompts``) and by
+    log p(its label ``follows`` | ``lead``, image): per direction, ``classification_metrics`` with the chance
+    level of the same predictions (``label_chance``, seeded by ``seed``) and the labels."""
+    kwargs = dict(batch_size=batch_size, reuse_prefix=reuse_prefix, calibrate=calibrate)
+    scores = {
+        "image_given_label": image_given_label_scores(model, vocab, grids, prompts, **kwargs),
+        "label_given_image": label_given_image_scores(model, vocab, grids, lead, follows, **kwargs),
+    }
+    results = {}
+    for direction, s in scores.items():
+        metrics = classification_metrics(s, truth, list(labels))
+        metrics["chance"] = label_chance([labels[t] for t in truth], metrics["predictions"], seed=seed)
+        metrics["labels"] = list(labels)
+        results[direction] = metrics
+    return results
+
+
+def write_classification(out_dir: str, tasks: dict[str, dict], summary: dict, *,
+                         skipped: list[str] | None = None) -> list[str]:  # fmt: skip
+    """``results.json`` (``summary`` with the ``tasks``, and the ``skipped`` inputs among them when given) and a
+    confusion-matrix PNG per task under ``out_dir``; returns one line per task for the console."""
+    lines = []
+    for name, task in tasks.items():
+        write_atomic(posixpath.join(out_dir, name.replace("/", "-") + "-confusion.png"),
+                     confusion_png(task["confusion"], task["labels"]))
+        lo, hi = task["ci95"]
+        lines.append(f"{name}: top-1 {task['top1']:.3f} [95 % interval {lo:.3f}, {hi:.3f}; "
+                     f"{len(task['predictions'])} images] (chance {task['chance']:.3f}), top-5 {task['top5']:.3f}, "
+                     f"per class {json.dumps(task['per_class'])}")
+    listed = tasks if skipped is None else {**tasks, "skipped": skipped}
+    write_atomic(posixpath.join(out_dir, "results.json"), json.dumps({**summary, "tasks": listed}, indent=1))
+    return lines
 
 
 def confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str], *, cell: int = 36) -> bytes:

@@ -28,7 +28,7 @@ from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interva
 from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.infill import infill_prompt
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample_in_batches
 
 
 def _text(tokenizer, ids: Sequence[int]) -> str:
@@ -41,13 +41,6 @@ def _grid(vocab, new: Sequence[int]) -> torch.Tensor | None:
     lo, hi = vocab.image_range
     codes = [t for t in new if lo <= t < hi][: h * w]
     return vocab.id_to_code(torch.tensor(codes)).view(h, w) if len(codes) == h * w else None
-
-
-def _batched(prompts: list[list[int]], batch_size: int, **kw) -> list[list[int]]:
-    out: list[list[int]] = []
-    for s in range(0, len(prompts), batch_size):
-        out += sample(prompts=prompts[s : s + batch_size], **kw)
-    return out
 
 
 def _readable(tokenizer, ids: Sequence[int]) -> str:
@@ -79,13 +72,16 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         span = choose_span(ids, vocab, rng, image_share=0.0)
         if span is not None and len(text_items) < documents:
             text_items.append((ids, span))
-    common = dict(model=model, vocab=vocab, seed=seed)
+
+    def batched(prompts: list[list[int]], **params) -> list[list[int]]:
+        return sample_in_batches(model, vocab, prompts, SamplingParams(seed=seed, **params), batch_size)
+
     result: dict = {"documents": {"image": len(image_items), "text": len(text_items)}}
 
     if image_items:
-        outs = _batched([infill_prompt(ids, span, vocab) for ids, span in image_items], batch_size,
-                        max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
-                        max_images=1, eos_stops=False, **common)
+        outs = batched([infill_prompt(ids, span, vocab) for ids, span in image_items],
+                       max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
+                       max_images=1, eos_stops=False)
         grids = [_grid(vocab, o) for o in outs]
         kept = [k for k, g in enumerate(grids) if g is not None]
         originals = tokenizer.decode_images([_grid(vocab, image_items[k][0][slice(*image_items[k][1])].tolist()) for k in kept])
@@ -105,11 +101,11 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
 
     if text_items:
         lengths = [stop - start for _, (start, stop) in text_items]
-        infills = _batched([infill_prompt(ids, span, vocab) for ids, span in text_items], batch_size,
-                           max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0, **common)
+        infills = batched([infill_prompt(ids, span, vocab) for ids, span in text_items],
+                          max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0)
         # the baseline gets the span's true length: it only lacks the context after the hole
-        lefts = _batched([ids[: span[0]].tolist() for ids, span in text_items], batch_size,
-                         max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False, **common)
+        lefts = batched([ids[: span[0]].tolist() for ids, span in text_items],
+                        max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False)
         lefts = [o[:n] for o, n in zip(lefts, lengths)]
         truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]
         spans = [[t for t in o if t != vocab.eos] for o in infills]

@@ -25,7 +25,7 @@ import torch
 from mmgen.config import ExperimentConfig, RunPaths
 from mmgen.data.token_shards import TokenShards
 from mmgen.device import machine_description
-from mmgen.eval import html as H
+from mmgen import pages as H
 from mmgen.eval.classify import confusion_png
 from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
 from mmgen.eval.infill_eval import infill_eval
@@ -86,7 +86,7 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
             top_k=e.t2i_top_k, batch_size=e.batch_size))
         metrics.update({f"infill_{k}": v for k, v in infills.items()
                         if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
-    metrics["vq_psnr"] = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))["psnr"]
+    metrics["vq_psnr"] = read_json(paths.image_tokenizer_metrics)["psnr"]
     curve = timed("learning curve", lambda: learning_curve(cfg, paths, tokenizer, next(model.parameters()).device,
                                                            log=log))
     if curve:
@@ -114,7 +114,7 @@ def interval_text(metrics: dict, key: str) -> str:
 
 def _sft_table(paths: RunPaths) -> str:
     """Pretrained and fine-tuned checkpoints side by side, from eval/compare_sft.py's output when it exists."""
-    path = posixpath.join(eval_dir(paths), "sft_metrics.json")
+    path = paths.sft_metrics
     fs, local = fsspec.core.url_to_fs(path)
     if not fs.exists(local):
         return ""
@@ -180,15 +180,10 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
     return H.page(f"mmgen evaluation: {cfg.name}", "\n".join(body))
 
 
-def eval_dir(paths: RunPaths) -> str:
-    return posixpath.join(paths.root, "eval")
-
-
 @torch.inference_mode()
 def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
                  log: Callable[[str], None] = print) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
-    out = eval_dir(paths)
-    write_atomic(posixpath.join(out, "report.html"), page)
-    write_atomic(posixpath.join(out, "metrics.json"), json.dumps(metrics, indent=2))
+    write_atomic(paths.report_page, page)
+    write_atomic(paths.report_metrics, json.dumps(metrics, indent=2))
     return metrics

@@ -10,17 +10,24 @@ one over the number of possible answers of each question kind.
 
 from __future__ import annotations
 
+import posixpath
 from collections import defaultdict
 from typing import Sequence
 
+import fsspec
 import numpy as np
 import torch
+
+from mmgen.config.paths import RunPaths
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, caption_scene, permutation_chance
 from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.generation.sampler import sample
+from mmgen.model.checkpoint import MODEL_FILE, read_model_description
+from mmgen.model.lora import add_lora, trainable_share
+from mmgen.model.transformer import Transformer
+from mmgen.generation.sampler import SamplingParams, sample_in_batches
 
 
 def _text(tokenizer, ids: Sequence[int]) -> str:
@@ -40,11 +47,8 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
     def prompts(indices):
         return [shards[i][: shards.metadata(i)["loss_start"]].tolist() for i in indices]
 
-    def run(batch_prompts, **kw):
-        out = []
-        for s in range(0, len(batch_prompts), batch_size):
-            out += sample(model, vocab, batch_prompts[s : s + batch_size], seed=seed, **kw)
-        return out
+    def run(batch_prompts, **params):
+        return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size)
 
     metrics: dict[str, float] = {}
     if by_task.get("caption"):
@@ -83,3 +87,22 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
                 metrics["t2i_chance"] = permutation_chance(truths, read, seed=seed)
     metrics["items_per_task"] = {task: len(v) for task, v in by_task.items()}
     return metrics
+
+
+def fine_tuning_runs(paths: RunPaths) -> dict[str, str]:
+    """Every fine-tuning run of the run folder by name: a folder named ``sft*`` holding a ``model.json``."""
+    fs, root = fsspec.core.url_to_fs(paths.root)
+    names = sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)
+                   if posixpath.basename(p.rstrip("/")).startswith("sft") and fs.exists(posixpath.join(p, MODEL_FILE)))
+    if not names:
+        raise FileNotFoundError(f"no fine-tuning run under {paths.root} (run train/sft.py first)")
+    return {name: paths.sft_dir(name) for name in names}
+
+
+def lora_trainable_share(folder: str, model) -> float | None:
+    """The share of parameters a LoRA fine-tuning in ``folder`` trained; None when it tuned every weight."""
+    description = read_model_description(folder)
+    if not description.get("lora_rank"):
+        return None
+    probe = add_lora(Transformer(model.cfg, model.vocab_size), rank=description["lora_rank"], alpha=description["lora_alpha"])
+    return trainable_share(probe)

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmgen.config.schema import EvalConfig, SampleConfig, WorldConfig
+from mmgen.config.schema import EvalConfig, WorldConfig
 from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene, render_scene, scene_split
-from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene, label_chance,
+from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
                                    permutation_chance)
-from mmgen.eval.classify import classification_metrics, image_given_label_scores, label_given_image_scores
+from mmgen.eval.classify import classify_both_ways
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample
 
 _KEYS = ("shape", "color", "size", "position")
 
@@ -48,8 +48,8 @@ def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_si
     """Greedy captions of rendered scenes; accuracy = share of true attributes the caption states."""
     images = [render_scene(s, image_size) for s in scenes]
     prompts = [tokenizer.encode_parts([cfg.caption_prompt, im, cfg.caption_lead], eos=False) for im in images]
-    outs = sample(model, tokenizer.vocab, prompts, max_new_tokens=cfg.caption_max_tokens, temperature=0.0,
-                  max_images=0, seed=cfg.seed)
+    params = SamplingParams(max_new_tokens=cfg.caption_max_tokens, temperature=0.0, max_images=0, seed=cfg.seed)
+    outs = sample(model, tokenizer.vocab, prompts, params)
     captions = []
     for new in outs:
         text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
@@ -68,8 +68,9 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
     vocab = tokenizer.vocab
     texts = [cfg.t2i_template.format(caption=describe_scene(s)) for s in scenes]
     prompts = [tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts]
-    outs = sample(model, vocab, prompts, max_new_tokens=vocab.image_tokens - 1, temperature=cfg.t2i_temperature,
-                  top_k=cfg.t2i_top_k, cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
+    params = SamplingParams(max_new_tokens=vocab.image_tokens - 1, temperature=cfg.t2i_temperature, top_k=cfg.t2i_top_k,
+                            cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
+    outs = sample(model, vocab, prompts, params)
     hw = vocab.grid[0] * vocab.grid[1]
     grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outs]
     images = _at_size(tokenizer.decode_images(grids), image_size)
@@ -115,23 +116,8 @@ def classify_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_s
         prompts = [[tokenizer.encode_parts([cfg.classify_prompt.format(caption=c)], eos=False) for c in cs]
                    for cs in captions]
         follows = [[tokenizer.encode_text(cfg.classify_follow.format(caption=c)) for c in cs] for cs in captions]
-        for direction, scores in (
-            ("image_given_label", image_given_label_scores(model, vocab, grids, prompts, batch_size=cfg.batch_size,
-                                                           reuse_prefix=reuse_prefix, calibrate=cfg.calibrate)),
-            ("label_given_image", label_given_image_scores(model, vocab, grids, lead, follows,
-                                                           batch_size=cfg.batch_size, reuse_prefix=reuse_prefix,
-                                                           calibrate=cfg.calibrate)),
-        ):
-            metrics = classification_metrics(scores, truth, list(labels))
-            metrics["chance"] = label_chance([labels[t] for t in truth], metrics["predictions"], seed=cfg.seed)
-            metrics["labels"] = list(labels)
-            results[f"{key}/{direction}"] = metrics
+        both = classify_both_ways(model, vocab, grids, truth, labels, prompts=prompts, lead=lead, follows=follows,
+                                  batch_size=cfg.batch_size, calibrate=cfg.calibrate, seed=cfg.seed,
+                                  reuse_prefix=reuse_prefix)  # fmt: skip
+        results |= {f"{key}/{direction}": metrics for direction, metrics in both.items()}
     return results
-
-
-def sample_kwargs(s: SampleConfig) -> dict:
-    """The sampler's keyword arguments from the sample config section."""
-    return dict(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
-                max_images=s.max_images, force_image=s.force_image, cfg_scale=s.cfg_scale,
-                image_cfg_scale=s.image_cfg_scale, cdk_k=s.cdk_k, cdk_alpha=s.cdk_alpha, seed=s.seed,
-                compile=s.compile)

@@ -44,7 +44,7 @@ def _loss_log(path: str) -> list[dict[str, Any]]:
 def demo_summary(paths: RunPaths) -> dict[str, Any]:
     log = _loss_log(paths.loss_log)
     first, last = log[0], log[-1]
-    vq = read_json(posixpath.join(paths.image_tokenizer, "metrics.json"))
+    vq = read_json(paths.image_tokenizer_metrics)
     seconds = {stage: round(read_json(paths.stage_timing(stage))["seconds"], 2) for stage in STAGES}
     for stage in OPTIONAL_STAGES:
         fs, local = fsspec.core.url_to_fs(paths.stage_timing(stage))
@@ -79,11 +79,11 @@ def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
     """Accuracies with their 95 % intervals and items: the report's (pretrained model, report prompts) and the
     SFT comparison's (each checkpoint on the held-out SFT prompts), kept apart since the prompts differ."""
     runs: dict[str, dict[str, Any]] = {}
-    for prefix, file in (("report", "metrics.json"), ("sft comparison", "sft_metrics.json")):
-        fs, local = fsspec.core.url_to_fs(posixpath.join(paths.root, "eval", file))
+    for prefix, path in (("report", paths.report_metrics), ("sft comparison", paths.sft_metrics)):
+        fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
             continue
-        found = read_json(posixpath.join(paths.root, "eval", file))
+        found = read_json(path)
         for run, metrics in ({"pretrained": found} if prefix == "report" else found).items():
             runs[f"{prefix}: {run}"] = {k: [round(metrics[k], 4), metrics.get(f"{k}_ci95"), metrics.get(f"{k}_items")]
                                         for k in _HEADLINE if k in metrics}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmgen.data.objectives import cm3_transform
-from mmgen.generation.sampler import sample
+from mmgen.generation.sampler import SamplingParams, sample
 
 
 def infill_prompt(ids: np.ndarray, span: tuple[int, int], vocab) -> list[int]:
@@ -18,13 +18,17 @@ def infill_prompt(ids: np.ndarray, span: tuple[int, int], vocab) -> list[int]:
     return full[: len(full) - (span[1] - span[0]) - 1].tolist()
 
 
-def infill(model, vocab, ids: np.ndarray, span: tuple[int, int], *, max_new_tokens: int | None = None, **sampling) -> list[int]:
-    """The sampled replacement of ``ids[span]`` (an image span comes back as BOI, h·w codes, EOI)."""
+def infill(model, vocab, ids: np.ndarray, span: tuple[int, int], **sampling) -> list[int]:
+    """The sampled replacement of ``ids[span]`` (an image span comes back as BOI, h·w codes, EOI).
+
+    ``sampling`` holds ``SamplingParams`` fields (temperature, seed, ...); the token budget,
+    ``force_image`` and ``max_images`` follow from the span.
+    """
     is_image = int(ids[span[0]]) == vocab.boi
     h, w = vocab.grid
-    budget = max_new_tokens or (h * w + 3 if is_image else 2 * (span[1] - span[0]) + 8)
-    new = sample(model, vocab, [infill_prompt(ids, span, vocab)], max_new_tokens=budget, force_image=is_image,
-                 max_images=1 if is_image else 0, **sampling)[0]
+    budget = h * w + 3 if is_image else 2 * (span[1] - span[0]) + 8
+    params = SamplingParams(max_new_tokens=budget, force_image=is_image, max_images=1 if is_image else 0, **sampling)
+    new = sample(model, vocab, [infill_prompt(ids, span, vocab)], params)[0]
     if is_image:
         end = new.index(vocab.eoi) + 1 if vocab.eoi in new else len(new)
         return new[:end]

@@ -10,6 +10,7 @@ import posixpath
 
 import fsspec
 
+from mmgen import pages as H
 from mmgen.files import write_atomic
 from mmgen.tokenizers.vocab import MultimodalTokenizer
 
@@ -77,8 +78,6 @@ def render_sample(tokenizer: MultimodalTokenizer, prompt_ids: list[int], new_ids
 
 def render_html(records: list[dict], out_dir: str, *, title: str, name: str = "index.html") -> str:
     """Write ``<out_dir>/<name>``: every record's text and images in reading order (images inlined)."""
-    from mmgen.eval import html as H  # the page helpers live with the reports
-
     fs, root = fsspec.core.url_to_fs(out_dir)
 
     def parts_html(parts: list[dict], width: int) -> list[str]:

@@ -27,14 +27,18 @@ Guidance changes image logits only; text is sampled from the conditional
 stream (with the repetition penalty).
 
 Prompts of different lengths are right-padded and prefilled in one call; each
-row then decodes at its own cache slots (see mmgen/model/kv_cache.py).
-``use_cache=False`` recomputes the whole sequence every step instead — slow,
-the reference the cached path is tested against.
+row then decodes at its own cache slots (see mmgen/model/kv_cache.py). How the
+next logits are computed is a ``Decoding``: ``CachedDecoding`` is the fast path;
+the tests hold a reference that recomputes the whole sequence every step and
+check that both sample the same tokens.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
 
 import torch
 
@@ -56,155 +60,248 @@ _DONE_CHECK_EVERY = 8
 _PROGRESS_EVERY = 32
 
 
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. The same params, seed included, and prompts give the same samples.
+
+    ``cfg_scale`` 0 turns guidance off; any other value runs the unconditional
+    stream (at 1 the samples equal unguided ones). ``eos_stops`` False keeps
+    sampling after EOS until ``max_new_tokens``.
+    """
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    max_images: int = 1
+    force_image: bool = False
+    cfg_scale: float = 0.0
+    image_cfg_scale: float = 0.0
+    cdk_k: int = 0
+    cdk_alpha: float = 0.1
+    seed: int = 0
+    eos_stops: bool = True
+
+    def __post_init__(self):
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+
+    @classmethod
+    def from_section(cls, section, **changes) -> SamplingParams:
+        """The params named like fields of a config section (e.g. ``SampleConfig``), then ``changes``."""
+        names = {f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(section)}
+        return cls(**({n: getattr(section, n) for n in names} | changes))
+
+    @property
+    def unconditional_stream(self) -> bool:
+        return self.cfg_scale > 0 or self.cdk_k > 0 or self.image_cfg_scale > 0
+
+    @property
+    def image_only_stream(self) -> bool:
+        return self.image_cfg_scale > 0
+
+
+class Decoding(Protocol):
+    """How the sampler gets the next logits of every row (float32, [rows, V])."""
+
+    def open(self, rows: int, length: int) -> AbstractContextManager:
+        """Ready for ``rows`` rows of up to ``length`` tokens while the context lasts."""
+
+    def prefill(self, prompts: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
+        """Logits after each row's prompt; ``prompts`` [rows, P] right-padded."""
+
+    def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """Logits after ``fed`` [rows], just written into ``seq`` at each row's ``slot``."""
+
+
+class CachedDecoding:
+    """The fast path: the prompts go into the model's static KV cache at once, then one token per row a step.
+
+    ``compile`` compiles the one-token decode step with torch.compile.
+    """
+
+    def __init__(self, model, *, compile: bool = False):
+        self.model = model
+        self.decode = torch.compile(model, dynamic=False) if compile else model
+
+    @contextmanager
+    def open(self, rows: int, length: int) -> Iterator[None]:
+        param = next(self.model.parameters())
+        self.model.setup_cache(rows, length, dtype=param.dtype, device=param.device)
+        try:
+            yield
+        finally:
+            self.model.clear_cache()
+
+    def prefill(self, prompts: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(prompts.shape[1], device=prompts.device)
+        rows = torch.arange(prompts.shape[0], device=prompts.device)
+        return self.model(prompts, input_pos=positions)[rows, prompt_len - 1].float()
+
+    def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        return self.decode(fed[:, None], input_pos=slot[:, None])[:, 0].float()
+
+
 @torch.inference_mode()
 def sample(
     model,
     vocab,
     prompts: list[list[int]],
+    params: SamplingParams,
     *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    max_images: int = 1,
-    force_image: bool = False,
-    cfg_scale: float = 0.0,
-    image_cfg_scale: float = 0.0,
-    cdk_k: int = 0,
-    cdk_alpha: float = 0.1,
-    seed: int = 0,
-    eos_stops: bool = True,
-    use_cache: bool = True,
     compile: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    decoding: Decoding | None = None,
 ) -> list[list[int]]:
     """Sample a continuation of every prompt; returns the new tokens only (EOS included).
 
-    ``model`` is a ``mmgen.model.Transformer`` (its cache is set up and cleared
-    here); ``vocab`` provides pad, eos, boi, eoi, size, text_range, image_range
-    and grid. The same seed and prompts give the same samples. ``cfg_scale``
-    0 turns guidance off; any other value runs the unconditional stream (at 1
-    the samples equal unguided ones). ``compile`` compiles the one-token decode
-    step with torch.compile. ``progress(step, max_new_tokens)`` is called every
-    ``_PROGRESS_EVERY`` steps (it gets no tensors, so it adds no host sync).
+    ``model`` is a ``mmgen.model.Transformer`` (evaluated here, its mode restored
+    after); ``vocab`` provides pad, eos, boi, eoi, size, text_range, image_range
+    and grid. ``decoding`` defaults to ``CachedDecoding(model, compile=compile)``.
+    ``progress(step, max_new_tokens)`` is called every ``_PROGRESS_EVERY`` steps
+    (it gets no tensors, so it adds no host sync).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be positive, got {repetition_penalty}")
-    param = next(model.parameters())
-    device = param.device
-    B = len(prompts)
-    h, w = vocab.grid
-    image_len = h * w + 2
-    open_image = [_tokens_due_in_open_image(p, vocab, h * w) for p in prompts]
-
-    streams = [list(map(int, p)) for p in prompts]
-    use_uncond = cfg_scale > 0 or cdk_k > 0
-    use_image_only = image_cfg_scale > 0
-    if use_uncond or use_image_only:
-        streams += [guidance_prompt(p, vocab, keep_images=False) for p in prompts]
-    if use_image_only:
-        streams += [guidance_prompt(p, vocab, keep_images=True) for p in prompts]
-    R = len(streams)
-    row_len = torch.tensor([len(s) for s in streams], device=device)
-    P = int(row_len.max())
-    seq = torch.full((R, P + max_new_tokens), vocab.pad, dtype=torch.long, device=device)
-    for r, stream in enumerate(streams):
-        seq[r, : len(stream)] = torch.tensor(stream, dtype=torch.long)
-
-    mask_table = modality_mask_table(vocab, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    rows = torch.arange(R, device=device)
-    is_cond = rows < B
-    seen = torch.zeros(B, vocab.size, dtype=torch.bool, device=device)  # text tokens so far (repetition penalty)
-    for b, prompt in enumerate(prompts):
-        text_ids = [t for t in prompt if vocab.is_text(int(t))]
-        seen[b, text_ids] = True
-
+    device = next(model.parameters()).device
+    streams = [list(map(int, p)) for p in prompts] + guidance_streams(prompts, vocab, params)
+    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens, device)
+    decoding = decoding or CachedDecoding(model, compile=compile)
     was_training = model.training
     model.eval()
-    if use_cache:
-        model.setup_cache(R, P + max_new_tokens, dtype=param.dtype, device=device)
-    decode = torch.compile(model, dynamic=False) if compile and use_cache else model
     try:
-        if use_cache:
-            logits = model(seq[:, :P], input_pos=torch.arange(P, device=device))[rows, row_len - 1].float()
-        else:
-            logits = model(seq[:, :P])[rows, row_len - 1].float()
-        out = torch.full((B, max_new_tokens), vocab.pad, dtype=torch.long, device=device)
-        n_out = torch.zeros(B, dtype=torch.long, device=device)
-        image_left = torch.tensor(open_image, dtype=torch.long, device=device)  # codes + EOI still due
-        n_images = (image_left > 0).long()
-        done = torch.zeros(B, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            image_fits = step + image_len <= max_new_tokens
-            text_state = torch.where((n_images < max_images) & image_fits, TEXT_OR_IMAGE, TEXT)
-            if step == 0 and force_image and max_images > 0 and image_fits:  # (an open image overrides)
-                text_state = torch.full_like(text_state, BEGIN_IMAGE)
-            state = torch.where(image_left > 1, IMAGE, torch.where(image_left == 1, END_IMAGE, text_state))
-            state = torch.where(done, DONE, state)
-            mask = mask_table[state]
-            cond = logits[:B]
-            step_logits = penalise_repeats(cond, seen, repetition_penalty) + mask
-            if R > B:
-                step_logits = torch.where(
-                    (state == IMAGE)[:, None],
-                    _guided_image_logits(
-                        logits, B, mask, cfg_scale=cfg_scale, image_cfg_scale=image_cfg_scale,
-                        use_image_only=use_image_only, cdk_k=cdk_k, cdk_alpha=cdk_alpha,
-                    ),
-                    step_logits,
-                )
-            token = draw(step_logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            live = ~done
-            token = torch.where(live, token, vocab.pad)
-            out[:, step] = token
-            n_out += live.long()
-            opened = live & (token == vocab.boi)
-            n_images += opened.long()
-            image_left = torch.where(opened, image_len - 1, (image_left - 1).clamp(min=0))
-            is_text = live & vocab.is_text(token)
-            seen.scatter_(1, token[:, None], seen.gather(1, token[:, None]) | is_text[:, None])
-            if eos_stops:
-                done = done | (live & (token == vocab.eos))
-            if step + 1 == max_new_tokens:
-                break
-            if (step + 1) % _DONE_CHECK_EVERY == 0 and bool(done.all()):
-                break
-            if progress is not None and (step + 1) % _PROGRESS_EVERY == 0:
-                progress(step + 1, max_new_tokens)
-            # every conditional row advances; a guidance row only on image tokens (see the module doc)
-            fed = token.repeat(R // B)
-            image_token = (fed == vocab.boi) | (fed == vocab.eoi) | vocab.is_image(fed)
-            advance = is_cond | image_token
-            fed = torch.where(advance, fed, vocab.pad)
-            seq[rows, row_len] = torch.where(advance, fed, seq[rows, row_len])
-            if use_cache:
-                logits = decode(fed[:, None], input_pos=row_len[:, None])[:, 0].float()
-                row_len = row_len + advance.long()
-            else:
-                row_len = row_len + advance.long()
-                logits = model(seq[:, : P + step + 1])[rows, row_len - 1].float()
+        with decoding.open(len(streams), seq.shape[1]):
+            return _decode(decoding, vocab, prompts, params, seq, prompt_len, progress)
     finally:
-        if use_cache:
-            model.clear_cache()
         model.train(was_training)
-    n_out = n_out.tolist()
-    return [row[:n].tolist() for row, n in zip(out.cpu(), n_out)]
 
 
-def _guided_image_logits(logits, B, mask, *, cfg_scale, image_cfg_scale, use_image_only, cdk_k, cdk_alpha):
+def sample_in_batches(model, vocab, prompts: list[list[int]], params: SamplingParams, batch_size: int) -> list[list[int]]:
+    """``sample`` over ``batch_size`` prompts at a time (memory), each batch with the same params and seed."""
+    out: list[list[int]] = []
+    for s in range(0, len(prompts), batch_size):
+        out += sample(model, vocab, prompts[s : s + batch_size], params)
+    return out
+
+
+def guidance_streams(prompts: list[list[int]], vocab, params: SamplingParams) -> list[list[int]]:
+    """The guidance rows that follow the prompts in the batch: unconditional, then image-only, each one per prompt."""
+    streams = []
+    if params.unconditional_stream:
+        streams += [guidance_prompt(p, vocab, keep_images=False) for p in prompts]
+    if params.image_only_stream:
+        streams += [guidance_prompt(p, vocab, keep_images=True) for p in prompts]
+    return streams
+
+
+def _right_padded(streams: list[list[int]], pad: int, room: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, longest + room] token buffer holding each stream at its start, and the streams' lengths."""
+    lengths = torch.tensor([len(s) for s in streams], device=device)
+    seq = torch.full((len(streams), int(lengths.max()) + room), pad, dtype=torch.long, device=device)
+    for r, stream in enumerate(streams):
+        seq[r, : len(stream)] = torch.tensor(stream, dtype=torch.long)
+    return seq, lengths
+
+
+def _decode(decoding: Decoding, vocab, prompts, params: SamplingParams, seq, row_len, progress) -> list[list[int]]:
+    """The decode loop: choose a token per prompt under its grammar, record it, feed it to every row."""
+    n_new = params.max_new_tokens
+    grammar = _Grammar(prompts, vocab, params, seq.device)
+    rows = torch.arange(seq.shape[0], device=seq.device)
+    is_cond = rows < len(prompts)
+    generator = torch.Generator(device=seq.device).manual_seed(params.seed)
+    logits = decoding.prefill(seq[:, : int(row_len.max())], row_len)
+    for step in range(n_new):
+        state = grammar.state(step)
+        token = _choose(logits, state, grammar, params, generator)
+        token = grammar.record(step, token)
+        if step + 1 == n_new:
+            break
+        if (step + 1) % _DONE_CHECK_EVERY == 0 and bool(grammar.done.all()):
+            break
+        if progress is not None and (step + 1) % _PROGRESS_EVERY == 0:
+            progress(step + 1, n_new)
+        # every conditional row advances; a guidance row only on image tokens (see the module doc)
+        fed = token.repeat(seq.shape[0] // len(prompts))
+        advance = is_cond | (fed == vocab.boi) | (fed == vocab.eoi) | vocab.is_image(fed)
+        fed = torch.where(advance, fed, vocab.pad)
+        seq[rows, row_len] = torch.where(advance, fed, seq[rows, row_len])
+        logits = decoding.step(seq, fed, row_len)
+        row_len = row_len + advance.long()
+    return grammar.samples()
+
+
+class _Grammar:
+    """Per prompt: what has been sampled and which modality may come next, all in tensors."""
+
+    def __init__(self, prompts, vocab, params: SamplingParams, device):
+        B, V = len(prompts), vocab.size
+        h, w = vocab.grid
+        self.vocab, self.params = vocab, params
+        self.image_len = h * w + 2
+        self.mask_table = modality_mask_table(vocab, device)
+        self.out = torch.full((B, params.max_new_tokens), vocab.pad, dtype=torch.long, device=device)
+        self.n_out = torch.zeros(B, dtype=torch.long, device=device)
+        due = [_tokens_due_in_open_image(p, vocab, h * w) for p in prompts]
+        self.image_left = torch.tensor(due, dtype=torch.long, device=device)  # codes + EOI still due
+        self.n_images = (self.image_left > 0).long()
+        self.done = torch.zeros(B, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(B, V, dtype=torch.bool, device=device)  # text tokens so far (repetition penalty)
+        for b, prompt in enumerate(prompts):
+            self.seen[b, [t for t in prompt if vocab.is_text(int(t))]] = True
+
+    def state(self, step: int) -> torch.Tensor:
+        p = self.params
+        image_fits = step + self.image_len <= p.max_new_tokens
+        text_state = torch.where((self.n_images < p.max_images) & image_fits, TEXT_OR_IMAGE, TEXT)
+        if step == 0 and p.force_image and p.max_images > 0 and image_fits:  # (an open image overrides)
+            text_state = torch.full_like(text_state, BEGIN_IMAGE)
+        left = self.image_left
+        state = torch.where(left > 1, IMAGE, torch.where(left == 1, END_IMAGE, text_state))
+        return torch.where(self.done, DONE, state)
+
+    def record(self, step: int, token: torch.Tensor) -> torch.Tensor:
+        """Record each prompt's token (PAD for a finished one) and return what was recorded."""
+        vocab = self.vocab
+        live = ~self.done
+        token = torch.where(live, token, vocab.pad)
+        self.out[:, step] = token
+        self.n_out += live.long()
+        opened = live & (token == vocab.boi)
+        self.n_images += opened.long()
+        self.image_left = torch.where(opened, self.image_len - 1, (self.image_left - 1).clamp(min=0))
+        is_text = live & vocab.is_text(token)
+        self.seen.scatter_(1, token[:, None], self.seen.gather(1, token[:, None]) | is_text[:, None])
+        if self.params.eos_stops:
+            self.done = self.done | (live & (token == vocab.eos))
+        return token
+
+    def samples(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.out.cpu(), self.n_out.tolist())]
+
+
+def _choose(logits, state, grammar: _Grammar, params: SamplingParams, generator) -> torch.Tensor:
+    """Each prompt's next token: its text from the conditional row (repetition-penalised), its image codes guided."""
+    B = grammar.out.shape[0]
+    mask = grammar.mask_table[state]
+    step_logits = penalise_repeats(logits[:B], grammar.seen, params.repetition_penalty) + mask
+    if logits.shape[0] > B:
+        step_logits = torch.where((state == IMAGE)[:, None], _guided_image_logits(logits, B, mask, params), step_logits)
+    return draw(step_logits, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                generator=generator)
+
+
+def _guided_image_logits(logits, B, mask, p: SamplingParams):
     cond, uncond = logits[:B], logits[B : 2 * B]
-    image_only = logits[2 * B : 3 * B] if use_image_only else None
+    image_only = logits[2 * B : 3 * B] if p.image_only_stream else None
     expert = cond
-    if cfg_scale > 0 or use_image_only:
-        expert = guide(cond, uncond, cfg_scale if cfg_scale > 0 else 1.0, image_only=image_only,
-                       image_scale=image_cfg_scale if use_image_only else 1.0)
+    if p.cfg_scale > 0 or p.image_only_stream:
+        expert = guide(cond, uncond, p.cfg_scale if p.cfg_scale > 0 else 1.0, image_only=image_only,
+                       image_scale=p.image_cfg_scale if p.image_only_stream else 1.0)
     expert = expert + mask
-    if cdk_k > 0:
-        return contrastive_top_k(expert, uncond + mask, k=cdk_k, alpha=cdk_alpha)
+    if p.cdk_k > 0:
+        return contrastive_top_k(expert, uncond + mask, k=p.cdk_k, alpha=p.cdk_alpha)
     return expert
 
 

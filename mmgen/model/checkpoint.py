@@ -21,7 +21,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from mmgen.config.schema import ModelConfig
+from mmgen.config.paths import RunPaths
+from mmgen.config.schema import ExperimentConfig, ModelConfig
 from mmgen.files import reading, write_json
 from mmgen.model.lora import add_lora, merge_lora
 from mmgen.model.transformer import Transformer
@@ -54,6 +55,12 @@ def checkpoint_steps(checkpoint_dir: str) -> list[int]:
         if match and fs.exists(posixpath.join(entry, ".metadata")):
             steps.append(int(match.group(1)))
     return sorted(steps)
+
+
+def load_pretrained_model(cfg: ExperimentConfig, paths: RunPaths, device: torch.device | str = "cpu") -> tuple[Transformer, int]:
+    """The run's pretrained decoder at ``sample.checkpoint_step`` (-1: the newest), as the eval stages load it."""
+    return load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
+                              step=cfg.sample.checkpoint_step, device=device)
 
 
 def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoint", step: int = -1,

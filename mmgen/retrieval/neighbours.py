@@ -4,13 +4,15 @@
 shards (the memory bank), then picks neighbours for the documents of each
 split from that bank; under torchrun each rank embeds a slice and rank 0
 does the rest. A table is an int64 array [documents, k] (-1 where no candidate
-qualified), saved as ``neighbours.npy`` beside the split's shards.
+qualified), saved under ``retrieval/neighbours/<split>.npy`` with, beside it, the fingerprint of the
+tokens it was built on: the loader refuses a table built on other tokens.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import posixpath
 from typing import Any, Callable
 
 import fsspec
@@ -19,29 +21,45 @@ import numpy as np
 from mmgen.config.paths import StaleInputError
 from mmgen.config.schema import RetrievalConfig
 from mmgen.data.token_shards import TokenShards
-from mmgen.files import write_atomic
+from mmgen.files import reading, write_atomic
 from mmgen.retrieval.documents import embed_documents, has_both_modalities
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
 from mmgen.retrieval.selection import content_hash, select_neighbours
 
 
-def save_neighbours(path: str, table: np.ndarray, info: dict) -> None:
+def _info_path(path: str) -> str:
+    return path[: -len(".npy")] + ".json"
+
+
+def save_neighbours(path: str, table: np.ndarray, info: dict, shards: TokenShards) -> None:
+    """The table, and beside it ``info`` with the fingerprint of the ``shards`` whose documents it indexes."""
     fs, local = fsspec.core.url_to_fs(path)
+    fs.makedirs(posixpath.dirname(local), exist_ok=True)
     buf = io.BytesIO()
     np.save(buf, table.astype(np.int64), allow_pickle=False)
-    for target, data in ((local, buf.getvalue()), (local[: -len(".npy")] + ".json", json.dumps(info, indent=2).encode())):
+    info = {**info, "tokens": shards.folder, "tokens_fingerprint": shards.fingerprint()}
+    # the info goes last: a table whose info is missing or another's is stale, and refused
+    for target, data in ((local, buf.getvalue()), (_info_path(local), json.dumps(info, indent=2).encode())):
         write_atomic(target, data, fs)
 
 
-def load_neighbours(path: str, n_documents: int) -> np.ndarray:
+def load_neighbours(path: str, shards: TokenShards) -> np.ndarray:
+    """The neighbour table of ``shards``' documents; ``StaleInputError`` when it was built on other tokens."""
     fs, local = fsspec.core.url_to_fs(path)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {path} (run retrieval/build_index.py first)")
-    with fs.open(local, "rb") as f:
+    stale = f"rerun retrieval/build_index.py: {path} was built"
+    with fs.open(local, "rb") as f, reading(path, "neighbour table"):
         table = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    if len(table) != n_documents:
-        raise StaleInputError(f"{path} lists neighbours of {len(table)} documents, the shards hold {n_documents}; rerun retrieval/build_index.py")
+    if len(table) != len(shards):
+        raise StaleInputError(f"{stale} for {len(table)} documents, {shards.folder} holds {len(shards)}")
+    info = {}
+    if fs.exists(_info_path(local)):
+        with fs.open(_info_path(local), "r") as f, reading(_info_path(path), "neighbour table info"):
+            info = json.load(f)
+    if not isinstance(info, dict) or info.get("tokens_fingerprint") != shards.fingerprint():
+        raise StaleInputError(f"{stale} on other tokens than those now in {shards.folder}")
     return table
 
 
@@ -137,7 +155,7 @@ def build_bank_and_neighbours(
         filled = float((table >= 0).mean()) if table.size else 0.0
         info = {"split": split, "bank": bank_dir, "k": cfg.neighbours, "filled": filled, "query_dropout": cfg.query_dropout,
                 "max_similarity": cfg.max_similarity, "centred_similarity": cfg.centred_similarity, "documents": n}
-        save_neighbours(path, table, info)
+        save_neighbours(path, table, info, shards)
         log(f"{split}: neighbours for {n} documents, {filled:.1%} of slots filled -> {path}")
         report[split] = info
     return report

@@ -20,6 +20,7 @@ import numpy as np
 
 from mmgen.config.errors import ConfigError
 from mmgen.config.paths import StaleInputError
+from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
 from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.memory_bank import MemoryBank
@@ -93,3 +94,34 @@ def retrieve_for_prompt(
         k=k, max_similarity=max_similarity,
     )[0]
     return [Retrieved(bank_id=int(ids[j]), similarity=float(sims[j]), tokens=docs[j]) for j in local if j >= 0]
+
+
+@dataclass
+class PromptWithContext:
+    tokens: list[int]
+    """``BOS r1 SEP r2 SEP prompt…``: the prompt after its retrieved context."""
+    context_len: int
+    """Tokens of the context prefix (BOS to the last SEP); 0 without context."""
+    context: list[dict]
+    """What the model was given: each context document's record with its kept ``tokens`` and ``cut``."""
+    note: str = ""
+    """Says how the context was cut to fit, when it was."""
+
+
+def prompt_with_context(prompt: list[int], context: list[dict], vocab, *, seq_len: int,
+                        max_new_tokens: int) -> PromptWithContext:  # fmt: skip
+    """Put retrieved documents (records with their ``tokens``, BOS … EOS) before a prompt in the training
+    layout of retrieval-augmented documents, cut like a training sequence: the prompt and the tokens to
+    sample keep their room in ``seq_len + 1`` tokens, and the context gives way (``fit_retrieved``)."""
+    if not context:
+        return PromptWithContext(list(prompt), 0, [])
+    room = max(seq_len + 1 - (len(prompt) - 1) - max_new_tokens, 1)
+    bodies = [body(d["tokens"], bos=vocab.bos, eos=vocab.eos) for d in context]
+    kept = fit_retrieved(bodies, room, boi=vocab.boi, eoi=vocab.eoi)
+    note = ""
+    if kept != [len(b) for b in bodies]:
+        note = (f"retrieved context cut to {sum(kept)} of {sum(map(len, bodies))} tokens (kept per document: {kept}) "
+                f"to fit training.seq_len {seq_len} with the prompt and {max_new_tokens} new tokens")
+    given = [{**d, "tokens": b[:n].tolist(), "cut": n < len(b)} for d, b, n in zip(context, bodies, kept) if n]
+    prefix = retrieved_prefix([d["tokens"] for d in given], bos=vocab.bos, eos=vocab.eos, sep=vocab.sep)
+    return PromptWithContext(prefix.tolist() + list(prompt[1:]), len(prefix), given, note)

@@ -44,7 +44,7 @@ Images = Union[Sequence[Image.Image], torch.Tensor]
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
-_EVAL_BATCH = 256
+EVAL_BATCH = 256  # images a forward pass encodes or decodes at once (memory)
 
 
 def _fit(image: Image.Image, image_size: int, resize: str) -> Image.Image:
@@ -83,11 +83,13 @@ def images_to_uint8(images: Images, image_size: int, resize: str = "stretch") ->
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
-def _to_model(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def pixels_to_model(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 pixels ``[B, 3, H, W]`` -> the model's float input in [-1, 1] on ``device``."""
     return x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+def model_to_pixels(x: torch.Tensor) -> torch.Tensor:
+    """The model's [-1, 1] output -> uint8 pixels."""
     return x.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -183,9 +185,9 @@ class ImageTokenizer:
     def encode(self, images: Images) -> torch.Tensor:
         pixels = images_to_uint8(images, self.image_size, self.config.resize)
         codes = []
-        for batch in pixels.split(_EVAL_BATCH):
+        for batch in pixels.split(EVAL_BATCH):
             with autocast(self.device, self.dtype):
-                codes.append(self.model.encode(_to_model(batch, self.device)).cpu())
+                codes.append(self.model.encode(pixels_to_model(batch, self.device)).cpu())
         if not codes:
             return torch.empty(0, *self.grid, dtype=torch.long)
         return torch.cat(codes).long()
@@ -198,9 +200,9 @@ class ImageTokenizer:
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
         images = []
-        for batch in codes.split(_EVAL_BATCH):
+        for batch in codes.split(EVAL_BATCH):
             with autocast(self.device, self.dtype):
-                images.append(_to_uint8(self.model.decode(batch.to(self.device))).permute(0, 2, 3, 1).cpu())
+                images.append(model_to_pixels(self.model.decode(batch.to(self.device))).permute(0, 2, 3, 1).cpu())
         if not images:
             return torch.empty(0, self.image_size, self.image_size, 3, dtype=torch.uint8)
         return torch.cat(images)

@@ -44,14 +44,14 @@ from mmgen.config.schema import ImageTokenizerConfig
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import write_atomic
 from mmgen.tokenizers.image import (
-    _EVAL_BATCH,
+    EVAL_BATCH,
     ImageTokenizer,
     Images,
-    _to_model,
-    _to_uint8,
     autocast,
     code_statistics,
     images_to_uint8,
+    model_to_pixels,
+    pixels_to_model,
 )
 from mmgen.tokenizers.perceptual import PerceptualLoss
 from mmgen.tokenizers.vqvae import VQVAE
@@ -101,7 +101,48 @@ def _recon_grid(original: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return torch.cat(rows, dim=-2)
 
 
-# ----- checkpoints -----
+# ----- what trains, and its checkpoints -----
+
+
+@dataclasses.dataclass
+class _Nets:
+    """The VQ-VAE, the PatchGAN discriminator when the config has one, and their optimizers."""
+
+    model: VQVAE
+    optimizer: torch.optim.AdamW
+    disc: PatchDiscriminator | None = None
+    disc_optimizer: torch.optim.AdamW | None = None
+
+    @classmethod
+    def around(cls, model: VQVAE, disc: PatchDiscriminator | None, lr: float) -> _Nets:
+        optimizer = _adamw(list(model.parameters()), lr, (0.9, 0.99))
+        # VQGAN's discriminator betas: a short momentum memory keeps the two-player game from oscillating
+        disc_optimizer = _adamw(list(disc.parameters()), lr, (0.5, 0.9)) if disc is not None else None
+        return cls(model, optimizer, disc, disc_optimizer)
+
+    def set_lr(self, lr: float) -> None:
+        for opt in (self.optimizer, self.disc_optimizer):
+            for group in opt.param_groups if opt is not None else ():
+                group["lr"] = lr
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {**_module_tensors("model", self.model), **_optimizer_tensors("opt", self.optimizer)}
+        if self.disc is not None:
+            out.update({**_module_tensors("disc", self.disc), **_optimizer_tensors("disc_opt", self.disc_optimizer)})
+        return out
+
+    def load(self, tensors: dict[str, torch.Tensor], where: str) -> None:
+        try:
+            self.model.load_state_dict(_split("model", tensors))
+            _load_optimizer("opt", self.optimizer, tensors)
+            if self.disc is not None:
+                self.disc.load_state_dict(_split("disc", tensors))
+                _load_optimizer("disc_opt", self.disc_optimizer, tensors)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise ValueError(
+                f"the checkpoint in {where} does not fit this image tokenizer config "
+                f"({str(e).splitlines()[0]}); delete it or train into another folder"
+            ) from None
 
 
 def _optimizer_tensors(name: str, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -198,163 +239,56 @@ def fit(
     if len(pixels) == 0:
         raise ValueError("no training images for the image tokenizer")
     torch.manual_seed(cfg.seed)
+    # built in this order: each draws its initial weights from the seeded global generator
     model = VQVAE.from_config(cfg).to(device).train()
     perceptual = PerceptualLoss(cfg.perceptual_weights).to(device) if cfg.perceptual_weight > 0 else None
-    use_gan = cfg.adversarial_weight > 0
-    disc = PatchDiscriminator().to(device).train() if use_gan else None
-    params = list(model.parameters())
-    optimizer = _adamw(params, cfg.lr, (0.9, 0.99))
-    # VQGAN's discriminator betas: a short momentum memory keeps the two-player game from oscillating
-    disc_optimizer = _adamw(list(disc.parameters()), cfg.lr, (0.5, 0.9)) if disc is not None else None
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batch_size = min(cfg.batch_size, max(len(pixels) // world, 1))
-    warmup = max(1, min(100, cfg.train_steps // 20))
-
-    progress = _Progress()
+    disc = PatchDiscriminator().to(device).train() if cfg.adversarial_weight > 0 else None
+    nets = _Nets.around(model, disc, cfg.lr)
+    batches = _Batches(pixels, min(cfg.batch_size, max(len(pixels) // world, 1)), rank, world, cfg.seed)
     checkpoint = _read_checkpoint(out_dir, cfg, log) if resume else None
-    if checkpoint is not None:
-        tensors, progress = checkpoint
-        try:
-            model.load_state_dict(_split("model", tensors))
-            _load_optimizer("opt", optimizer, tensors)
-            if disc is not None:
-                disc.load_state_dict(_split("disc", tensors))
-                _load_optimizer("disc_opt", disc_optimizer, tensors)
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise ValueError(
-                f"the checkpoint in {out_dir}/{CHECKPOINT_DIR} does not fit this image tokenizer config "
-                f"({str(e).splitlines()[0]}); delete it or train into another folder"
-            ) from None
-        if len(tensors["order"]) != len(pixels):
-            raise ValueError(f"the checkpoint in {out_dir}/{CHECKPOINT_DIR} was trained on another image set")
-        generator.set_state(tensors["rng.batch"])
-        torch.set_rng_state(tensors["rng.torch"])  # dead-code restarts sample from the global generator
-        log(f"image tokenizer: resuming at step {progress.step} ({progress.elapsed:.0f} s trained)")
-    if world > 1:
-        # buffers (the codebook) are synced by the quantizer; DDP keeps its default broadcast as a safety net
-        ddp_model = nn.parallel.DistributedDataParallel(model)
-        ddp_disc = nn.parallel.DistributedDataParallel(disc) if disc is not None else None
-    else:
-        ddp_model, ddp_disc = model, disc
-
+    progress = _resume(nets, batches, checkpoint, f"{out_dir}/{CHECKPOINT_DIR}", log) if checkpoint else _Progress()
+    # buffers (the codebook) are synced by the quantizer; DDP keeps its default broadcast as a safety net
+    ddp_model, ddp_disc = (_data_parallel(m, world) for m in (model, disc))
     writer = None
     if rank == 0:
-        if tensorboard_dir is None and "://" not in out_dir:
-            tensorboard_dir = posixpath.join(out_dir, "tensorboard")
-        if tensorboard_dir:
-            from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
-
-            writer = SummaryWriter(tensorboard_dir)
-        log(
-            f"image tokenizer: {sum(p.numel() for p in params) / 1e6:.2f}M parameters, {len(pixels)} train / "
-            f"{len(heldout)} held-out images, grid {model.grid}, {cfg.quantizer} codebook {cfg.codebook_size}, "
-            f"{dtype} on {device}, {world} rank(s)"
-            + (f", PatchGAN weight {cfg.adversarial_weight} from step {cfg.gan_start_step}" if use_gan else "")
-        )
+        writer = _open_tensorboard(tensorboard_dir, out_dir)
+        log(_describe(nets, cfg, len(pixels), len(heldout), dtype, device, world))
 
     grid_images = (heldout if len(heldout) else pixels)[:_GRID_IMAGES]
-    order = tensors["order"] if checkpoint is not None else torch.randperm(len(pixels), generator=generator)
+    warmup = max(1, min(100, cfg.train_steps // 20))
     start = time.perf_counter() - progress.elapsed
-    window: dict[str, float] = {"loss": 0.0, "mse": 0.0, "gan": 0.0}
-    window_codes: list[torch.Tensor] = []
-    window_steps = 0
+    window = _Window()
     while progress.step < cfg.train_steps:
         elapsed = time.perf_counter() - start
-        stop = torch.tensor([float(cfg.max_train_seconds > 0 and elapsed >= cfg.max_train_seconds)], device=device)
-        if world > 1:
-            dist.broadcast(stop, src=0)  # rank 0's clock decides, so every rank runs the same steps
-        if stop.item():
+        if _out_of_time(cfg, elapsed, device, world):
             break
         step = progress.step
         fraction = step / cfg.train_steps
         if cfg.max_train_seconds > 0:
             fraction = max(fraction, elapsed / cfg.max_train_seconds)
         lr = _learning_rate(cfg, fraction, step, warmup)
-        for opt in (optimizer, disc_optimizer):
-            for group in opt.param_groups if opt is not None else ():
-                group["lr"] = lr
-
-        if progress.cursor + world * batch_size > len(pixels):
-            order, progress.cursor = torch.randperm(len(pixels), generator=generator), 0
-        lo = progress.cursor + rank * batch_size
-        x = _to_model(pixels[order[lo : lo + batch_size]], device)
-        progress.cursor += world * batch_size
-
-        with autocast(device, dtype):
-            recon, codes, commit_loss = ddp_model(x)
-        recon = recon.float()
-        mse = F.mse_loss(recon, x)
-        loss = cfg.l2_weight * mse + cfg.l1_weight * F.l1_loss(recon, x) + commit_loss
-        if perceptual is not None:
-            loss = loss + cfg.perceptual_weight * perceptual(recon, x)
-        gan_active = use_gan and step >= cfg.gan_start_step
-        if gan_active:
-            with autocast(device, dtype):
-                g_loss = -ddp_disc(recon).float().mean()
-            loss = loss + cfg.adversarial_weight * g_loss
-            window["gan"] += g_loss.item()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        if gan_active:
-            disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on it
-            with autocast(device, dtype):
-                real, fake = ddp_disc(x).float(), ddp_disc(recon.detach()).float()
-            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-            d_loss.backward()
-            disc_optimizer.step()
+        nets.set_lr(lr)
+        x = batches.next(progress, device)
+        gan_active = disc is not None and step >= cfg.gan_start_step
+        window.add(*_train_step(nets, ddp_model, ddp_disc if gan_active else None, perceptual, x, cfg, device, dtype))
         progress.step += 1
-
-        window["loss"] += loss.item()
-        window["mse"] += mse.item()
-        window_codes.append(codes.detach().flatten().cpu())
-        window_steps += 1
         done = progress.step == cfg.train_steps
         if rank == 0 and (progress.step % log_every == 0 or done):
-            stats = code_statistics(torch.cat(window_codes), cfg.codebook_size)
-            # mse is on [-1, 1] images: 255² / (mse · 127.5²) = 4 / mse
-            train_psnr = 10 * math.log10(4 / max(window["mse"] / window_steps, 1e-12))
-            log(
-                f"image tokenizer step {progress.step}: loss {window['loss'] / window_steps:.4f} "
-                f"train psnr {train_psnr:.2f} dB usage {stats['codebook_usage']:.2f} lr {lr:.2e} "
-                + (f"gan {window['gan'] / window_steps:.3f} " if gan_active else "")
-                + f"{progress.step / max(time.perf_counter() - start, 1e-9):.2f} steps/s"
-            )
+            figures = window.figures(cfg.codebook_size)
+            log(window.line(figures, progress.step, lr, progress.step / max(time.perf_counter() - start, 1e-9)))
             if writer is not None:
-                writer.add_scalar("image_tokenizer/loss", window["loss"] / window_steps, progress.step)
-                writer.add_scalar("image_tokenizer/train_psnr", train_psnr, progress.step)
-                writer.add_scalar("image_tokenizer/codebook_usage", stats["codebook_usage"], progress.step)
-                writer.add_scalar("image_tokenizer/lr", lr, progress.step)
-                model.eval()
-                with torch.no_grad(), autocast(device, dtype):
-                    shown = _to_uint8(model(_to_model(grid_images, device))[0]).cpu()
-                model.train()
-                writer.add_image("image_tokenizer/reconstructions", _recon_grid(grid_images, shown), progress.step)
-            window = dict.fromkeys(window, 0.0)
-            window_codes, window_steps = [], 0
+                for name, value in {**figures, "lr": lr}.items():
+                    writer.add_scalar(f"image_tokenizer/{name}", value, progress.step)
+                _write_reconstructions(writer, model, grid_images, progress.step, device, dtype)
+            window = _Window()
         if rank == 0 and cfg.checkpoint_every > 0 and progress.step % cfg.checkpoint_every == 0 and not done:
             progress.elapsed = time.perf_counter() - start
-            tensors = {**_module_tensors("model", model), **_optimizer_tensors("opt", optimizer)}
-            if disc is not None:
-                tensors.update({**_module_tensors("disc", disc), **_optimizer_tensors("disc_opt", disc_optimizer)})
-            tensors["rng.batch"], tensors["rng.torch"] = generator.get_state(), torch.get_rng_state()
-            tensors["order"] = order
-            _save_checkpoint(out_dir, tensors, progress, cfg)
+            _save_checkpoint(out_dir, {**nets.tensors(), **batches.tensors()}, progress, cfg)
 
     seconds = time.perf_counter() - start
     metrics: dict = {}
     if rank == 0:
-        tokenizer = ImageTokenizer(model=model, config=cfg, device=device)
-        metrics = {"train_steps": progress.step, "train_seconds": seconds, "steps_per_second": progress.step / seconds}
-        # Without held-out images, the metrics describe (a slice of) the training set and say so.
-        metrics["eval_split"] = "heldout" if len(heldout) else "train"
-        metrics.update(tokenizer.evaluate((heldout if len(heldout) else pixels[:_EVAL_BATCH]).permute(0, 2, 3, 1)))
-        tokenizer.save(out_dir, metrics)
-        # a finished run needs no resuming: a rerun trains afresh
-        fs, root = fsspec.core.url_to_fs(posixpath.join(out_dir, CHECKPOINT_DIR))
-        if fs.exists(root):
-            fs.rm(root, recursive=True)
+        metrics = _evaluate_and_save(model, cfg, device, pixels, heldout, progress.step, seconds, out_dir)
         if writer is not None:
             writer.add_scalar("image_tokenizer/heldout_psnr", metrics["psnr"], progress.step)
             writer.close()
@@ -367,3 +301,164 @@ def fit(
         dist.barrier()
     model.eval()
     return model, metrics
+
+
+# ----- the steps of fit -----
+
+
+class _Batches:
+    """Each step's slice of a shuffled order of the training images, reshuffled when the rest is too short for
+    every rank; rank ``r`` of ``world`` takes the ``r``-th slice of ``batch_size`` images."""
+
+    def __init__(self, pixels: torch.Tensor, batch_size: int, rank: int, world: int, seed: int):
+        self.pixels, self.batch_size, self.rank, self.world = pixels, batch_size, rank, world
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None
+
+    def next(self, progress: _Progress, device: torch.device) -> torch.Tensor:
+        if self.order is None:
+            self.order = torch.randperm(len(self.pixels), generator=self.generator)
+        if progress.cursor + self.world * self.batch_size > len(self.pixels):
+            self.order, progress.cursor = torch.randperm(len(self.pixels), generator=self.generator), 0
+        lo = progress.cursor + self.rank * self.batch_size
+        progress.cursor += self.world * self.batch_size
+        return pixels_to_model(self.pixels[self.order[lo : lo + self.batch_size]], device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        # the global generator's state too: dead-code restarts sample from it
+        return {"rng.batch": self.generator.get_state(), "rng.torch": torch.get_rng_state(), "order": self.order}
+
+
+def _resume(nets: _Nets, batches: _Batches, checkpoint, where: str, log: Callable[[str], None]) -> _Progress:
+    tensors, progress = checkpoint
+    nets.load(tensors, where)
+    if len(tensors["order"]) != len(batches.pixels):
+        raise ValueError(f"the checkpoint in {where} was trained on another image set")
+    batches.generator.set_state(tensors["rng.batch"])
+    torch.set_rng_state(tensors["rng.torch"])
+    batches.order = tensors["order"]
+    log(f"image tokenizer: resuming at step {progress.step} ({progress.elapsed:.0f} s trained)")
+    return progress
+
+
+def _data_parallel(module: nn.Module | None, world: int) -> nn.Module | None:
+    if world > 1 and module is not None:
+        return nn.parallel.DistributedDataParallel(module)
+    return module
+
+
+def _open_tensorboard(tensorboard_dir: str | None, out_dir: str):
+    if tensorboard_dir is None and "://" not in out_dir:
+        tensorboard_dir = posixpath.join(out_dir, "tensorboard")
+    if not tensorboard_dir:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+
+    return SummaryWriter(tensorboard_dir)
+
+
+def _describe(nets: _Nets, cfg: ImageTokenizerConfig, n_train: int, n_heldout: int, dtype, device, world: int) -> str:
+    params = sum(p.numel() for p in nets.model.parameters())
+    return (
+        f"image tokenizer: {params / 1e6:.2f}M parameters, {n_train} train / "
+        f"{n_heldout} held-out images, grid {nets.model.grid}, {cfg.quantizer} codebook {cfg.codebook_size}, "
+        f"{dtype} on {device}, {world} rank(s)"
+        + (f", PatchGAN weight {cfg.adversarial_weight} from step {cfg.gan_start_step}" if nets.disc is not None else "")
+    )
+
+
+def _out_of_time(cfg: ImageTokenizerConfig, elapsed: float, device: torch.device, world: int) -> bool:
+    stop = torch.tensor([float(cfg.max_train_seconds > 0 and elapsed >= cfg.max_train_seconds)], device=device)
+    if world > 1:
+        dist.broadcast(stop, src=0)  # rank 0's clock decides, so every rank runs the same steps
+    return bool(stop.item())
+
+
+def _train_step(nets: _Nets, model: nn.Module, disc: nn.Module | None, perceptual: PerceptualLoss | None,
+                x: torch.Tensor, cfg: ImageTokenizerConfig, device, dtype):
+    """One optimizer step of the VQ-VAE, then of the discriminator when ``disc`` is given (the GAN is active).
+
+    Returns the loss, the MSE, the generator's GAN loss (or None) and the codes, for the log.
+    """
+    with autocast(device, dtype):
+        recon, codes, commit_loss = model(x)
+    recon = recon.float()
+    mse = F.mse_loss(recon, x)
+    loss = cfg.l2_weight * mse + cfg.l1_weight * F.l1_loss(recon, x) + commit_loss
+    if perceptual is not None:
+        loss = loss + cfg.perceptual_weight * perceptual(recon, x)
+    g_loss = None
+    if disc is not None:
+        with autocast(device, dtype):
+            g_loss = -disc(recon).float().mean()
+        loss = loss + cfg.adversarial_weight * g_loss
+    nets.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(nets.model.parameters()), 1.0)
+    nets.optimizer.step()
+    if disc is not None:
+        nets.disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on it
+        with autocast(device, dtype):
+            real, fake = disc(x).float(), disc(recon.detach()).float()
+        d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        d_loss.backward()
+        nets.disc_optimizer.step()
+    return loss, mse, g_loss, codes
+
+
+class _Window:
+    """The training figures since the last log line."""
+
+    def __init__(self):
+        self.loss = self.mse = self.gan = 0.0
+        self.steps = 0
+        self.gan_active = False
+        self.codes: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, mse: torch.Tensor, gan: torch.Tensor | None, codes: torch.Tensor) -> None:
+        if gan is not None:
+            self.gan += gan.item()
+        self.gan_active = gan is not None  # the last step's, as the line says
+        self.loss += loss.item()
+        self.mse += mse.item()
+        self.codes.append(codes.detach().flatten().cpu())
+        self.steps += 1
+
+    def figures(self, codebook_size: int) -> dict[str, float]:
+        return {
+            "loss": self.loss / self.steps,
+            # mse is on [-1, 1] images: 255² / (mse · 127.5²) = 4 / mse
+            "train_psnr": 10 * math.log10(4 / max(self.mse / self.steps, 1e-12)),
+            "codebook_usage": code_statistics(torch.cat(self.codes), codebook_size)["codebook_usage"],
+        }
+
+    def line(self, figures: dict[str, float], step: int, lr: float, steps_per_second: float) -> str:
+        return (
+            f"image tokenizer step {step}: loss {figures['loss']:.4f} "
+            f"train psnr {figures['train_psnr']:.2f} dB usage {figures['codebook_usage']:.2f} lr {lr:.2e} "
+            + (f"gan {self.gan / self.steps:.3f} " if self.gan_active else "")
+            + f"{steps_per_second:.2f} steps/s"
+        )
+
+
+def _write_reconstructions(writer, model: VQVAE, grid_images: torch.Tensor, step: int, device, dtype) -> None:
+    model.eval()
+    with torch.no_grad(), autocast(device, dtype):
+        shown = model_to_pixels(model(pixels_to_model(grid_images, device))[0]).cpu()
+    model.train()
+    writer.add_image("image_tokenizer/reconstructions", _recon_grid(grid_images, shown), step)
+
+
+def _evaluate_and_save(model: VQVAE, cfg: ImageTokenizerConfig, device, pixels: torch.Tensor, heldout: torch.Tensor,
+                       steps: int, seconds: float, out_dir: str) -> dict:
+    """Save the tokenizer with its metrics and drop the checkpoint: a finished run needs no resuming."""
+    tokenizer = ImageTokenizer(model=model, config=cfg, device=device)
+    metrics = {"train_steps": steps, "train_seconds": seconds, "steps_per_second": steps / seconds}
+    # Without held-out images, the metrics describe (a slice of) the training set and say so.
+    metrics["eval_split"] = "heldout" if len(heldout) else "train"
+    metrics.update(tokenizer.evaluate((heldout if len(heldout) else pixels[:EVAL_BATCH]).permute(0, 2, 3, 1)))
+    tokenizer.save(out_dir, metrics)
+    fs, root = fsspec.core.url_to_fs(posixpath.join(out_dir, CHECKPOINT_DIR))
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    return metrics

@@ -20,6 +20,7 @@ import fsspec
 import torch
 
 from mmgen.config.paths import RunPaths
+from mmgen.files import write_json
 from mmgen.tokenizers.hf_text import HFTextTokenizer
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
@@ -46,11 +47,7 @@ def write_text_tokenizer_record(tokenizers_dir: str, kind: str, file: str) -> No
     if kind not in TEXT_KINDS:
         raise ValueError(f"unknown text tokenizer kind {kind!r}")
     path = posixpath.join(tokenizers_dir, posixpath.basename(RunPaths("").text_tokenizer_record))
-    fs, local = fsspec.core.url_to_fs(path)
-    fs.makedirs(posixpath.dirname(local), exist_ok=True)
-    with fs.open(local + ".tmp", "w") as f:
-        json.dump({"kind": kind, "file": file}, f)
-    fs.mv(local + ".tmp", local)
+    write_json(path, {"kind": kind, "file": file})
 
 
 def load_text_tokenizer(paths: RunPaths, vocab: Vocab | None = None) -> TextTokenizer | HFTextTokenizer:

@@ -102,7 +102,7 @@ def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, se
     if config.neighbours_path:
         bos, eos, sep = config.specials
         transforms.append(RetrievalAugmentation(
-            shards, load_neighbours(config.neighbours_path, len(shards)), bos=bos, eos=eos, sep=sep,
+            shards, load_neighbours(config.neighbours_path, shards), bos=bos, eos=eos, sep=sep,
             retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=vocab,
         ))  # fmt: skip
     return transforms

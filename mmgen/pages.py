@@ -1,4 +1,8 @@
-"""Self-contained HTML pages: images are inlined as PNG data URIs, so a page is one file to copy or open."""
+"""Self-contained HTML pages: images are inlined as PNG data URIs, so a page is one file to copy or open.
+
+Shared by the sample pages (``mmgen.generation.render``) and the report (``mmgen.eval.report``), so neither
+package reaches into the other.
+"""
 
 from __future__ import annotations
 
