@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bad_inputs import CORRUPTIONS, SMALL, assert_one_error_line, corrupted_copy, run_stage
+from bad_inputs import CORRUPTIONS, SMALL, assert_one_error_line, build_encoded_run, corrupted_copy, run_stage
 
 from mmgen.config import ConfigError, load_config
 from mmgen.config.schema import DataConfig
@@ -26,25 +26,17 @@ from mmgen.config.validation import _RULES
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    import torch
     import torch.distributed.checkpoint as dcp
 
     from mmgen.config import RunPaths
     from mmgen.model.checkpoint import save_model_description
     from mmgen.model.transformer import Transformer
-    from mmgen.tokenizers.image import ImageTokenizer
     from mmgen.tokenizers.vocab import Vocab
-    from mmgen.tokenizers.vqvae import VQVAE
 
     run = tmp_path_factory.mktemp("bad_inputs") / "run"
-    for script in ("data/make_world.py", "tokenizers/train_text.py"):
-        assert run_stage(script, run)[0] == 0, script
+    build_encoded_run(run)
     cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
     paths = RunPaths(str(run))
-    torch.manual_seed(0)  # an untrained VQ-VAE tokenizes as well as a trained one for these tests
-    ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer).save(paths.image_tokenizer)
-    status, err = run_stage("tokenizers/encode.py", run)
-    assert status == 0, err
     vocab = Vocab.load(paths.vocab)
     save_model_description(paths.pretrain_dir, cfg.model, vocab.size)
     model = Transformer(cfg.model, vocab.size)

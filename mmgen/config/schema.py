@@ -391,6 +391,8 @@ class TrainingConfig:
     """FSDP2 compute dtype; 'auto' picks bfloat16 where the CPU or GPU supports it."""
     mixed_precision_reduce: Literal["float32"] = "float32"
     """FSDP2 gradient-reduction dtype."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or inf loss or gradient: 'stop' the run before the optimizer steps, or 'skip' the step (10 in a row stop)."""
 
 
 @dataclass

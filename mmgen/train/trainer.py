@@ -39,8 +39,11 @@ from mmgen.data.token_shards import TokenShardError, TokenShards
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import append_jsonl, read_jsonl, write_atomic
 from mmgen.model.checkpoint import save_model_description
+from mmgen.nonfinite import NonFiniteGuard, all_finite
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
+from mmgen.train.checkpointing import MMGenCheckpointManager
+from mmgen.train.fault_injection import nan_asked, pause_if_asked
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
 from mmgen.train.model_spec import build_model_spec
 
@@ -74,9 +77,32 @@ class MMGenTrainer(Trainer):
     class Config(Trainer.Config):
         loss_log: str = ""
         """JSONL file receiving text and image losses at every logged step."""
+        nonfinite: str = "stop"
+        """A NaN or inf loss or gradient: "stop" before the optimizer steps, or "skip" the step."""
 
     modality_sums: torch.Tensor | None = None
     """The loss's per-modality sums since the last logged step."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.nonfinite = NonFiniteGuard(config.nonfinite)
+        self.step_losses: list[torch.Tensor] = []
+        self.step_sums: torch.Tensor | None = None
+        # torchtitan's step clips the gradients and then steps the optimizers; the check sits between the two
+        step_optimizers = self.optimizers.step
+        self.optimizers.step = lambda: self._step_if_finite(step_optimizers)
+
+    def _step_if_finite(self, step_optimizers) -> None:
+        """Step the optimizers unless a loss or gradient of this step is NaN or inf on any rank."""
+        pause_if_asked(f"step-{self.step}")
+        losses, self.step_losses = self.step_losses, []
+        sums, self.step_sums = self.step_sums, None
+        grads = [p.grad for m in self.model_parts for p in m.parameters()]
+        if not self.nonfinite.allow_step(self.step, all_finite([*losses, *grads])):
+            return  # the next step's zero_grad drops the gradients; this step's losses stay out of the loss log
+        step_optimizers()
+        if sums is not None:
+            self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
 
     def _forward_backward_body(self, inputs, labels, global_valid_tokens, extra_kwargs):
         # torchtitan's body, but loss weights go to the loss and the loss's metrics are kept
@@ -84,12 +110,17 @@ class MMGenTrainer(Trainer):
         with self.train_context():
             pred = self.model_parts[0](inputs, **model_kwargs)
             loss, metrics = self.loss_fn(pred, labels, global_valid_tokens, loss_weights=extra_kwargs.get("loss_weights"))
+            if nan_asked(f"step-{self.step}"):
+                loss = loss * float("nan")
             del pred
             with spmd.no_typecheck():  # as torchtitan: type-checking the backward conflicts with checkpointing
                 loss.backward()
         sums = metrics[MODALITY_SUMS]
-        self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
-        return loss
+        self.step_sums = sums if self.step_sums is None else self.step_sums + sums
+        loss = loss.detach()
+        self.step_losses.append(loss)
+        # what torchtitan logs: a skipped step's non-finite loss must not trip its own NaN check (a crash)
+        return torch.where(loss.isfinite(), loss, torch.zeros_like(loss))
 
     _loss_log_checked = False
 
@@ -130,9 +161,14 @@ class MMGenTrainer(Trainer):
         write_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def copy_fields(section: Any, target: Any) -> None:
-    """Set every field of an experiment config section on torchtitan's section of the same name."""
+def copy_fields(section: Any, target: Any, *, mmgen_only: tuple[str, ...] = ()) -> None:
+    """Set every field of an experiment config section on torchtitan's section of the same name.
+
+    ``mmgen_only`` names fields torchtitan does not have, which mmgen applies itself.
+    """
     for f in dataclasses.fields(section):
+        if f.name in mmgen_only:
+            continue
         if not hasattr(target, f.name):
             raise AttributeError(f"torchtitan's {type(target).__name__} has no field {f.name}")
         setattr(target, f.name, getattr(section, f.name))
@@ -145,6 +181,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         model_spec=build_model_spec(cfg.model, vocab.size, cfg.name),
         dump_folder=paths.pretrain_dir,
         loss_log=paths.loss_log,
+        nonfinite=cfg.training.nonfinite,
     )
     tc.tokenizer = VocabTokenizer.Config(run_dir=cfg.run_dir)
     tc.dataloader = PackedDataLoader.Config(
@@ -162,7 +199,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
 
-    copy_fields(cfg.training, tc.training)
+    copy_fields(cfg.training, tc.training, mmgen_only=("nonfinite",))
     precision = compute_dtype(cfg.training.mixed_precision_param, default_device())  # "auto" picks by device
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
     # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
@@ -178,6 +215,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     tc.optimizer.implementation = "fused" if torch.cuda.is_available() else "foreach"
 
     copy_fields(cfg.lr_scheduler, tc.lr_scheduler)
+    tc.checkpoint = MMGenCheckpointManager.Config()
     copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
