@@ -178,6 +178,46 @@ def test_a_full_disk_is_one_error_line(tiny_run, tmp_path, monkeypatch):
     assert "No space left on device" in assert_one_error_line(status, err)
 
 
+# ----- run folders whose parts do not belong together -----
+
+
+def test_a_vq_tokenizer_changed_after_encode_is_one_error_line(tiny_run, tmp_path):
+    import torch
+
+    from mmgen.config import RunPaths
+    from mmgen.tokenizers.image import ImageTokenizer
+    from mmgen.tokenizers.vqvae import VQVAE
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
+    torch.manual_seed(1)  # other weights than the ones the tokens were encoded with
+    ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer).save(
+        RunPaths(str(run)).image_tokenizer)
+    status, err = run_stage("train/pretrain.py", run)
+    assert_one_error_line(status, err, str(run / "tokens" / "train"), str(run / "tokenizers" / "image"), "image tokenizer")
+
+
+def test_tokens_encoded_with_another_vocabulary_are_one_error_line(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest = run / "tokens" / "train" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["inputs"]["vocab"] = "0123456789abcdef"  # as encode records a vocabulary of the same size but other ids
+    manifest.write_text(json.dumps(record))
+    status, err = run_stage("train/pretrain.py", run)
+    assert_one_error_line(status, err, str(run / "tokens" / "train"), "vocab.json", "0123456789abcdef")
+
+
+def test_a_config_of_another_model_never_overwrites_model_json(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "pretrain" / "model.json").read_bytes()
+    status, err = run_stage("train/pretrain.py", run, "--model.dim", "128")
+    assert_one_error_line(status, err, "model.json", "dim 64 there, 128 now")
+    assert (run / "pretrain" / "model.json").read_bytes() == before
+
+
 # ----- untrusted corpora -----
 
 def _png(seed: int = 0) -> bytes:

@@ -23,7 +23,8 @@ from bad_inputs import SMALL, build_encoded_run
 
 from mmgen.files import CorruptFileError
 from mmgen.nonfinite import NonFiniteError, NonFiniteGuard, all_finite
-from mmgen.train.checkpointing import MMGenCheckpointManager, checkpoint_problem, saved_steps
+from mmgen.model.checkpoint import checkpoint_steps
+from mmgen.train.checkpointing import MMGenCheckpointManager, checkpoint_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 # eight steps, a checkpoint every two, every checkpoint kept, a loss record every step
@@ -69,7 +70,7 @@ def test_the_newest_complete_and_intact_checkpoint_is_chosen(tmp_path):
     (folder / "step-8" / "__0_0.distcp").write_bytes(b"partial")
     shard = next((folder / "step-6").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:20])
-    assert saved_steps(str(folder)) == [6, 4, 2]
+    assert checkpoint_steps(str(folder)) == [2, 4, 6]
     assert _manager_of(folder)._find_load_step() == 4
 
 
@@ -182,11 +183,11 @@ def test_kill_mid_save_and_mid_step_then_resume_gives_the_same_losses(encoded_ru
 
     pretrain_killed_at(run, "save-step-4")
     assert list((checkpoints / "step-4").glob("*.distcp")) and not (checkpoints / "step-4" / ".metadata").exists()
-    assert saved_steps(str(checkpoints)) == [2]
+    assert checkpoint_steps(str(checkpoints)) == [2]
 
     out = pretrain_killed_at(run, "step-6")  # resumes from step 2, saves step 4 anew, dies inside step 6
     assert "Training starts at step 3" in out
-    assert saved_steps(str(checkpoints)) == [4, 2]
+    assert checkpoint_steps(str(checkpoints)) == [2, 4]
 
     out = pretrain(run)
     assert "Training starts at step 5" in out
@@ -207,7 +208,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_world_size_goes_2_1_2(referenc
     assert "Training starts at step 7" in out
     assert "the checkpoint's data loader ran on 2 data-parallel ranks, this run has 1" in out
     assert "Traceback" not in out
-    assert saved_steps(str(checkpoints))[:2] == [10, 8]  # step 8 written anew over the corrupt one
+    assert checkpoint_steps(str(checkpoints))[-2:] == [8, 10]  # step 8 written anew over the corrupt one
     assert checkpoint_problem(str(checkpoints / "step-8")) is None
 
     out = pretrain(run, "--training.steps", "12")
@@ -234,4 +235,4 @@ def test_a_nan_loss_is_skipped_or_stops_the_run_before_any_checkpoint_holds_it(e
     out = pretrain(stop, fault="nan:step-3", ok=False)  # "stop" is the default policy
     assert "error: training step 3: the loss or a gradient is NaN or inf; stopped before the optimizer step" in out
     assert "Traceback" not in out
-    assert saved_steps(str(stop / "pretrain" / "checkpoint")) == [2]
+    assert checkpoint_steps(str(stop / "pretrain" / "checkpoint")) == [2]

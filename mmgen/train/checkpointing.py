@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import posixpath
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -34,11 +33,11 @@ from torchtitan.tools.logging import logger
 
 from mmgen.config.paths import StaleInputError
 from mmgen.files import CorruptFileError
+from mmgen.model.checkpoint import checkpoint_steps
 from mmgen.nonfinite import NonFiniteError, all_finite
 from mmgen.train.fault_injection import fault_requested, pause_if_asked
 
 METADATA = ".metadata"
-STEP_FOLDER = re.compile(r"^step-(\d+)$")
 
 def read_checkpoint_metadata(checkpoint: str) -> Metadata:
     if "://" in checkpoint:
@@ -67,18 +66,6 @@ def checkpoint_problem(checkpoint: str) -> str | None:
         if size < end:
             return f"{name} holds {size} bytes, its metadata lists data up to byte {end}"
     return None
-
-
-def saved_steps(folder: str) -> list[int]:
-    """Steps of the checkpoints in ``folder`` whose save completed (they have ``.metadata``), newest first."""
-    if not filesystem.isdir(folder):
-        return []
-    steps = []
-    for name in filesystem.listdir(folder):
-        match = STEP_FOLDER.match(name)
-        if match and filesystem.isfile(filesystem.join(filesystem.join(folder, name), METADATA)):
-            steps.append(int(match.group(1)))
-    return sorted(steps, reverse=True)
 
 
 def check_shapes(state_dict: dict[str, Any], metadata: Metadata, checkpoint: str) -> None:
@@ -123,7 +110,7 @@ class MMGenCheckpointManager(CheckpointManager):
 
     def _find_load_step(self, folder: str = "") -> int:
         folder = folder or self.folder
-        steps = saved_steps(folder)
+        steps = sorted(checkpoint_steps(folder), reverse=True)  # folders with .metadata: their save completed
         problems = []
         for step in steps:
             checkpoint = self._create_checkpoint_id(step, folder)

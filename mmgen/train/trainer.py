@@ -38,7 +38,8 @@ from mmgen.config.paths import StaleInputError
 from mmgen.data.token_shards import TokenShardError, TokenShards
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import append_jsonl, read_jsonl, write_atomic
-from mmgen.model.checkpoint import save_model_description
+from mmgen.fingerprints import check_tokens_inputs
+from mmgen.model.checkpoint import MODEL_FILE, checkpoint_steps, model_description, read_model_description, write_model_description
 from mmgen.nonfinite import NonFiniteGuard, all_finite
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
@@ -249,10 +250,12 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
     check_training_tokens(paths, paths.tokens("train"))
+    spec = build_model_spec(cfg.model, Vocab.load(paths.vocab).size, cfg.name)
+    check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
 
 
 def check_training_tokens(paths: RunPaths, tokens: str) -> None:
-    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with that vocabulary."""
+    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with the run's tokenizers."""
     vocab = Vocab.load(paths.vocab)
     load_text_tokenizer(paths, vocab)
     shards = TokenShards(tokens)
@@ -261,6 +264,41 @@ def check_training_tokens(paths: RunPaths, tokens: str) -> None:
     if int(shards.manifest.get("vocab_size", vocab.size)) != vocab.size:
         raise StaleInputError(f"{tokens} was encoded with a vocabulary of {shards.manifest['vocab_size']} tokens, "
                               f"but {paths.vocab} has {vocab.size}: encode again")
+    check_tokens_inputs(shards.manifest, tokens, paths)
+
+
+def described(spec: Any) -> dict:
+    """The ``model.json`` of a torchtitan model spec."""
+    m = spec.model
+    return model_description(m.model, m.vocab_size, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
+
+
+def check_resumable(folder: str, checkpoint_folder: str, description: dict) -> None:
+    """A resume continues the model its checkpoints hold: ``model.json`` in ``folder`` must describe this model.
+
+    Checked before ``model.json`` is written, so a mistaken config never overwrites the description of a
+    run's checkpoints (the checkpoint's tensor shapes are checked again when it loads).
+    """
+    checkpoints = posixpath.join(folder, checkpoint_folder)
+    if not checkpoint_steps(checkpoints):
+        return
+    fs, local = fsspec.core.url_to_fs(posixpath.join(folder, MODEL_FILE))
+    if not fs.exists(local):
+        return
+    saved = read_model_description(folder)
+    changed = sorted(k for k in {*saved.get("model", {}), *description["model"]}
+                     if saved.get("model", {}).get(k) != description["model"].get(k))  # fmt: skip
+    lora = ("lora_rank", "lora_alpha") if saved.get("lora_rank") or description["lora_rank"] else ()  # alpha: only with LoRA
+    changed += [k for k in ("vocab_size", *lora) if saved.get(k) != description[k]]
+    if changed:
+        diff = ", ".join(f"{k} {_described(saved, k)} there, {_described(description, k)} now" for k in changed)
+        raise StaleInputError(f"{checkpoints} holds checkpoints of another model than this config's ({diff}; "
+                              f"from {posixpath.join(folder, MODEL_FILE)}): resume with the config it was trained "
+                              f"with, or use another output folder")  # fmt: skip
+
+
+def _described(description: dict, key: str) -> Any:
+    return description["model"].get(key) if key in description.get("model", {}) else description.get(key)
 
 
 def save_adapters(model: torch.nn.Module, path: str) -> None:
@@ -283,9 +321,10 @@ def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config |
     if trainer_config is None:
         check_pretraining_inputs(cfg)
         trainer_config = build_trainer_config(cfg)
+    description = described(trainer_config.model_spec)
+    check_resumable(trainer_config.dump_folder, trainer_config.checkpoint.folder, description)  # every rank: all stop or none
     if int(os.environ.get("RANK", "0")) == 0:
-        spec = trainer_config.model_spec.model
-        save_model_description(trainer_config.dump_folder, spec.model, spec.vocab_size, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha)
+        write_model_description(trainer_config.dump_folder, description)
     trainer = trainer_config.build()
     try:
         trainer.train()
