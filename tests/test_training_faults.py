@@ -21,10 +21,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from bad_inputs import SMALL, build_encoded_run
 
+from mmgen.config.paths import StaleInputError
 from mmgen.files import CorruptFileError
-from mmgen.nonfinite import NonFiniteError, NonFiniteGuard, all_finite
 from mmgen.model.checkpoint import checkpoint_steps
-from mmgen.train.checkpointing import MMGenCheckpointManager, checkpoint_problem
+from mmgen.nonfinite import NonFiniteError, NonFiniteGuard, all_finite
+from mmgen.train.checkpointing import MMGenCheckpointManager, check_shapes, checkpoint_problem, read_checkpoint_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 # eight steps, a checkpoint every two, every checkpoint kept, a loss record every step
@@ -81,6 +82,14 @@ def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(CorruptFileError, match="every checkpoint"):
         _manager_of(folder)._find_load_step()
     assert _manager_of(tmp_path / "none")._find_load_step() == -1  # no checkpoint at all: a fresh start
+
+
+def test_a_checkpoint_of_another_model_shape_is_one_line_naming_both(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path / "step-2")
+    metadata = read_checkpoint_metadata(str(ckpt))
+    check_shapes({"w": torch.zeros(3, 4), "optimizer": object()}, metadata, str(ckpt))
+    with pytest.raises(StaleInputError, match=r"step-2 holds a model of another shape \(w: \[3, 4\] there, \[3, 8\]"):
+        check_shapes({"w": torch.zeros(3, 8)}, metadata, str(ckpt))
 
 
 def test_nonfinite_guard_policies():

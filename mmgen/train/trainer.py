@@ -44,8 +44,8 @@ from mmgen.nonfinite import NonFiniteGuard, all_finite
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.checkpointing import MMGenCheckpointManager
-from mmgen.train.fault_injection import nan_asked, pause_if_asked
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
+from mmgen.train.fault_injection import nan_asked, pause_if_asked
 from mmgen.train.model_spec import build_model_spec
 
 
