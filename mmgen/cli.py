@@ -21,9 +21,11 @@ from mmgen.config.paths import StaleInputError
 from mmgen.data.obelics import CorpusError
 from mmgen.data.token_shards import TokenShardError
 from mmgen.files import CorruptFileError, write_json
+from mmgen.nonfinite import NonFiniteError
 
 # the machine's faults (OSError: a missing file, a full disk, ...) are handled beside these
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, CorruptFileError, StaleInputError, TokenShardError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, CorpusError, CorruptFileError, NonFiniteError, StaleInputError,
+                                                TokenShardError)
 
 
 def describe_os_error(err: OSError) -> str:

@@ -105,3 +105,19 @@ def corrupted_copy(run: Path, tmp: Path, relative: str, corruption: str) -> Path
     target = sorted(copy.glob(relative))[0]
     CORRUPTIONS[corruption](target)
     return copy
+
+
+def build_encoded_run(run: Path) -> None:
+    """A run folder through encode: shapes world, text tokenizer, an untrained VQ-VAE, token shards (SMALL)."""
+    from mmgen.config import RunPaths, load_config
+    from mmgen.tokenizers.image import ImageTokenizer
+    from mmgen.tokenizers.vqvae import VQVAE
+
+    for script in ("data/make_world.py", "tokenizers/train_text.py"):
+        assert run_stage(script, run)[0] == 0, script
+    cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
+    torch.manual_seed(0)  # an untrained VQ-VAE tokenizes as well as a trained one for these tests
+    ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer).save(
+        RunPaths(str(run)).image_tokenizer)
+    status, err = run_stage("tokenizers/encode.py", run)
+    assert status == 0, err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from bad_inputs import CORRUPTIONS, SMALL, assert_one_error_line, corrupted_copy, run_stage
+from bad_inputs import CORRUPTIONS, SMALL, assert_one_error_line, build_encoded_run, corrupted_copy, run_stage
 
 from mmgen.config import ConfigError, load_config
 from mmgen.config.schema import DataConfig
@@ -26,25 +26,17 @@ from mmgen.config.validation import _RULES
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    import torch
     import torch.distributed.checkpoint as dcp
 
     from mmgen.config import RunPaths
     from mmgen.model.checkpoint import save_model_description
     from mmgen.model.transformer import Transformer
-    from mmgen.tokenizers.image import ImageTokenizer
     from mmgen.tokenizers.vocab import Vocab
-    from mmgen.tokenizers.vqvae import VQVAE
 
     run = tmp_path_factory.mktemp("bad_inputs") / "run"
-    for script in ("data/make_world.py", "tokenizers/train_text.py"):
-        assert run_stage(script, run)[0] == 0, script
+    build_encoded_run(run)
     cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
     paths = RunPaths(str(run))
-    torch.manual_seed(0)  # an untrained VQ-VAE tokenizes as well as a trained one for these tests
-    ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer).save(paths.image_tokenizer)
-    status, err = run_stage("tokenizers/encode.py", run)
-    assert status == 0, err
     vocab = Vocab.load(paths.vocab)
     save_model_description(paths.pretrain_dir, cfg.model, vocab.size)
     model = Transformer(cfg.model, vocab.size)
@@ -184,6 +176,46 @@ def test_a_full_disk_is_one_error_line(tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(local.LocalFileSystem, "mv", full)
     status, err = run_stage("eval/sample.py", run)
     assert "No space left on device" in assert_one_error_line(status, err)
+
+
+# ----- run folders whose parts do not belong together -----
+
+
+def test_a_vq_tokenizer_changed_after_encode_is_one_error_line(tiny_run, tmp_path):
+    import torch
+
+    from mmgen.config import RunPaths
+    from mmgen.tokenizers.image import ImageTokenizer
+    from mmgen.tokenizers.vqvae import VQVAE
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
+    torch.manual_seed(1)  # other weights than the ones the tokens were encoded with
+    ImageTokenizer(model=VQVAE.from_config(cfg.image_tokenizer), config=cfg.image_tokenizer).save(
+        RunPaths(str(run)).image_tokenizer)
+    status, err = run_stage("train/pretrain.py", run)
+    assert_one_error_line(status, err, str(run / "tokens" / "train"), str(run / "tokenizers" / "image"), "image tokenizer")
+
+
+def test_tokens_encoded_with_another_vocabulary_are_one_error_line(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    manifest = run / "tokens" / "train" / "manifest.json"
+    record = json.loads(manifest.read_text())
+    record["inputs"]["vocab"] = "0123456789abcdef"  # as encode records a vocabulary of the same size but other ids
+    manifest.write_text(json.dumps(record))
+    status, err = run_stage("train/pretrain.py", run)
+    assert_one_error_line(status, err, str(run / "tokens" / "train"), "vocab.json", "0123456789abcdef")
+
+
+def test_a_config_of_another_model_never_overwrites_model_json(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "pretrain" / "model.json").read_bytes()
+    status, err = run_stage("train/pretrain.py", run, "--model.dim", "128")
+    assert_one_error_line(status, err, "model.json", "dim 64 there, 128 now")
+    assert (run / "pretrain" / "model.json").read_bytes() == before
 
 
 # ----- untrusted corpora -----

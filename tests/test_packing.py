@@ -151,3 +151,27 @@ def test_old_single_corpus_state_still_loads(tmp_path, docs):
     batches = PackedBatches(TokenShards(str(tmp_path)), seq_len=48, batch_size=2, pad_id=0)
     batches.load_state_dict({"epoch": 1, "cursor": 3, "truncated_documents": 0})
     assert batches.streams[0].epoch == 1 and batches.streams[0].cursor == 3
+
+
+def test_another_world_size_restarts_each_corpus_at_its_earliest_epoch(tmp_path, docs):
+    write_docs(tmp_path, docs)
+    shards = TokenShards(str(tmp_path))
+
+    def loader(rank, world):
+        return PackedBatches(shards, seq_len=64, batch_size=2, pad_id=0, seed=3, dp_rank=rank, dp_world_size=world)
+
+    two = [loader(r, 2) for r in range(2)]
+    for batches, n in zip(two, (5, 1)):  # rank 0 reads into a later epoch than rank 1
+        it = iter(batches)
+        for _ in range(n):
+            next(it)
+    states = [b.state_dict() for b in two]
+    epochs = [s["streams"][0]["epoch"] for s in states]
+    assert epochs[0] > epochs[1] and states[1]["streams"][0]["cursor"] > 0
+    one = loader(0, 1)
+    one.restart_epochs(states)
+    assert one.streams[0].state() == {"epoch": epochs[1], "cursor": 0, "tokens": 0}
+    fresh = loader(0, 1)
+    fresh.streams[0].load({"epoch": epochs[1], "cursor": 0})
+    a, b = next(iter(one)), next(iter(fresh))
+    assert torch.equal(a[0]["input"], b[0]["input"])  # the epoch starts over from its first document

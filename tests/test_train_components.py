@@ -106,6 +106,7 @@ def test_training_loader_mixes_by_weight_and_leaves_duplicates_out_with_cm3_and_
 def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
     import contextlib
 
+    from mmgen.nonfinite import NonFiniteGuard
     from mmgen.train.trainer import MMGenTrainer
 
     class Model(torch.nn.Module):
@@ -119,6 +120,8 @@ def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
 
     trainer = MMGenTrainer.__new__(MMGenTrainer)  # only the forward-backward step: no mesh, no checkpoints
     trainer.model_parts, trainer.loss_fn, trainer.train_context = [Model()], make_loss(), contextlib.nullcontext
+    trainer.step, trainer.step_losses, trainer.step_sums = 1, [], None
+    trainer.nonfinite = NonFiniteGuard("skip")
     labels = torch.tensor([[1, 12, 2, 13]])
     weights = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
     per_token = torch.nn.functional.cross_entropy(trainer.model_parts[0].logits[0], labels[0], reduction="none")
@@ -126,5 +129,14 @@ def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
                                           {"positions": torch.arange(4)[None], "loss_weights": weights})  # fmt: skip
     assert torch.allclose(loss, per_token[2:].sum() / 2)
     trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0), {})
+    stepped = []
+    trainer._step_if_finite(lambda: stepped.append(trainer.step))
+    assert stepped == [1]  # the step's sums join the logged ones once its optimizer step is taken
     _, text_n, _, image_n = trainer.modality_sums.tolist()
     assert (text_n, image_n) == (1 + 2, 1 + 2)  # the weighted batch counts its weight-1 tokens only
+
+    trainer.step = 2  # a step whose gradient is NaN: no optimizer step, and its sums stay out of the log
+    trainer._forward_backward_body(torch.zeros(1, 4, dtype=torch.long), labels, torch.tensor(2.0), {})
+    trainer.model_parts[0].logits.grad[0, 0, 0] = float("nan")
+    trainer._step_if_finite(lambda: stepped.append(trainer.step))
+    assert stepped == [1] and trainer.modality_sums.tolist()[1] == 3 and trainer.nonfinite.skipped == 1

@@ -15,26 +15,19 @@ import json
 import posixpath
 from datetime import timedelta
 
-import fsspec
 import torch
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.config import ConfigError, RunPaths
+from mmgen.config.schema import reading_policy
 from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
 from mmgen.device import join_ranks, leave_ranks
-from mmgen.tokenizers.image import CONFIG_FILE, WEIGHTS_FILE, ImageTokenizer
+from mmgen.fingerprints import tokenizer_fingerprints
+from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
 from mmgen.tokenizers.vocab import MultimodalTokenizer, Vocab
-
-# the DataConfig fields that change what encode writes; the rest (order, mixing, CM3...) act in the loader
-ENCODE_FIELDS = ("train_corpus", "heldout_corpus", "tokens_per_shard", "encode_batch_size", "corpus_kind",
-                 "allow_network", "network_timeout", "network_retries", "image_root", "missing_image",
-                 "max_image_pixels", "image_resize", "caption_template", "caption_order", "min_text_chars",
-                 "max_text_chars", "min_image_side", "max_aspect_ratio", "max_images_per_document",
-                 "dedup_documents", "dedup_images")  # fmt: skip
-
 
 def corpus_urls(value: str, default: str) -> list[str]:
     return [u.strip() for u in (value or default).split(",") if u.strip()]
@@ -74,10 +67,9 @@ def main() -> None:
     tokenizer = MultimodalTokenizer(vocab, text, image)
     targets = plan_targets(cfg, paths, image.image_size)
     jobs = plan_jobs(targets)
-    # a done record only counts for the same tokenizers and reading policy
-    fingerprint = content_hash(json.dumps(vocab.to_dict(), sort_keys=True).encode(), text.model_proto,
-                               json.dumps({k: getattr(cfg.data, k) for k in ENCODE_FIELDS}, sort_keys=True).encode(),
-                               _weights_bytes(paths.image_tokenizer))  # fmt: skip
+    inputs = tokenizer_fingerprints(paths, vocab)
+    # a done record only counts for the same tokenizers and reading policy (the whole policy: no field is left out)
+    fingerprint = content_hash(json.dumps({"inputs": inputs, "reading": reading_policy(cfg.data)}, sort_keys=True).encode())
     mine = jobs[rank::world]
     prefix = f"[rank {rank}/{world}] " if world > 1 else ""
     print(f"{prefix}encoding {len(mine)} of {len(jobs)} input shards "
@@ -96,18 +88,13 @@ def main() -> None:
         torch.distributed.barrier()
     summary = None
     if rank == 0:
-        summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents)
+        summary = finalize(targets, vocab_size=vocab.size, dedup=cfg.data.dedup_documents, inputs=inputs)
         for split, s in summary.items():
             print(f"{split}: {json.dumps(s)}")
         stage.record_timing(**summary)
     leave_ranks(world)
     if summary is not None:  # after the barrier: the other ranks are not left waiting for rank 0
         require_documents(summary)
-
-
-def _weights_bytes(image_dir: str) -> bytes:
-    fs, root = fsspec.core.url_to_fs(image_dir)
-    return b"".join(fs.cat_file(posixpath.join(root, name)) for name in (WEIGHTS_FILE, CONFIG_FILE))
 
 
 if __name__ == "__main__":

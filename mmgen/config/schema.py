@@ -12,7 +12,7 @@ without torchtitan installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 
@@ -40,8 +40,18 @@ class WorldConfig:
     """Upper bound on shapes drawn in one image (at least one is drawn)."""
 
 
+LOADER_FIELD = {"read_by": "loader"}
+"""Metadata of the DataConfig fields that act when the loader reads token shards, not when encode writes them."""
+
+
 @dataclass
 class DataConfig:
+    """How corpora are read (the reading policy, fixed at encode) and how token shards are loaded.
+
+    Every field is part of the reading policy unless its metadata is ``LOADER_FIELD``: encode fingerprints the
+    whole policy, so a new reading field can never silently reuse shards written under another value.
+    """
+
     train_corpus: str = ""
     """Training corpus (see corpus_kind): a file, folder or glob, any fsspec URL; several, comma-separated, are mixed by train_weights. Empty: the run's shapes world."""
     heldout_corpus: str = ""
@@ -50,17 +60,17 @@ class DataConfig:
     """Upper bound on tokens in one pretokenized token shard."""
     encode_batch_size: int = 64
     """Images encoded by the VQ-VAE per batch during pretokenization."""
-    shuffle_seed: int = 0
+    shuffle_seed: int = field(default=0, metadata=LOADER_FIELD)
     """Seed of the document order in the packing data loader."""
-    cm3_rate: float = 0.0
+    cm3_rate: float = field(default=0.0, metadata=LOADER_FIELD)
     """Share of pretraining documents in CM3's causal-masked form (a span moved to the end behind a sentinel)."""
-    cm3_image_share: float = 0.5
+    cm3_image_share: float = field(default=0.5, metadata=LOADER_FIELD)
     """Of CM3-masked documents, the share whose masked span is a whole image (the rest mask a text span)."""
-    condition_dropout: float = 0.0
+    condition_dropout: float = field(default=0.0, metadata=LOADER_FIELD)
     """Share of pretraining documents whose text before one image is removed (trains the unconditional stream of CFG)."""
     corpus_kind: Literal["auto", "obelics", "mmc4", "captions", "imagefolder"] = "auto"
     """Format of the corpora: OBELICS parquet, MMC4 jsonl(.zip), caption-pair jsonl, or an ImageFolder; 'auto' tells them apart from file names and the first record."""
-    train_weights: list[float] = field(default_factory=list)
+    train_weights: list[float] = field(default_factory=list, metadata=LOADER_FIELD)
     """With several comma-separated train_corpus URLs: each one's share of training tokens (normalised). Empty: in proportion to their sizes."""
     allow_network: bool = False
     """Fetch images given as http(s) URLs (OBELICS images, MMC4 raw_url); off means such images count as missing."""
@@ -94,6 +104,11 @@ class DataConfig:
     """Skip exact duplicate documents (same texts and image bytes) within a shard, and across shards when encoding."""
     dedup_images: bool = True
     """Drop an image whose bytes already appeared in the same shard ('duplicate_image')."""
+
+
+def reading_policy(data: DataConfig) -> dict:
+    """The fields of ``data`` that change what encode writes (all but the loader's)."""
+    return {f.name: getattr(data, f.name) for f in fields(data) if f.metadata != LOADER_FIELD}
 
 
 @dataclass
@@ -395,6 +410,8 @@ class TrainingConfig:
     """FSDP2 compute dtype; 'auto' picks bfloat16 where the CPU or GPU supports it."""
     mixed_precision_reduce: Literal["float32"] = "float32"
     """FSDP2 gradient-reduction dtype."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or inf loss or gradient: 'stop' the run before the optimizer steps, or 'skip' the step (10 in a row stop)."""
 
 
 @dataclass

@@ -27,7 +27,8 @@ replay; a small corpus simply repeats (its own epochs) more often. Tokens
 are counted as packed, after the transforms.
 
 The state is ``(epoch, cursor, tokens)`` per corpus at a batch boundary, so a
-resumed run reads the very batches the interrupted one would have read.
+resumed run reads the very batches the interrupted one would have read (on as
+many data-parallel ranks; on another number, each corpus restarts its epoch).
 """
 
 from __future__ import annotations
@@ -150,6 +151,14 @@ class PackedBatches:
         for stream, s in zip(self.streams, streams):
             stream.load(s)
         self.truncated_documents = int(state.get("truncated_documents", 0))
+
+    def restart_epochs(self, states: list[dict[str, Any]]) -> None:
+        """Resume from the states of another number of data-parallel ranks: each corpus restarts the earliest
+        epoch any of them was in (positions within an epoch belong to one rank layout and do not carry over)."""
+        per_rank = [state.get("streams", [state]) for state in states]
+        for i, stream in enumerate(self.streams):
+            stream.load({"epoch": min(int(streams[i]["epoch"]) for streams in per_rank), "cursor": 0})
+        self.truncated_documents = sum(int(state.get("truncated_documents", 0)) for state in states)
 
     def _stream(self) -> _Stream:
         if len(self.streams) == 1:

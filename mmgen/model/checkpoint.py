@@ -30,9 +30,19 @@ from mmgen.model.transformer import Transformer
 MODEL_FILE = "model.json"
 
 
-def save_model_description(run_dir: str, model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> None:
-    description = {"model": dataclasses.asdict(model), "vocab_size": vocab_size, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+def model_description(model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> dict:
+    """What ``model.json`` holds: the architecture (``model``), ``vocab_size`` and LoRA settings."""
+    # through JSON, so a description compares equal to one read back from its file (tuples become lists)
+    return json.loads(json.dumps({"model": dataclasses.asdict(model), "vocab_size": vocab_size,
+                                  "lora_rank": lora_rank, "lora_alpha": lora_alpha}))  # fmt: skip
+
+
+def write_model_description(run_dir: str, description: dict) -> None:
     write_json(posixpath.join(run_dir, MODEL_FILE), description)
+
+
+def save_model_description(run_dir: str, model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> None:
+    write_model_description(run_dir, model_description(model, vocab_size, lora_rank=lora_rank, lora_alpha=lora_alpha))
 
 
 def read_model_description(run_dir: str) -> dict:

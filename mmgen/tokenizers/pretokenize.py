@@ -194,8 +194,11 @@ def encode_job(job: Job, tokenizer: MultimodalTokenizer, *, tokens_per_shard: in
     return record
 
 
-def finalize(targets: Sequence[Target], *, vocab_size: int, dedup: bool) -> dict[str, dict]:
-    """Write every folder's manifest (and mixture manifests); returns a summary per split."""
+def finalize(targets: Sequence[Target], *, vocab_size: int, dedup: bool, inputs: dict[str, str] | None = None) -> dict[str, dict]:
+    """Write every folder's manifest (and mixture manifests); returns a summary per split.
+
+    ``inputs``: the fingerprints of the tokenizers the shards were encoded with (``mmgen.fingerprints``).
+    """
     summaries: dict[str, dict] = {}
     by_split: dict[str, list[Target]] = {}
     for t in targets:
@@ -215,6 +218,8 @@ def finalize(targets: Sequence[Target], *, vocab_size: int, dedup: bool) -> dict
                      "skipped": dict(sorted(stats.skipped.items())),
                      "images_dropped": dict(sorted(stats.images_dropped.items())), "text_only": stats.text_only,
                      "skipped_examples": [list(e) for e in stats.examples]}  # fmt: skip
+            if inputs:
+                extra["inputs"] = inputs
             shards = [s for r in records for s in r["shards"]]
             manifests.append(write_manifest(t.folder, shards, vocab_size=vocab_size, sources=t.corpus.shards,
                                             extra=extra, dedup=dedup))  # fmt: skip
@@ -226,7 +231,7 @@ def finalize(targets: Sequence[Target], *, vocab_size: int, dedup: bool) -> dict
             components = [{"folder": posixpath.basename(t.folder.rstrip("/")), "weight": w / total,
                            "source": t.corpus.url, "kind": t.corpus.kind}
                           for t, w in zip(split_targets, weights)]  # fmt: skip
-            write_mixture(root, components, extra=summary)
+            write_mixture(root, components, extra={**summary, **({"inputs": inputs} if inputs else {})})
             summary["weights"] = [c["weight"] for c in components]
         summaries[split] = summary
     return summaries

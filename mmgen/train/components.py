@@ -10,6 +10,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
+from torchtitan.tools.logging import logger
 
 from mmgen.data.objectives import CM3Masking, ConditionDropout, SFTTargets
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
@@ -74,19 +75,31 @@ class PackedDataLoader(BaseDataLoader):
     def __iter__(self):
         return iter(self.batches)
 
+    saved_world_size: int | None = None
+    """Set by the checkpoint manager before a load: how many data-parallel ranks saved the state."""
+
+    def expect_saved_world_size(self, n: int) -> None:
+        self.saved_world_size = n
+
     # Each rank saves its own key: DCP keeps only one copy of a non-tensor value per key.
     def state_dict(self) -> dict[str, Any]:
+        if self.saved_world_size not in (None, self.dp_world_size):
+            # a load from another world size: ask DCP for every saved rank's state (a key it lacks is an error)
+            return {**{f"dp_rank_{r}": "" for r in range(self.saved_world_size)}, "world_size": 0}
         return {f"dp_rank_{self.dp_rank}": json.dumps(self.batches.state_dict()), "world_size": self.dp_world_size}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.saved_world_size = None
         if not state_dict:
             return
-        if state_dict.get("world_size") != self.dp_world_size:
-            raise ValueError(
-                f"checkpoint data loader was saved with {state_dict.get('world_size')} data-parallel ranks, "
-                f"this run has {self.dp_world_size}; resharding the data order is not supported"
-            )
-        self.batches.load_state_dict(json.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
+        saved = int(state_dict.get("world_size", 0))
+        if saved == self.dp_world_size:
+            self.batches.load_state_dict(json.loads(state_dict[f"dp_rank_{self.dp_rank}"]))
+            return
+        self.batches.restart_epochs([json.loads(state_dict[f"dp_rank_{r}"]) for r in range(saved)])
+        if self.dp_rank == 0:
+            logger.warning(f"the checkpoint's data loader ran on {saved} data-parallel ranks, this run has "
+                           f"{self.dp_world_size}: each corpus restarts its current epoch")  # fmt: skip
 
 
 def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, seq_len: int) -> list[DocumentTransform]:

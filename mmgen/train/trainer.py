@@ -38,10 +38,14 @@ from mmgen.config.paths import StaleInputError
 from mmgen.data.token_shards import TokenShardError, TokenShards
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import append_jsonl, read_jsonl, write_atomic
-from mmgen.model.checkpoint import save_model_description
+from mmgen.fingerprints import check_tokens_inputs
+from mmgen.model.checkpoint import MODEL_FILE, checkpoint_steps, model_description, read_model_description, write_model_description
+from mmgen.nonfinite import NonFiniteGuard, all_finite
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
+from mmgen.train.checkpointing import MMGenCheckpointManager
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
+from mmgen.train.fault_injection import nan_asked, pause_if_asked
 from mmgen.train.model_spec import build_model_spec
 
 
@@ -74,9 +78,32 @@ class MMGenTrainer(Trainer):
     class Config(Trainer.Config):
         loss_log: str = ""
         """JSONL file receiving text and image losses at every logged step."""
+        nonfinite: str = "stop"
+        """A NaN or inf loss or gradient: "stop" before the optimizer steps, or "skip" the step."""
 
     modality_sums: torch.Tensor | None = None
     """The loss's per-modality sums since the last logged step."""
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.nonfinite = NonFiniteGuard(config.nonfinite)
+        self.step_losses: list[torch.Tensor] = []
+        self.step_sums: torch.Tensor | None = None
+        # torchtitan's step clips the gradients and then steps the optimizers; the check sits between the two
+        step_optimizers = self.optimizers.step
+        self.optimizers.step = lambda: self._step_if_finite(step_optimizers)
+
+    def _step_if_finite(self, step_optimizers) -> None:
+        """Step the optimizers unless a loss or gradient of this step is NaN or inf on any rank."""
+        pause_if_asked(f"step-{self.step}")
+        losses, self.step_losses = self.step_losses, []
+        sums, self.step_sums = self.step_sums, None
+        grads = [p.grad for m in self.model_parts for p in m.parameters()]
+        if not self.nonfinite.allow_step(self.step, all_finite([*losses, *grads])):
+            return  # the next step's zero_grad drops the gradients; this step's losses stay out of the loss log
+        step_optimizers()
+        if sums is not None:
+            self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
 
     def _forward_backward_body(self, inputs, labels, global_valid_tokens, extra_kwargs):
         # torchtitan's body, but loss weights go to the loss and the loss's metrics are kept
@@ -84,12 +111,17 @@ class MMGenTrainer(Trainer):
         with self.train_context():
             pred = self.model_parts[0](inputs, **model_kwargs)
             loss, metrics = self.loss_fn(pred, labels, global_valid_tokens, loss_weights=extra_kwargs.get("loss_weights"))
+            if nan_asked(f"step-{self.step}"):
+                loss = loss * float("nan")
             del pred
             with spmd.no_typecheck():  # as torchtitan: type-checking the backward conflicts with checkpointing
                 loss.backward()
         sums = metrics[MODALITY_SUMS]
-        self.modality_sums = sums if self.modality_sums is None else self.modality_sums + sums
-        return loss
+        self.step_sums = sums if self.step_sums is None else self.step_sums + sums
+        loss = loss.detach()
+        self.step_losses.append(loss)
+        # what torchtitan logs: a skipped step's non-finite loss must not trip its own NaN check (a crash)
+        return torch.where(loss.isfinite(), loss, torch.zeros_like(loss))
 
     _loss_log_checked = False
 
@@ -130,9 +162,14 @@ class MMGenTrainer(Trainer):
         write_atomic(log, "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def copy_fields(section: Any, target: Any) -> None:
-    """Set every field of an experiment config section on torchtitan's section of the same name."""
+def copy_fields(section: Any, target: Any, *, mmgen_only: tuple[str, ...] = ()) -> None:
+    """Set every field of an experiment config section on torchtitan's section of the same name.
+
+    ``mmgen_only`` names fields torchtitan does not have, which mmgen applies itself.
+    """
     for f in dataclasses.fields(section):
+        if f.name in mmgen_only:
+            continue
         if not hasattr(target, f.name):
             raise AttributeError(f"torchtitan's {type(target).__name__} has no field {f.name}")
         setattr(target, f.name, getattr(section, f.name))
@@ -145,6 +182,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         model_spec=build_model_spec(cfg.model, vocab.size, cfg.name),
         dump_folder=paths.pretrain_dir,
         loss_log=paths.loss_log,
+        nonfinite=cfg.training.nonfinite,
     )
     tc.tokenizer = VocabTokenizer.Config(run_dir=cfg.run_dir)
     tc.dataloader = PackedDataLoader.Config(
@@ -162,7 +200,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     image_start, image_stop = vocab.image_range
     tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
 
-    copy_fields(cfg.training, tc.training)
+    copy_fields(cfg.training, tc.training, mmgen_only=("nonfinite",))
     precision = compute_dtype(cfg.training.mixed_precision_param, default_device())  # "auto" picks by device
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
     # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
@@ -178,6 +216,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     tc.optimizer.implementation = "fused" if torch.cuda.is_available() else "foreach"
 
     copy_fields(cfg.lr_scheduler, tc.lr_scheduler)
+    tc.checkpoint = MMGenCheckpointManager.Config()
     copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
@@ -211,10 +250,12 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
     check_training_tokens(paths, paths.tokens("train"))
+    spec = build_model_spec(cfg.model, Vocab.load(paths.vocab).size, cfg.name)
+    check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
 
 
 def check_training_tokens(paths: RunPaths, tokens: str) -> None:
-    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with that vocabulary."""
+    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with the run's tokenizers."""
     vocab = Vocab.load(paths.vocab)
     load_text_tokenizer(paths, vocab)
     shards = TokenShards(tokens)
@@ -223,6 +264,41 @@ def check_training_tokens(paths: RunPaths, tokens: str) -> None:
     if int(shards.manifest.get("vocab_size", vocab.size)) != vocab.size:
         raise StaleInputError(f"{tokens} was encoded with a vocabulary of {shards.manifest['vocab_size']} tokens, "
                               f"but {paths.vocab} has {vocab.size}: encode again")
+    check_tokens_inputs(shards.manifest, tokens, paths)
+
+
+def described(spec: Any) -> dict:
+    """The ``model.json`` of a torchtitan model spec."""
+    m = spec.model
+    return model_description(m.model, m.vocab_size, lora_rank=m.lora_rank, lora_alpha=m.lora_alpha)
+
+
+def check_resumable(folder: str, checkpoint_folder: str, description: dict) -> None:
+    """A resume continues the model its checkpoints hold: ``model.json`` in ``folder`` must describe this model.
+
+    Checked before ``model.json`` is written, so a mistaken config never overwrites the description of a
+    run's checkpoints (the checkpoint's tensor shapes are checked again when it loads).
+    """
+    checkpoints = posixpath.join(folder, checkpoint_folder)
+    if not checkpoint_steps(checkpoints):
+        return
+    fs, local = fsspec.core.url_to_fs(posixpath.join(folder, MODEL_FILE))
+    if not fs.exists(local):
+        return
+    saved = read_model_description(folder)
+    changed = sorted(k for k in {*saved.get("model", {}), *description["model"]}
+                     if saved.get("model", {}).get(k) != description["model"].get(k))  # fmt: skip
+    lora = ("lora_rank", "lora_alpha") if saved.get("lora_rank") or description["lora_rank"] else ()  # alpha: only with LoRA
+    changed += [k for k in ("vocab_size", *lora) if saved.get(k) != description[k]]
+    if changed:
+        diff = ", ".join(f"{k} {_described(saved, k)} there, {_described(description, k)} now" for k in changed)
+        raise StaleInputError(f"{checkpoints} holds checkpoints of another model than this config's ({diff}; "
+                              f"from {posixpath.join(folder, MODEL_FILE)}): resume with the config it was trained "
+                              f"with, or use another output folder")  # fmt: skip
+
+
+def _described(description: dict, key: str) -> Any:
+    return description["model"].get(key) if key in description.get("model", {}) else description.get(key)
 
 
 def save_adapters(model: torch.nn.Module, path: str) -> None:
@@ -245,9 +321,10 @@ def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config |
     if trainer_config is None:
         check_pretraining_inputs(cfg)
         trainer_config = build_trainer_config(cfg)
+    description = described(trainer_config.model_spec)
+    check_resumable(trainer_config.dump_folder, trainer_config.checkpoint.folder, description)  # every rank: all stop or none
     if int(os.environ.get("RANK", "0")) == 0:
-        spec = trainer_config.model_spec.model
-        save_model_description(trainer_config.dump_folder, spec.model, spec.vocab_size, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha)
+        write_model_description(trainer_config.dump_folder, description)
     trainer = trainer_config.build()
     try:
         trainer.train()
