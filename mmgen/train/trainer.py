@@ -42,6 +42,7 @@ from mmgen.model.checkpoint import save_model_description
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
+from mmgen.train.console import MachineMetrics, quiet_console
 from mmgen.train.model_spec import build_model_spec
 
 
@@ -181,6 +182,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
+    tc.metrics = MachineMetrics.Config(compute_dtype=tc.training.mixed_precision_param)
     copy_fields(cfg.metrics, tc.metrics)
     copy_fields(cfg.parallelism, tc.parallelism)
     # mmgen's decoder is plain PyTorch, not written in torchtitan's spmd_types dialect
@@ -242,6 +244,7 @@ def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config |
     from torchtitan.tools.logging import init_logger
 
     init_logger()
+    quiet_console(int(os.environ.get("RANK", "0")))
     if trainer_config is None:
         check_pretraining_inputs(cfg)
         trainer_config = build_trainer_config(cfg)

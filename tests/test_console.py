@@ -1,0 +1,94 @@
+"""The training console: one rank's log, MFU against this machine's peak, resident memory, no expected warnings."""
+
+import logging
+import time
+import warnings
+
+import pytest
+import torch
+
+import mmgen.train  # noqa: F401  (CPU compat before torchtitan)
+from mmgen.device import matmul_peak_flops
+from mmgen.train.console import MachineMetrics, quiet_console
+from mmgen.train.cpu_compat import resident_memory_stats
+
+
+def test_matmul_peak_is_measured_within_its_budget_even_for_a_slow_dtype():
+    for dtype in (torch.float32, torch.bfloat16):
+        start = time.perf_counter()
+        peak = matmul_peak_flops(dtype, seconds=0.2)
+        elapsed = time.perf_counter() - start
+        assert 1e7 < peak < 1e14, (dtype, peak)
+        # one warm-up and one product per size at most beyond the budget (emulated bf16 is ~100x slower)
+        assert elapsed < 3.0, (dtype, elapsed)
+
+
+def test_cpu_memory_is_the_resident_set():
+    before = resident_memory_stats()
+    blob = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    after = resident_memory_stats()
+    assert after["active_bytes.all.peak"] - before["active_bytes.all.peak"] >= 60 * 2**20
+    assert after["reserved_bytes.all.peak"] >= after["active_bytes.all.peak"]  # the peak is never below now
+    assert torch.cpu.memory_stats().keys() == before.keys()  # what torchtitan's monitor reads
+    del blob
+
+
+@pytest.fixture
+def titan_log():
+    """torchtitan's root logger with one handler writing to a list, restored afterwards."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    lines = []
+
+    class ListHandler(logging.Handler):
+        def emit(self, record):
+            lines.append((record.levelname, record.getMessage()))
+
+    root.handlers[:] = [ListHandler()]
+    root.setLevel(logging.INFO)
+    with warnings.catch_warnings():
+        yield lines
+    logging.captureWarnings(False)
+    root.handlers[:], root.level = saved
+
+
+def test_rank_zero_drops_only_the_expected_warnings(titan_log):
+    quiet_console(0)
+    log = logging.getLogger()
+    log.warning("initial_load_model_only=True has no effect without an initial_load_path.")
+    log.warning("ENV[TORCH_NCCL_ASYNC_ERROR_HANDLING] = 1 will be overridden to 3 based on job config")
+    log.warning("ENV[TORCH_NCCL_DUMP_ON_TIMEOUT] = 0 will be overridden to 1 based on job config")
+    log.info("step:  1  loss: 6.1")
+    warnings.warn("DTensor random operators may not have complete support on cpu device mesh", UserWarning)
+    warnings.warn("DTensor manual_seed() may not have complete support on cpu device mesh", UserWarning)
+    warnings.warn("something a user should see", UserWarning)
+    messages = [m for _, m in titan_log]
+    assert messages[:2] == ["ENV[TORCH_NCCL_DUMP_ON_TIMEOUT] = 0 will be overridden to 1 based on job config",
+                            "step:  1  loss: 6.1"]
+    assert len(messages) == 3 and "something a user should see" in messages[2]
+    assert not any("DTensor" in m for m in messages)
+
+
+def test_other_ranks_print_errors_only(titan_log):
+    quiet_console(1)
+    log = logging.getLogger()
+    log.info("step:  1  loss: 6.1")
+    log.warning("a warning rank 0 prints as well")
+    warnings.warn("a python warning rank 0 prints as well", UserWarning)
+    log.error("rank 1 failed")
+    assert titan_log == [("ERROR", "rank 1 failed")]
+
+
+def test_mfu_is_against_the_configured_or_measured_peak_never_an_a100(monkeypatch, titan_log):
+    from torchtitan.tools import utils as titan_utils
+
+    # the trainer asks torchtitan's lookup again after building the metrics: both must give the same peak
+    monkeypatch.setattr(titan_utils, "get_peak_flops", titan_utils.get_peak_flops)
+    metrics = MachineMetrics(MachineMetrics.Config(peak_flops=2.5e10), parallel_dims=None)
+    assert metrics.gpu_peak_flops == 2.5e10 == titan_utils.get_peak_flops("AMD EPYC")
+
+    measured = MachineMetrics(MachineMetrics.Config(compute_dtype="float32"), parallel_dims=None).gpu_peak_flops
+    assert 1e8 < measured < 1e13 and measured != 312e12
+    assert titan_utils.get_peak_flops("AMD EPYC") == measured
+    assert not any("lspci" in m or "A100" in m for _, m in titan_log)
+    assert any(f"{measured / 1e9:,.1f} GFLOP/s" in m for _, m in titan_log)
