@@ -92,3 +92,14 @@ def test_mfu_is_against_the_configured_or_measured_peak_never_an_a100(monkeypatc
     assert titan_utils.get_peak_flops("AMD EPYC") == measured
     assert not any("lspci" in m or "A100" in m for _, m in titan_log)
     assert any(f"{measured / 1e9:,.1f} GFLOP/s" in m for _, m in titan_log)
+
+
+def test_allocator_settings_leave_the_users_own_and_apply_to_glibc_cpu_runs_only(monkeypatch):
+    from mmgen import allocator
+
+    monkeypatch.setattr(allocator, "uses_glibc", lambda: True)
+    added = allocator.training_allocator_env({"MALLOC_TOP_PAD_": "0", "PATH": "/bin"})
+    assert added == {"MALLOC_MMAP_THRESHOLD_": "17179869184", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
+    assert allocator.training_allocator_env({}, cpu=False) == {}
+    monkeypatch.setattr(allocator, "uses_glibc", lambda: False)  # musl, macOS: other variables, other meaning
+    assert allocator.training_allocator_env({}) == {}
