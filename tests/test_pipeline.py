@@ -40,7 +40,8 @@ def test_debug_pipeline_every_stage_then_resume(tmp_path):
     assert "GFLOP/s, this rank's best " in console and "mfu: " in console  # float32 or bfloat16 by CPU
     stage(script("eval/sample.py"), out, "--prompt", "a small blue square")
     stage(script("eval/report.py"), out)
-    stage(script("eval/summary.py"), out)
+    screen = stage(script("eval/summary.py"), out).stdout
+    assert "What it produced" in screen and str(out / "pretrain" / "checkpoint" / "step-6") in screen
 
     assert list((out / "corpus" / "train").glob("*.parquet"))
     assert (out / "tokenizers" / "text.model").exists()
