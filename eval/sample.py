@@ -35,6 +35,7 @@ from mmgen.files import CorruptFileError, write_json
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import sample
 from mmgen.model.checkpoint import load_trained_model
+from mmgen.progress import progress_bar, sampler_progress
 from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
 from mmgen.retrieval.query import load_retriever, retrieve_for_prompt
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -103,14 +104,11 @@ def main() -> None:
         context_len = len(prefix)
     print(f"sampling {s.num_samples} document(s) of up to {s.max_new_tokens} tokens from step {step} "
           f"for prompt {s.prompt!r}", flush=True)
-
-    def progress(done: int, total: int) -> None:
-        print(f"  {done}/{total} tokens, {time.time() - start:.1f}s", flush=True)
-
-    outputs = sample(
-        model, tokenizer.vocab, [prompt] * s.num_samples, max_new_tokens=s.max_new_tokens, progress=progress,
-        **sample_kwargs(s),
-    )
+    with progress_bar(desc="sampling", unit="token") as bar:
+        outputs = sample(
+            model, tokenizer.vocab, [prompt] * s.num_samples, max_new_tokens=s.max_new_tokens,
+            progress=sampler_progress(bar), **sample_kwargs(s),
+        )
     records = []
     for k, new_ids in enumerate(outputs):
         record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}", context_len=context_len,

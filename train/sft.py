@@ -20,11 +20,13 @@ from mmgen.files import write_json
 def main() -> None:
     cfg = load_config(description=__doc__)
     from mmgen.train.sft import build_sft_config, check_sft_inputs
+    from mmgen.train.console import rank_console
     from mmgen.train.trainer import end_rank_process, run_pretraining
 
     timing = RunPaths(cfg.run_dir).stage_timing(cfg.sft.folder)
     start = time.time()
     if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
+        rank_console(int(os.environ["RANK"]))  # building torchtitan's config logs already
         run_pretraining(cfg, build_sft_config(cfg))
         if os.environ.get("RANK", "0") == "0":
             write_json(timing, {"seconds": time.time() - start})

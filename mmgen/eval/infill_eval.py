@@ -29,6 +29,7 @@ from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.infill import infill_prompt
 from mmgen.generation.sampler import sample
+from mmgen.progress import progress_bar
 
 
 def _text(tokenizer, ids: Sequence[int]) -> str:
@@ -43,10 +44,12 @@ def _grid(vocab, new: Sequence[int]) -> torch.Tensor | None:
     return vocab.id_to_code(torch.tensor(codes)).view(h, w) if len(codes) == h * w else None
 
 
-def _batched(prompts: list[list[int]], batch_size: int, **kw) -> list[list[int]]:
+def _batched(prompts: list[list[int]], batch_size: int, *, desc: str, **kw) -> list[list[int]]:
     out: list[list[int]] = []
-    for s in range(0, len(prompts), batch_size):
-        out += sample(prompts=prompts[s : s + batch_size], **kw)
+    with progress_bar(desc=desc, total=len(prompts), unit="prompt") as bar:
+        for s in range(0, len(prompts), batch_size):
+            out += sample(prompts=prompts[s : s + batch_size], **kw)
+            bar.update(len(prompts[s : s + batch_size]))
     return out
 
 
@@ -83,7 +86,7 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
     result: dict = {"documents": {"image": len(image_items), "text": len(text_items)}}
 
     if image_items:
-        outs = _batched([infill_prompt(ids, span, vocab) for ids, span in image_items], batch_size,
+        outs = _batched([infill_prompt(ids, span, vocab) for ids, span in image_items], batch_size, desc="infill images",
                         max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
                         max_images=1, eos_stops=False, **common)
         grids = [_grid(vocab, o) for o in outs]
@@ -105,10 +108,10 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
 
     if text_items:
         lengths = [stop - start for _, (start, stop) in text_items]
-        infills = _batched([infill_prompt(ids, span, vocab) for ids, span in text_items], batch_size,
+        infills = _batched([infill_prompt(ids, span, vocab) for ids, span in text_items], batch_size, desc="infill text",
                            max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0, **common)
         # the baseline gets the span's true length: it only lacks the context after the hole
-        lefts = _batched([ids[: span[0]].tolist() for ids, span in text_items], batch_size,
+        lefts = _batched([ids[: span[0]].tolist() for ids, span in text_items], batch_size, desc="left-context baseline",
                          max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False, **common)
         lefts = [o[:n] for o, n in zip(lefts, lengths)]
         truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]

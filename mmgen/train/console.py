@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.tools import utils as titan_utils
-from torchtitan.tools.logging import logger
+from torchtitan.tools.logging import init_logger, logger
 
 from mmgen.device import matmul_peak_flops
 from mmgen.train.cpu_compat import accelerator_present
@@ -41,12 +41,14 @@ def _not_expected(record: logging.LogRecord) -> bool:
     return not (record.levelno == logging.WARNING and record.getMessage().startswith(EXPECTED_LOG_WARNINGS))
 
 
-def quiet_console(rank: int) -> None:
-    """Call right after torchtitan's ``init_logger``: rank 0 prints its log, other ranks their errors only.
+def rank_console(rank: int) -> None:
+    """torchtitan's log format, printed by rank 0; other ranks print their errors only. Call it before building
+    torchtitan's config, which logs already.
 
     Python warnings go through the same log (``py.warnings``), so a warning no filter expects prints once,
     from rank 0, in the log's format.
     """
+    init_logger()
     for message in EXPECTED_PY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=UserWarning)
     logging.captureWarnings(True)

@@ -42,7 +42,7 @@ from mmgen.model.checkpoint import save_model_description
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
-from mmgen.train.console import MachineMetrics, quiet_console
+from mmgen.train.console import MachineMetrics, rank_console
 from mmgen.train.model_spec import build_model_spec
 
 
@@ -241,10 +241,7 @@ def save_adapters(model: torch.nn.Module, path: str) -> None:
 
 def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config | None = None) -> None:
     """Train in this process as one rank of a torchrun job (or alone); SFT passes its own trainer config."""
-    from torchtitan.tools.logging import init_logger
-
-    init_logger()
-    quiet_console(int(os.environ.get("RANK", "0")))
+    rank_console(int(os.environ.get("RANK", "0")))
     if trainer_config is None:
         check_pretraining_inputs(cfg)
         trainer_config = build_trainer_config(cfg)
