@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import time
 
@@ -66,6 +67,38 @@ def matmul_peak_flops(dtype: torch.dtype, *, sizes: tuple[int, ...] = (256, 512,
             if time.perf_counter() >= deadline:
                 break
     return best_rate
+
+
+def peak_cache_path() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mmgen", "matmul_peak.json")
+
+
+def machine_peak_flops(dtype: torch.dtype) -> float:
+    """``matmul_peak_flops`` now or, when higher, the best earlier measurement on the same CPU, dtype, threads and torch.
+
+    A start-up on a busy machine measures low, and MFU would then read high; the best figure seen is the closer one
+    to the machine's peak. Kept in ``peak_cache_path()``; a cache that cannot be read or written is skipped.
+    """
+    from mmgen.files import write_atomic
+
+    key = f"{cpu_model_name() or 'cpu'} | {dtype} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    path = peak_cache_path()
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    previous = known.get(key)
+    previous = float(previous) if isinstance(previous, (int, float)) else 0.0
+    best = max(matmul_peak_flops(dtype), previous)
+    if best != previous:
+        try:
+            write_atomic(path, json.dumps({**known, key: best}, indent=1, sort_keys=True))
+        except OSError:
+            pass
+    return best
 
 
 def machine_description() -> dict:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import mmgen.train  # noqa: F401  (CPU compat before torchtitan)
-from mmgen.device import matmul_peak_flops
+from mmgen import device
+from mmgen.device import machine_peak_flops, matmul_peak_flops
 from mmgen.train.console import MachineMetrics, rank_console
 from mmgen.train.cpu_compat import resident_memory_stats
 
@@ -21,6 +22,19 @@ def test_matmul_peak_is_measured_within_its_budget_even_for_a_slow_dtype():
         assert 1e7 < peak < 1e14, (dtype, peak)
         # one warm-up and one product per size at most beyond the budget (emulated bf16 is ~100x slower)
         assert elapsed < 3.0, (dtype, elapsed)
+
+
+def test_the_machine_peak_is_the_best_measurement_of_its_kind(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured = iter([50e9, 80e9, 60e9, 70e9])
+    monkeypatch.setattr(device, "matmul_peak_flops", lambda dtype: next(measured))
+    assert machine_peak_flops(torch.float32) == 50e9
+    assert machine_peak_flops(torch.float32) == 80e9
+    assert machine_peak_flops(torch.float32) == 80e9  # a busy start-up (60) keeps the best seen
+    assert machine_peak_flops(torch.bfloat16) == 70e9  # another dtype is another peak
+    (tmp_path / "mmgen" / "matmul_peak.json").write_text("not json")
+    monkeypatch.setattr(device, "matmul_peak_flops", lambda dtype: 40e9)
+    assert machine_peak_flops(torch.float32) == 40e9  # a broken cache is measured over
 
 
 def test_cpu_memory_is_the_resident_set():
@@ -76,7 +90,8 @@ def test_other_ranks_print_errors_only(restore_logging, capsys):
     assert console_lines(capsys) == ["ERROR - rank 1 failed"]
 
 
-def test_mfu_is_against_the_configured_or_measured_peak_never_an_a100(monkeypatch, restore_logging, capsys):
+def test_mfu_is_against_the_configured_or_measured_peak_never_an_a100(monkeypatch, restore_logging, capsys, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     from torchtitan.tools import utils as titan_utils
 
     rank_console(0)

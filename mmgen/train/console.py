@@ -18,7 +18,7 @@ from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.tools import utils as titan_utils
 from torchtitan.tools.logging import init_logger, logger
 
-from mmgen.device import matmul_peak_flops
+from mmgen.device import machine_peak_flops
 from mmgen.train.cpu_compat import accelerator_present
 
 EXPECTED_LOG_WARNINGS = (
@@ -64,7 +64,8 @@ class MachineMetrics(MetricsProcessor):
 
     A CPU has no datasheet entry in torchtitan's table, so its peak is measured at start-up: this rank's best
     matrix product in the training dtype, with the threads the rank has (1 per rank in the demo, both ranks
-    measuring at once as they then train). ``peak_flops`` overrides the measurement (or, on a GPU, the table).
+    measuring at once as they then train), or the best earlier measurement of the same kind where higher
+    (``mmgen.device.machine_peak_flops``). ``peak_flops`` overrides it (or, on a GPU, the table).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -77,9 +78,9 @@ class MachineMetrics(MetricsProcessor):
     def __init__(self, config: Config, **kwargs):
         peak = config.peak_flops
         if not peak and not accelerator_present():
-            peak = matmul_peak_flops(getattr(torch, config.compute_dtype))
-            logger.info(f"MFU is against {peak / 1e9:,.1f} GFLOP/s, this rank's best {config.compute_dtype} matrix "
-                        f"product measured now on {torch.get_num_threads()} thread(s) (metrics.peak_flops sets it)")
+            peak = machine_peak_flops(getattr(torch, config.compute_dtype))
+            logger.info(f"MFU is against {peak / 1e9:,.1f} GFLOP/s, the best {config.compute_dtype} matrix product "
+                        f"measured on {torch.get_num_threads()} thread(s) of this CPU (--metrics.peak_flops sets it)")
         if peak:
             # torchtitan asks for the peak twice, here and when the trainer logs it
             titan_utils.get_peak_flops = lambda device_name: peak
