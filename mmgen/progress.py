@@ -51,7 +51,7 @@ def bars_enabled() -> bool:
 
 
 def progress_bar(iterable: Iterable | None = None, *, desc: str, total: float | None = None, unit: str = "it",
-             **kwargs: Any) -> tqdm:
+                 **kwargs: Any) -> tqdm:
     """A tqdm bar (wrapping ``iterable``, or updated by hand with ``.update(n)``) as described above.
 
     ``total`` defaults to ``len(iterable)``; without one the bar shows count and rate but no time left.

@@ -3,7 +3,7 @@
 torchtitan logs every line on every rank, computes MFU against a table of GPU
 peaks (an A100's 312 TFLOP/s when the device is not in it, after trying
 ``lspci``), and lets a few warnings through that every CPU run raises and no
-user can act on. ``quiet_console`` and ``MachineMetrics`` change exactly that;
+user can act on. ``rank_console`` and ``MachineMetrics`` change exactly that;
 any other warning still shows.
 """
 
