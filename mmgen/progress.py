@@ -10,7 +10,8 @@ behave alike:
   writes one plain line at most every ``LOG_INTERVAL`` seconds;
 - in a multi-process job only rank 0 draws; ``TQDM_DISABLE=1`` hides every bar.
 
-stdout stays for results, so ``stage > results.txt`` still shows the bars.
+stdout stays for results, so ``stage > results.txt`` still shows the bars; a
+loop that prints while its bar runs prints through ``print_above``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def progress_bar(iterable: Iterable | None = None, *, desc: str, total: float | 
     return tqdm(iterable, desc=desc, total=total, unit=unit, file=sys.stderr if terminal else _Lines(sys.stderr),
                 delay=DELAY, mininterval=0.5 if terminal else LOG_INTERVAL, ascii=None if terminal else True,
                 dynamic_ncols=terminal, disable=not bars_enabled(), **kwargs)  # fmt: skip
+
+
+def print_above(message: str) -> None:
+    """``print`` for a loop with a bar: on a terminal the bars step aside for the line and are redrawn below it."""
+    tqdm.write(message, file=sys.stdout)
 
 
 def sampler_progress(bar: tqdm) -> Callable[[int, int], None]:

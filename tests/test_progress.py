@@ -52,3 +52,12 @@ def test_the_sampler_callback_moves_the_bar_along_decode_steps(fast):
         advance(32, 100)
         advance(64, 100)
         assert (bar.n, bar.total) == (64, 100)
+
+
+def test_lines_printed_during_a_bar_go_to_stdout_and_the_bar_continues(fast, capsys):
+    for i in progress.progress_bar(range(6), desc="learning curve", unit="checkpoint"):
+        time.sleep(0.03)
+        progress.print_above(f"[curve] step {i}")
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"[curve] step {i}" for i in range(6)]
+    assert captured.err.splitlines()[-1].startswith("learning curve: 100%")

@@ -20,7 +20,7 @@ from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
 from mmgen.model.checkpoint import checkpoint_steps, load_trained_model
-from mmgen.progress import progress_bar
+from mmgen.progress import print_above, progress_bar
 
 ACCURACY_KEYS = ("caption", "t2i", "shape_image_given_label", "color_image_given_label",
                  "shape_label_given_image", "color_label_given_image")  # fmt: skip
@@ -51,7 +51,7 @@ def curve_point(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, items:
 
 
 def learning_curve(cfg: ExperimentConfig, paths: RunPaths, tokenizer, device, *,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   log: Callable[[str], None] = print_above) -> list[dict]:
     """One point per kept pretraining checkpoint: {'step', 'tokens', accuracies, bits per token}."""
     items = cfg.eval.curve_items
     if items <= 0:

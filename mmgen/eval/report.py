@@ -34,10 +34,11 @@ from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
 from mmgen.files import write_atomic
+from mmgen.progress import print_above
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-             log: Callable[[str], None] = print) -> tuple[dict, str]:
+             log: Callable[[str], None] = print_above) -> tuple[dict, str]:
     """Run every measurement; returns (metrics, report HTML)."""
     e, world = cfg.eval, cfg.world
     timings: dict[str, float] = {}
@@ -186,7 +187,7 @@ def eval_dir(paths: RunPaths) -> str:
 
 @torch.inference_mode()
 def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print_above) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
     out = eval_dir(paths)
     write_atomic(posixpath.join(out, "report.html"), page)

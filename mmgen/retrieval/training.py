@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from mmgen.config.schema import RetrievalConfig
-from mmgen.progress import progress_bar
+from mmgen.progress import print_above, progress_bar
 from mmgen.retrieval.encoder import DualEncoder, EncoderShape, pad_texts
 
 
@@ -27,7 +27,7 @@ def train_dual_encoder(
     shape: EncoderShape,
     cfg: RetrievalConfig,
     *,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_above,
 ) -> DualEncoder:
     """Train on aligned pairs: ``codes[i]`` (a code grid) is described by ``texts[i]`` (text piece ids)."""
     torch.manual_seed(cfg.seed)
