@@ -31,6 +31,7 @@ from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model.checkpoint import load_pretrained_model
+from mmgen.progress import progress_bar, sampler_progress
 from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
 from mmgen.tokenizers.run import load_run_tokenizer
 
@@ -83,12 +84,9 @@ def main() -> None:
     prompt, context_len, retrieved = augmented.tokens, augmented.context_len, augmented.context
     print(f"sampling {s.num_samples} document(s) of up to {s.max_new_tokens} tokens from step {step} "
           f"for prompt {s.prompt!r}", flush=True)
-
-    def progress(done: int, total: int) -> None:
-        print(f"  {done}/{total} tokens, {stage.seconds:.1f}s", flush=True)
-
-    outputs = sample(model, tokenizer.vocab, [prompt] * s.num_samples, SamplingParams.from_section(s), compile=s.compile,
-                     progress=progress)
+    with progress_bar(desc="sampling", unit="token") as bar:
+        outputs = sample(model, tokenizer.vocab, [prompt] * s.num_samples, SamplingParams.from_section(s),
+                         compile=s.compile, progress=sampler_progress(bar))
     records = []
     for k, new_ids in enumerate(outputs):
         record = render_sample(tokenizer, prompt, new_ids, paths.samples_dir, f"sample-{k}", context_len=context_len,

@@ -1,21 +1,20 @@
-"""Write ``<run>/demo_summary.json``: first and last text/image losses, VQ PSNR, seconds per stage.
+"""Write ``<run>/demo_summary.json`` and print the demo's last screen: what the run produced and where
+(report, samples, checkpoints), first and last text/image losses, VQ PSNR, held-out accuracies, minutes per stage.
 
     python eval/summary.py --config demo
 """
 
-import json
-
 from mmgen.cli import run_cli, start_stage
-from mmgen.eval.summary import demo_summary
+from mmgen.eval.summary import demo_summary, summary_screen
 from mmgen.files import write_json
 
 
 def main() -> None:
-    paths = start_stage("summary", __doc__).paths
-    summary = demo_summary(paths)
+    stage = start_stage("summary", __doc__)
+    paths = stage.paths
+    summary = demo_summary(paths, checkpoint_folder=stage.cfg.checkpoint.folder)
     write_json(paths.summary, summary)
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {paths.summary}")
+    print(summary_screen(summary))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import time
 from datetime import timedelta
 
 import torch
@@ -75,20 +77,83 @@ def bf16_supported(device: torch.device | str) -> bool:
     return device.type == "cpu" and cpu_has_bf16()
 
 
+@functools.cache
+def cpu_model_name() -> str:
+    """The CPU's marketing name ("AMD EPYC 7R13 Processor"), or "" where /proc/cpuinfo has none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def matmul_peak_flops(dtype: torch.dtype, *, sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 0.3) -> float:
+    """FLOP/s of this process's best square matrix product in ``dtype`` on the CPU, with torch's threads.
+
+    The denominator of MFU on a CPU, which has no datasheet figure torchtitan could look up. The best over
+    a few sizes (which size a CPU's kernels like best varies with its caches) and over repeated products, not
+    a mean: a busy neighbour on a shared core slows some repetitions, never speeds one up. Costs about
+    ``seconds``; a larger size is skipped once one product would not fit its share (bf16 emulated on an AVX2
+    CPU runs ~100x below fp32).
+    """
+    best_rate = 0.0
+    share = seconds / len(sizes)
+    for size in sizes:
+        if best_rate and 2 * size**3 / best_rate > share:
+            break
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        out = torch.mm(a, b)  # warm-up: thread pool start, kernel choice, packing buffers
+        deadline = time.perf_counter() + share
+        while True:
+            start = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best_rate = max(best_rate, 2 * size**3 / (time.perf_counter() - start))
+            if time.perf_counter() >= deadline:
+                break
+    return best_rate
+
+
+def peak_cache_path() -> str:
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mmgen", "matmul_peak.json")
+
+
+def machine_peak_flops(dtype: torch.dtype) -> float:
+    """``matmul_peak_flops`` now or, when higher, the best earlier measurement on the same CPU, dtype, threads and torch.
+
+    A start-up on a busy machine measures low, and MFU would then read high; the best figure seen is the closer one
+    to the machine's peak. Kept in ``peak_cache_path()``; a cache that cannot be read or written is skipped.
+    """
+    from mmgen.files import write_atomic
+
+    key = f"{cpu_model_name() or 'cpu'} | {dtype} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    path = peak_cache_path()
+    try:
+        with open(path) as f:
+            known = json.load(f)
+    except (OSError, ValueError):
+        known = {}
+    if not isinstance(known, dict):
+        known = {}
+    previous = known.get(key)
+    previous = float(previous) if isinstance(previous, (int, float)) else 0.0
+    best = max(matmul_peak_flops(dtype), previous)
+    if best != previous:
+        try:
+            write_atomic(path, json.dumps({**known, key: best}, indent=1, sort_keys=True))
+        except OSError:
+            pass
+    return best
+
+
 def machine_description() -> dict:
     """What a figure was measured on: CPU model, cores, whether bf16 is native, GPU if any, torch version.
 
     The two CPU families these machines come in train the demo at very different speeds (fp32 on AVX2 vs
     bf16 on AVX512-BF16/AMX), so every recorded figure carries this.
     """
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_model_name(),
         "cores": len(os.sched_getaffinity(0)),
         "cpu_bf16": cpu_has_bf16(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

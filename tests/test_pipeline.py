@@ -32,10 +32,16 @@ def test_debug_pipeline_every_stage_then_resume(tmp_path):
     stage(script("tokenizers/train_text.py"), out)
     stage(script("tokenizers/train_image.py"), out)
     stage(script("tokenizers/encode.py"), out)
-    stage([*TORCHRUN, str(ROOT / "train/pretrain.py")], out)
+    console = stage([*TORCHRUN, str(ROOT / "train/pretrain.py")], out)
+    console = console.stdout + console.stderr
+    assert console.count("step:  1 ") == 1, console  # rank 0 logs, once
+    for unwanted in ("lspci", "A100", "-0.00GiB", "DTensor", "initial_load_model_only", "TORCH_NCCL"):
+        assert unwanted not in console, (unwanted, console)
+    assert "GFLOP/s, the best " in console and "mfu: " in console  # float32 or bfloat16 by CPU
     stage(script("eval/sample.py"), out, "--prompt", "a small blue square")
     stage(script("eval/report.py"), out)
-    stage(script("eval/summary.py"), out)
+    screen = stage(script("eval/summary.py"), out).stdout
+    assert "What it produced" in screen and str(out / "pretrain" / "checkpoint" / "step-6") in screen
 
     assert list((out / "corpus" / "train").glob("*.parquet"))
     assert (out / "tokenizers" / "text.model").exists()

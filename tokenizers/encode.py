@@ -81,7 +81,7 @@ def main() -> None:
                             image_batch_size=cfg.data.encode_batch_size, progress=progress,
                             fingerprint=fingerprint)  # fmt: skip
         resumed += record.get("resumed", False)
-    progress.add(force=True)
+    progress.close()
     if resumed:
         print(f"{prefix}{resumed} input shards were already done and skipped")
     if world > 1:

@@ -13,6 +13,7 @@ from mmgen.cli import run_cli, start_stage
 from mmgen.config import ConfigError
 from mmgen.data.sft_tasks import task_examples
 from mmgen.data.token_shards import TokenShardWriter
+from mmgen.progress import progress_bar
 from mmgen.retrieval.pairs import read_caption_pairs
 from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.tokenizers.sft import encode_sft_examples
@@ -45,11 +46,13 @@ def main() -> None:
                                  seed=cfg.sft.seed + (split == "heldout"))
         writer = TokenShardWriter(paths.tokens(f"sft-{split}"), vocab_size=vocab.size, tokens_per_shard=cfg.data.tokens_per_shard)
         counts: dict[str, int] = {}
-        for i in range(0, len(examples), 256):
-            chunk = examples[i : i + 256]
-            for example, (ids, loss_start) in zip(chunk, encode_sft_examples(tokenizer, chunk)):
-                writer.add(ids, {"task": example.task, "loss_start": loss_start, **example.metadata})
-                counts[example.task] = counts.get(example.task, 0) + 1
+        with progress_bar(desc=f"sft-{split}", total=len(examples), unit="example") as bar:
+            for i in range(0, len(examples), 256):
+                chunk = examples[i : i + 256]
+                for example, (ids, loss_start) in zip(chunk, encode_sft_examples(tokenizer, chunk)):
+                    writer.add(ids, {"task": example.task, "loss_start": loss_start, **example.metadata})
+                    counts[example.task] = counts.get(example.task, 0) + 1
+                bar.update(len(chunk))
         manifest = writer.close({"tasks": weights})
         summary[split] = {"examples": counts, "tokens": manifest["tokens"]}
         print(f"sft-{split}: {counts}, {manifest['tokens']} tokens -> {paths.tokens(f'sft-{split}')}")

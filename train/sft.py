@@ -20,9 +20,11 @@ def main() -> None:
     stage.name = cfg.sft.folder  # timed under its folder's name: several fine-tunings may run
     from mmgen.device import torchrun_rank
     from mmgen.train.sft import build_sft_config, check_sft_inputs
+    from mmgen.train.console import rank_console
     from mmgen.train.trainer import end_rank_process, run_pretraining
 
     if "LOCAL_RANK" in os.environ:  # one rank of a torchrun job
+        rank_console(int(os.environ["RANK"]))  # building torchtitan's config logs already
         run_pretraining(cfg, build_sft_config(cfg))
         if torchrun_rank()[0] == 0:
             stage.record_timing()

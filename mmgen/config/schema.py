@@ -462,6 +462,8 @@ class MetricsConfig:
     """Write TensorBoard event files."""
     save_tb_folder: str = "tb"
     """TensorBoard folder inside the pretraining output folder."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s of one rank, the denominator of MFU; 0: measured at start-up on a CPU (best matrix product in the training dtype), torchtitan's table on a GPU."""
 
 
 @dataclass

@@ -154,6 +154,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint.interval": _at_least(1),
     "checkpoint.keep_latest_k": ((lambda v: v == 0 or v >= 2), "0 (keep all) or at least 2"),
     "metrics.log_freq": _at_least(1),
+    "metrics.peak_flops": _at_least(0),
     "parallelism.data_parallel_shard_degree": ((lambda v: v == -1 or v >= 1), "-1 (all ranks) or at least 1"),
     "parallelism.data_parallel_replicate_degree": _at_least(1),
 }

@@ -34,6 +34,7 @@ from mmgen.config.errors import ConfigError
 from mmgen.config.paths import RunPaths
 from mmgen.config.schema import WorldConfig
 from mmgen.files import write_atomic
+from mmgen.progress import progress_bar
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -328,18 +329,20 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> 
     rng = split_rng(cfg.seed, split, "documents")
     per_shard = max(1, cfg.documents_per_shard)
     images = shards = 0
-    for start in range(0, count, per_shard):
-        rows = []
-        for doc_id in range(start, min(count, start + per_shard)):
-            items = random_document(rng, cfg, split)
-            images += sum(not isinstance(item, str) for item in items)
-            general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
-            rows.append(document_row(items, cfg.image_size, general))
-        table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
-        shard = io.BytesIO()
-        pq.write_table(table, shard)
-        write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
-        shards += 1
+    with progress_bar(desc=f"{split} documents", total=count, unit="document") as bar:
+        for start in range(0, count, per_shard):
+            rows = []
+            for doc_id in range(start, min(count, start + per_shard)):
+                items = random_document(rng, cfg, split)
+                images += sum(not isinstance(item, str) for item in items)
+                general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
+                rows.append(document_row(items, cfg.image_size, general))
+                bar.update()
+            table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
+            shard = io.BytesIO()
+            pq.write_table(table, shard)
+            write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
+            shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards}
 
 
@@ -352,7 +355,7 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
     fs.makedirs(image_dir, exist_ok=True)
     rng = split_rng(cfg.seed, split, "captions")
     lines = []
-    for i in range(count):
+    for i in progress_bar(range(count), desc=f"{split} caption pairs", unit="pair"):
         scene = _scene_in(split, rng, cfg)
         relative = f"{image_dir_name}/{i:06d}.png"
         write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(render_scene(scene, cfg.image_size)), fs)

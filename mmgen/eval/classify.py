@@ -64,12 +64,12 @@ def image_given_label_scores(
             spans.append((len(rest), len(rest) + len(codes)))
             continuations.append(rest + codes + [vocab.eoi])
     logp = continuation_logprobs(model, flat[0][:cut], continuations, pad_id=vocab.pad, batch_size=batch_size,
-                                 reuse_prefix=reuse_prefix)
+                                 reuse_prefix=reuse_prefix, desc="image | label")
     scores = torch.tensor([float(lp[a:b].sum()) for lp, (a, b) in zip(logp, spans)]).view(len(prompts), n_labels)
     if calibrate:
         unconditional = continuation_logprobs(
             model, [vocab.bos, vocab.boi], [_codes(vocab, g) for g in grids], pad_id=vocab.pad,
-            batch_size=batch_size, reuse_prefix=reuse_prefix,
+            batch_size=batch_size, reuse_prefix=reuse_prefix, desc="image alone (calibration)",
         )
         scores = scores - torch.tensor([float(lp.sum()) for lp in unconditional])[:, None]
     return scores
@@ -97,11 +97,12 @@ def label_given_image_scores(
         priors.append(([*lead, *texts[0][:cut]], rests))
     kwargs = dict(pad_id=vocab.pad, batch_size=batch_size, reuse_prefix=reuse_prefix)
 
-    def totals(groups_) -> torch.Tensor:
-        logp = grouped_continuation_logprobs(model, groups_, **kwargs)
+    def totals(groups_, desc: str) -> torch.Tensor:
+        logp = grouped_continuation_logprobs(model, groups_, desc=desc, **kwargs)
         return torch.tensor([[float(lp.sum()) for lp in group] for group in logp])
 
-    return totals(groups) - totals(priors) if calibrate else totals(groups)
+    scores = totals(groups, "label | image")
+    return scores - totals(priors, "label alone (calibration)") if calibrate else scores
 
 
 def classification_metrics(scores: torch.Tensor, truth: Sequence[int], labels: Sequence[str]) -> dict:

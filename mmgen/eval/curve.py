@@ -20,6 +20,7 @@ from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
 from mmgen.model.checkpoint import checkpoint_steps, load_trained_model
+from mmgen.progress import print_above, progress_bar
 
 ACCURACY_KEYS = ("caption", "t2i", "shape_image_given_label", "color_image_given_label",
                  "shape_label_given_image", "color_label_given_image")  # fmt: skip
@@ -50,14 +51,15 @@ def curve_point(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, items:
 
 
 def learning_curve(cfg: ExperimentConfig, paths: RunPaths, tokenizer, device, *,
-                   log: Callable[[str], None] = print) -> list[dict]:
+                   log: Callable[[str], None] = print_above) -> list[dict]:
     """One point per kept pretraining checkpoint: {'step', 'tokens', accuracies, bits per token}."""
     items = cfg.eval.curve_items
     if items <= 0:
         return []
     per_step = tokens_per_step(cfg, paths)
     points = []
-    for step in checkpoint_steps(posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder)):
+    steps = checkpoint_steps(posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder))
+    for step in progress_bar(steps, desc="learning curve", unit="checkpoint"):
         model, _ = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=step,
                                       device=device)
         point = {"step": step, "tokens": step * per_step, **curve_point(cfg, paths, model, tokenizer, items)}

@@ -73,13 +73,13 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         if span is not None and len(text_items) < documents:
             text_items.append((ids, span))
 
-    def batched(prompts: list[list[int]], **params) -> list[list[int]]:
-        return sample_in_batches(model, vocab, prompts, SamplingParams(seed=seed, **params), batch_size)
+    def batched(prompts: list[list[int]], desc: str, **params) -> list[list[int]]:
+        return sample_in_batches(model, vocab, prompts, SamplingParams(seed=seed, **params), batch_size, desc=desc)
 
     result: dict = {"documents": {"image": len(image_items), "text": len(text_items)}}
 
     if image_items:
-        outs = batched([infill_prompt(ids, span, vocab) for ids, span in image_items],
+        outs = batched([infill_prompt(ids, span, vocab) for ids, span in image_items], "infill images",
                        max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
                        max_images=1, eos_stops=False)
         grids = [_grid(vocab, o) for o in outs]
@@ -101,10 +101,10 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
 
     if text_items:
         lengths = [stop - start for _, (start, stop) in text_items]
-        infills = batched([infill_prompt(ids, span, vocab) for ids, span in text_items],
+        infills = batched([infill_prompt(ids, span, vocab) for ids, span in text_items], "infill text",
                           max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0)
         # the baseline gets the span's true length: it only lacks the context after the hole
-        lefts = batched([ids[: span[0]].tolist() for ids, span in text_items],
+        lefts = batched([ids[: span[0]].tolist() for ids, span in text_items], "left-context baseline",
                         max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False)
         lefts = [o[:n] for o, n in zip(lefts, lengths)]
         truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mmgen.model.loss import per_token_loss
+from mmgen.progress import progress_bar
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -45,13 +46,14 @@ def continuation_logprobs(
     pad_id: int = 0,
     batch_size: int = 32,
     reuse_prefix: bool = True,
+    desc: str = "scoring",
 ) -> list[torch.Tensor]:
     """log p(c_j | prefix, c_<j) for every token of every continuation (float32 CPU tensors).
 
     ``prefix`` needs at least one token (BOS); continuations may be empty.
     """
     return grouped_continuation_logprobs(model, [(prefix, continuations)], pad_id=pad_id, batch_size=batch_size,
-                                         reuse_prefix=reuse_prefix)[0]
+                                         reuse_prefix=reuse_prefix, desc=desc)[0]
 
 
 @torch.inference_mode()
@@ -62,6 +64,7 @@ def grouped_continuation_logprobs(
     pad_id: int = 0,
     batch_size: int = 32,
     reuse_prefix: bool = True,
+    desc: str = "scoring",
 ) -> list[list[torch.Tensor]]:
     """``continuation_logprobs`` for many (prefix, continuations) groups at once.
 
@@ -84,7 +87,7 @@ def grouped_continuation_logprobs(
     if reuse_prefix:
         first_logits, prefix_kv = _prefill(model, prefixes, prefix_len, batch_size, dtype, device)
     try:
-        for start in range(0, len(rows), batch_size):
+        for start in progress_bar(range(0, len(rows), batch_size), desc=desc, unit="batch"):
             chunk = rows[start : start + batch_size]
             group = torch.tensor([g for g, _ in chunk], device=device)
             L = max(1, max(len(c) for _, c in chunk))
@@ -151,7 +154,7 @@ def bits_per_token(
     docs = sorted((d[:max_len] for d in docs if len(d) > 1), key=len)
     sums = {"text": 0.0, "image": 0.0}
     counts = {"text": 0, "image": 0}
-    for start in range(0, len(docs), batch_size):
+    for start in progress_bar(range(0, len(docs), batch_size), desc="bits per token", unit="batch"):
         chunk = docs[start : start + batch_size]
         T = max(len(d) for d in chunk)
         tokens = torch.full((len(chunk), T), pad_id, dtype=torch.long)

@@ -34,10 +34,11 @@ from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
 from mmgen.eval.summary import read_json
 from mmgen.files import write_atomic
+from mmgen.progress import print_above
 
 
 def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-             log: Callable[[str], None] = print) -> tuple[dict, str]:
+             log: Callable[[str], None] = print_above) -> tuple[dict, str]:
     """Run every measurement; returns (metrics, report HTML)."""
     e, world = cfg.eval, cfg.world
     timings: dict[str, float] = {}
@@ -182,7 +183,7 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
 
 @torch.inference_mode()
 def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
-                 log: Callable[[str], None] = print) -> dict:
+                 log: Callable[[str], None] = print_above) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
     write_atomic(paths.report_page, page)
     write_atomic(paths.report_metrics, json.dumps(metrics, indent=2))

@@ -47,13 +47,13 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
     def prompts(indices):
         return [shards[i][: shards.metadata(i)["loss_start"]].tolist() for i in indices]
 
-    def run(batch_prompts, **params):
-        return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size)
+    def run(desc, batch_prompts, **params):
+        return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size, desc=desc)
 
     metrics: dict[str, float] = {}
     if by_task.get("caption"):
         idx = by_task["caption"]
-        outs = run(prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
+        outs = run("SFT captions", prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
         truths = [shards.metadata(i)["scene"] for i in idx]
         stated = [caption_scene(_text(tokenizer, o)) for o in outs]
         metrics |= with_interval("caption_accuracy", attribute_accuracy(truths, stated),
@@ -61,7 +61,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         metrics["caption_chance"] = permutation_chance(truths, stated, seed=seed)
     if by_task.get("vqa"):
         idx = by_task["vqa"]
-        outs = run(prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
+        outs = run("SFT visual QA", prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
         metas = [shards.metadata(i) for i in idx]
         answers = [_text(tokenizer, o).lower().strip(" .") for o in outs]
         right = sum(a == m["answer"] for a, m in zip(answers, metas))
@@ -76,7 +76,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
             # The unconditional stream is the sampler's (BOS, BOI): the condition-dropped SFT prompt
             # (task, instruction, empty input) scored 0.02 lower on the demo at scales 1.5 and 3.
             unguided = scale in (0.0, 1.0)
-            outs = run([p + [vocab.boi] for p in prompts(idx)], max_new_tokens=h * w + 1, temperature=temperature, top_k=top_k,
+            outs = run(f"SFT text-to-image, cfg {scale:g}", [p + [vocab.boi] for p in prompts(idx)], max_new_tokens=h * w + 1, temperature=temperature, top_k=top_k,
                        cfg_scale=0.0 if unguided else scale, max_images=1, eos_stops=False)
             grids = [vocab.id_to_code(torch.tensor(o[: h * w])).view(h, w) for o in outs]
             read = [analyse_scene(im) for im in tokenizer.decode_images(grids)]

@@ -22,6 +22,7 @@ from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interv
 from mmgen.eval.classify import classify_both_ways
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.sampler import SamplingParams, sample
+from mmgen.progress import progress_bar, sampler_progress
 
 _KEYS = ("shape", "color", "size", "position")
 
@@ -49,7 +50,8 @@ def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_si
     images = [render_scene(s, image_size) for s in scenes]
     prompts = [tokenizer.encode_parts([cfg.caption_prompt, im, cfg.caption_lead], eos=False) for im in images]
     params = SamplingParams(max_new_tokens=cfg.caption_max_tokens, temperature=0.0, max_images=0, seed=cfg.seed)
-    outs = sample(model, tokenizer.vocab, prompts, params)
+    with progress_bar(desc="captions", unit="step") as bar:
+        outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
     captions = []
     for new in outs:
         text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
@@ -70,7 +72,8 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
     prompts = [tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts]
     params = SamplingParams(max_new_tokens=vocab.image_tokens - 1, temperature=cfg.t2i_temperature, top_k=cfg.t2i_top_k,
                             cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
-    outs = sample(model, vocab, prompts, params)
+    with progress_bar(desc="text-to-image", unit="step") as bar:
+        outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
     hw = vocab.grid[0] * vocab.grid[1]
     grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outs]
     images = _at_size(tokenizer.decode_images(grids), image_size)

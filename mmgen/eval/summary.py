@@ -16,6 +16,7 @@ import fsspec
 from mmgen.config import RunPaths
 from mmgen.device import machine_description
 from mmgen.files import read_jsonl
+from mmgen.model.checkpoint import checkpoint_steps
 
 STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
 OPTIONAL_STAGES = ("report", "encode_sft", "sft", "sft_lora", "compare_sft")
@@ -41,7 +42,7 @@ def _loss_log(path: str) -> list[dict[str, Any]]:
     return sorted({r["step"]: r for r in records}.values(), key=lambda r: r["step"])
 
 
-def demo_summary(paths: RunPaths) -> dict[str, Any]:
+def demo_summary(paths: RunPaths, *, checkpoint_folder: str = "checkpoint") -> dict[str, Any]:
     log = _loss_log(paths.loss_log)
     first, last = log[0], log[-1]
     vq = read_json(paths.image_tokenizer_metrics)
@@ -64,9 +65,33 @@ def demo_summary(paths: RunPaths) -> dict[str, Any]:
         "stage_seconds": seconds,
         "total_seconds": round(sum(seconds.values()), 2),
         "samples": sample_files,
+        "outputs": _outputs(paths, checkpoint_folder, sft_folders=[s for s in seconds if s.startswith("sft")]),
         "machine": machine_description(),
         "headline": _headline(paths),
     }
+
+
+def _exists(path: str) -> bool:
+    fs, local = fsspec.core.url_to_fs(path)
+    return fs.exists(local)
+
+
+def _outputs(paths: RunPaths, checkpoint_folder: str, sft_folders: list[str]) -> dict[str, Any]:
+    """Where a user finds what the run produced: report, samples, newest checkpoints, curves (existing ones only)."""
+    found: dict[str, Any] = {"run": paths.root}
+    for name, path in (("report", posixpath.join(paths.root, "eval", "report.html")),
+                       ("samples", posixpath.join(paths.samples_dir, "index.html")),
+                       ("tensorboard", posixpath.join(paths.pretrain_dir, "tb"))):  # fmt: skip
+        if _exists(path):
+            found[name] = path
+    checkpoints = {}
+    for name, folder in (("pretrain", paths.pretrain_dir), *((f, paths.sft_dir(f)) for f in sft_folders)):
+        steps = checkpoint_steps(posixpath.join(folder, checkpoint_folder))
+        if steps:
+            checkpoints[name] = posixpath.join(folder, checkpoint_folder, f"step-{steps[-1]}")
+    found["checkpoints"] = checkpoints
+    found["summary"] = paths.summary
+    return found
 
 
 _HEADLINE = ("caption_accuracy", "t2i_accuracy", "classify_shape_accuracy_image_given_label",
@@ -88,3 +113,64 @@ def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
             runs[f"{prefix}: {run}"] = {k: [round(metrics[k], 4), metrics.get(f"{k}_ci95"), metrics.get(f"{k}_items")]
                                         for k in _HEADLINE if k in metrics}
     return runs
+
+
+_LABELS = {
+    "caption_accuracy": "caption (image -> text)",
+    "t2i_accuracy": "text -> image",
+    "classify_shape_accuracy_image_given_label": "classify shape, image | label",
+    "classify_shape_accuracy_label_given_image": "classify shape, label | image",
+    "classify_color_accuracy_image_given_label": "classify colour, image | label",
+    "classify_color_accuracy_label_given_image": "classify colour, label | image",
+    "infill_image_accuracy": "CM3 image infilling",
+    "infill_text_exact": "CM3 text infilling, exact",
+    "infill_text_exact_left_context": "  left-context baseline",
+    "vqa_accuracy": "visual QA",
+}
+_STAGE_NAMES = {"world": "world", "train_text": "text tokenizer", "train_image": "VQ-VAE", "encode": "encode",
+                "pretrain": "pretrain", "sample": "sample", "encode_sft": "SFT encode", "sft": "SFT",
+                "sft_lora": "LoRA SFT", "compare_sft": "SFT comparison", "report": "report"}
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
+
+
+def summary_screen(summary: dict[str, Any]) -> str:
+    """The demo's last screen: what it produced and where, then the headline figures (from ``demo_summary``)."""
+    machine = summary["machine"]
+    hardware = machine["gpu"] or f"{machine['cpu'] or 'CPU'}, {machine['cores']} cores"
+    out = summary["outputs"]
+    rule = "=" * 78
+    lines = [rule, f"Finished: {out['run']}  ({_duration(summary['total_seconds'])} of stages on {hardware})", rule,
+             "What it produced:"]
+    rows = [("report", out.get("report"), "held-out metrics, learning curve, samples"),
+            ("samples", out.get("samples"), f"{sum(f.endswith('.json') for f in summary['samples'])} sampled document(s)"),
+            *((f"checkpoint ({name})", path, "") for name, path in out["checkpoints"].items()),
+            ("curves", out.get("tensorboard") and f"tensorboard --logdir {out['tensorboard']}", ""),
+            ("these figures", out["summary"], "")]  # fmt: skip
+    for name, where, note in rows:
+        if where:
+            lines.append(f"  {name:<22} {where}" + (f"   ({note})" if note else ""))
+    lines += ["", f"Pretraining, steps {summary['first_logged_step']}-{summary['last_logged_step']}:  "
+                  f"text loss {summary['text_loss_first']:.2f} -> {summary['text_loss_last']:.2f},  "
+                  f"image loss {summary['image_loss_first']:.2f} -> {summary['image_loss_last']:.2f}",
+              f"Image tokenizer:  PSNR {summary['vq_psnr']:.1f} dB"
+              + (f", codebook usage {summary['vq_codebook_usage']:.0%}" if summary.get("vq_codebook_usage") is not None else "")]
+    if summary["headline"]:
+        lines += ["", f"{'Held-out accuracy':<33} {'model':<26} {'value':>6}  {'95 % interval':<13}  items"]
+        for model, metrics in summary["headline"].items():
+            for key, (value, interval, items) in metrics.items():
+                low_high = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
+                lines.append(f"  {_LABELS.get(key, key):<31} {model:<26} {value:6.3f}  {low_high:<13}  {items or ''}")
+    lines.append("")
+    line = "Minutes per stage:"
+    for stage, seconds in summary["stage_seconds"].items():
+        item = f"  {_STAGE_NAMES.get(stage, stage)} {seconds / 60:.1f}"
+        if len(line) + len(item) > len(rule):
+            lines.append(line)
+            line = " " * len("Minutes per stage:")
+        line += item
+    lines += [line, rule]
+    return "\n".join(lines)

@@ -55,6 +55,7 @@ from mmgen.generation.logits_processors import (
     modality_mask_table,
 )
 from mmgen.generation.logits_processors import repetition_penalty as penalise_repeats
+from mmgen.progress import progress_bar
 
 _DONE_CHECK_EVERY = 8
 _PROGRESS_EVERY = 32
@@ -177,11 +178,15 @@ def sample(
         model.train(was_training)
 
 
-def sample_in_batches(model, vocab, prompts: list[list[int]], params: SamplingParams, batch_size: int) -> list[list[int]]:
-    """``sample`` over ``batch_size`` prompts at a time (memory), each batch with the same params and seed."""
+def sample_in_batches(model, vocab, prompts: list[list[int]], params: SamplingParams, batch_size: int, *,
+                      desc: str = "sampling") -> list[list[int]]:
+    """``sample`` over ``batch_size`` prompts at a time (memory), each batch with the same params and seed;
+    a progress bar named ``desc`` counts the prompts."""
     out: list[list[int]] = []
-    for s in range(0, len(prompts), batch_size):
-        out += sample(model, vocab, prompts[s : s + batch_size], params)
+    with progress_bar(desc=desc, total=len(prompts), unit="prompt") as bar:
+        for s in range(0, len(prompts), batch_size):
+            out += sample(model, vocab, prompts[s : s + batch_size], params)
+            bar.update(len(prompts[s : s + batch_size]))
     return out
 
 

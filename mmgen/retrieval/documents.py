@@ -14,6 +14,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from mmgen.progress import progress_bar
 from mmgen.retrieval.encoder import DualEncoder, pad_texts
 
 
@@ -40,6 +41,7 @@ def embed_documents(
     query_dropout: float = 0.0,
     seed: int = 0,
     first_index: int = 0,
+    desc: str = "embed documents",
 ) -> np.ndarray:
     """Unit document embeddings [N, D] (float32); ``query_dropout`` masks that share of each document's tokens.
 
@@ -70,7 +72,7 @@ def embed_documents(
     total = torch.zeros(n_docs, encoder.dim)
     parts = torch.zeros(n_docs)
     owners = np.asarray(owner_of_grid, dtype=np.int64)
-    for start in range(0, n_docs, batch_size):
+    for start in progress_bar(range(0, n_docs, batch_size), desc=desc, unit="batch"):
         chunk = texts[start : start + batch_size]
         has_text = torch.tensor([len(t) > 0 for t in chunk])
         ids, valid = pad_texts(chunk, encoder.shape.max_text_tokens)

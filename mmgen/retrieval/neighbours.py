@@ -80,12 +80,12 @@ def rank_slice(n: int, batch_size: int, rank: int, world: int) -> range:
 
 
 def _embed_slice(encoder: DualEncoder, shards: TokenShards, vocab, *, rank: int, world: int, gather: Gather,
-                 batch_size: int, query_dropout: float = 0.0, seed: int = 0):  # fmt: skip
+                 batch_size: int, query_dropout: float = 0.0, seed: int = 0, desc: str = "embed documents"):  # fmt: skip
     """(embeddings, content hashes, has-both-modalities) of every document, on rank 0; None on the others."""
     part = rank_slice(len(shards), batch_size, rank, world)
     docs = [shards[i] for i in part]
     emb = embed_documents(encoder, docs, vocab, batch_size=batch_size, query_dropout=query_dropout, seed=seed,
-                          first_index=part.start)  # fmt: skip
+                          first_index=part.start, desc=desc)  # fmt: skip
     hashes = np.array([content_hash(d) for d in docs], dtype=np.int64)
     pieces = gather((emb, hashes, has_both_modalities(docs, vocab)))
     if pieces is None:
@@ -121,12 +121,13 @@ def build_bank_and_neighbours(
             return [obj]
 
     shard = {"rank": rank, "world": world, "gather": gather, "batch_size": cfg.embed_batch_size}
-    gathered = _embed_slice(encoder, bank_shards, vocab, **shard)
+    gathered = _embed_slice(encoder, bank_shards, vocab, desc="embed bank", **shard)
     # every rank embeds every query split before rank 0 turns to FAISS, so no rank waits on another's search
-    queries = {split: _embed_slice(encoder, shards, vocab, query_dropout=cfg.query_dropout, seed=cfg.seed, **shard)
+    queries = {split: _embed_slice(encoder, shards, vocab, query_dropout=cfg.query_dropout, seed=cfg.seed,
+                                   desc=f"embed {split} queries", **shard)
                for split, (shards, _) in query_splits.items()}  # fmt: skip
     # the near-duplicate test compares documents as they are: a split outside the bank is embedded once more
-    clean = {split: _embed_slice(encoder, shards, vocab, **shard)
+    clean = {split: _embed_slice(encoder, shards, vocab, desc=f"embed {split} documents", **shard)
              for split, (shards, _) in query_splits.items()
              if cfg.query_dropout and shards.folder != bank_shards.folder}  # fmt: skip
     if gathered is None:

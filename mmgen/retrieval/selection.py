@@ -23,6 +23,7 @@ import hashlib
 
 import numpy as np
 
+from mmgen.progress import progress_bar
 from mmgen.retrieval.memory_bank import MemoryBank
 
 
@@ -88,7 +89,8 @@ def choose_neighbours(
     and ``multimodal``.
     """
     out = np.full((len(ids), k), -1, dtype=np.int64)
-    for q, (row_sims, row_ids) in enumerate(zip(sims, ids)):
+    for q, (row_sims, row_ids) in enumerate(progress_bar(zip(sims, ids), desc="choose neighbours", total=len(ids),
+                                                         unit="document")):
         me = query_ids[q]
         chosen: list[int] = []
         for sim, cand in zip(row_sims, row_ids):

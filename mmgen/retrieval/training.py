@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmgen.config.schema import RetrievalConfig
+from mmgen.progress import print_above, progress_bar
 from mmgen.retrieval.encoder import DualEncoder, EncoderShape, pad_texts
 
 
@@ -26,7 +27,7 @@ def train_dual_encoder(
     shape: EncoderShape,
     cfg: RetrievalConfig,
     *,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_above,
 ) -> DualEncoder:
     """Train on aligned pairs: ``codes[i]`` (a code grid) is described by ``texts[i]`` (text piece ids)."""
     torch.manual_seed(cfg.seed)
@@ -38,7 +39,7 @@ def train_dual_encoder(
     batch = min(cfg.encoder_batch_size, len(codes))
     warmup = max(1, cfg.encoder_steps // 20)
     start = time.time()
-    for step in range(1, cfg.encoder_steps + 1):
+    for step in progress_bar(range(1, cfg.encoder_steps + 1), desc="dual encoder", unit="step"):
         lr = cfg.encoder_lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.encoder_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr

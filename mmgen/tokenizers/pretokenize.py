@@ -35,6 +35,7 @@ from mmgen.data.document import Document
 from mmgen.data.reading import CorpusError, ReadStats
 from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
 from mmgen.files import write_atomic
+from mmgen.progress import progress_bar
 from mmgen.tokenizers.vocab import MultimodalTokenizer
 
 
@@ -139,23 +140,23 @@ def plan_jobs(targets: Sequence[Target]) -> list[Job]:
 
 
 class Progress:
-    """A progress line at most every ``every`` seconds: shards, documents, tokens and rates."""
+    """Encode's bar (``mmgen.progress``): input shards done of this rank's, with documents and tokens per second."""
 
-    def __init__(self, total_shards: int, *, prefix: str = "", every: float = 10.0, log=print):
-        self.total, self.prefix, self.every, self.log = total_shards, prefix, every, log
-        self.start = self.last = time.monotonic()
-        self.shards = self.documents = self.tokens = 0
+    def __init__(self, total_shards: int, *, prefix: str = ""):
+        self.bar = progress_bar(desc=f"{prefix}encode", total=total_shards, unit="shard")
+        self.documents = self.tokens = 0
 
-    def add(self, documents: int = 0, tokens: int = 0, shards: int = 0, force: bool = False) -> None:
+    def add(self, documents: int = 0, tokens: int = 0, shards: int = 0) -> None:
         self.documents += documents
         self.tokens += tokens
-        self.shards += shards
-        now = time.monotonic()
-        if force or now - self.last >= self.every:
-            self.last = now
-            dt = max(now - self.start, 1e-9)
-            self.log(f"{self.prefix}shards {self.shards}/{self.total}, {self.documents} documents "
-                     f"({self.documents / dt:.1f}/s), {self.tokens} tokens ({self.tokens / dt:,.0f}/s)")  # fmt: skip
+        if documents or tokens:
+            elapsed = max(self.bar.format_dict["elapsed"], 1e-9)
+            self.bar.set_postfix_str(f"{self.documents / elapsed:,.0f} documents/s, {self.tokens / elapsed:,.0f} tokens/s",
+                                     refresh=False)  # fmt: skip
+        self.bar.update(shards)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def encode_job(job: Job, tokenizer: MultimodalTokenizer, *, tokens_per_shard: int, image_batch_size: int,

@@ -45,6 +45,7 @@ from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.checkpointing import MMGenCheckpointManager
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss, PackedDataLoader
+from mmgen.train.console import MachineMetrics, rank_console
 from mmgen.train.fault_injection import nan_asked, pause_if_asked
 from mmgen.train.model_spec import build_model_spec
 
@@ -220,6 +221,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     copy_fields(cfg.checkpoint, tc.checkpoint)
     # resuming from the last step needs the optimizer and data loader too
     tc.checkpoint.last_save_model_only = False
+    tc.metrics = MachineMetrics.Config(compute_dtype=tc.training.mixed_precision_param)
     copy_fields(cfg.metrics, tc.metrics)
     copy_fields(cfg.parallelism, tc.parallelism)
     # mmgen's decoder is plain PyTorch, not written in torchtitan's spmd_types dialect
@@ -315,9 +317,7 @@ def save_adapters(model: torch.nn.Module, path: str) -> None:
 
 def run_pretraining(cfg: ExperimentConfig, trainer_config: MMGenTrainer.Config | None = None) -> None:
     """Train in this process as one rank of a torchrun job (or alone); SFT passes its own trainer config."""
-    from torchtitan.tools.logging import init_logger
-
-    init_logger()
+    rank_console(int(os.environ.get("RANK", "0")))
     if trainer_config is None:
         check_pretraining_inputs(cfg)
         trainer_config = build_trainer_config(cfg)
