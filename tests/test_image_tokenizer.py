@@ -58,6 +58,38 @@ def test_ssim_is_one_for_identical_images_and_drops_with_noise():
     assert 0 < ssim(noisy.to(torch.uint8), a) < 0.9
 
 
+def nan_batch_at_step(monkeypatch, poisoned_step: int) -> None:
+    """The training batch of one step (1-based) holds a NaN pixel, as a corrupt input or an overflow would."""
+    from mmgen.tokenizers import image_train
+
+    original, calls = image_train._Batches.next, []
+
+    def next_batch(self, progress, device):
+        x = original(self, progress, device)
+        calls.append(1)
+        if len(calls) == poisoned_step:
+            x = x.clone()
+            x[0, 0, 0, 0] = float("nan")
+        return x
+
+    monkeypatch.setattr(image_train._Batches, "next", next_batch)
+
+
+def test_a_non_finite_step_stops_training_or_is_skipped_with_its_codebook_update_undone(tmp_path, monkeypatch):
+    from mmgen.nonfinite import NonFiniteError
+
+    nan_batch_at_step(monkeypatch, 3)
+    with pytest.raises(NonFiniteError, match="image tokenizer training step 3"):
+        fit(shapes(32, 1), shapes(8, 2), QUICK, str(tmp_path / "stop"), log=quiet, device="cpu")
+    assert not (tmp_path / "stop" / "model.safetensors").exists()  # nothing poisoned was saved
+
+    nan_batch_at_step(monkeypatch, 3)
+    model, metrics = fit(shapes(32, 1), shapes(8, 2), dataclasses.replace(QUICK, nonfinite="skip"),
+                         str(tmp_path / "skip"), log=quiet, device="cpu")  # fmt: skip
+    assert all(t.isfinite().all() for t in [*model.parameters(), *model.buffers()] if t.is_floating_point())
+    assert np.isfinite(metrics["psnr"])
+
+
 @pytest.mark.parametrize(
     "overrides",
     [dict(quantizer="fsq", fsq_levels=(4, 4, 4)), dict(cosine_lookup=True), dict(adversarial_weight=0.1, gan_start_step=1)],

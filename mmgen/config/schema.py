@@ -149,6 +149,8 @@ class ImageTokenizerConfig:
     """Optimisation steps of VQ-VAE training (the budget: results do not depend on how busy the machine is)."""
     max_train_seconds: float = 0.0
     """Optional wall-clock cap of VQ-VAE training; 0 means none. A cap makes the tokenizer depend on machine load."""
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or inf loss or gradient: stop with one error line, or skip the step (its codebook update undone)."""
     batch_size: int = 64
     """Images per VQ-VAE training batch."""
     lr: float = 2e-3

@@ -43,6 +43,8 @@ from torch import nn
 from mmgen.config.schema import ImageTokenizerConfig
 from mmgen.device import compute_dtype, default_device
 from mmgen.files import write_atomic
+from mmgen.nonfinite import NonFiniteGuard, all_finite, gradients
+from mmgen.progress import print_above, progress_bar
 from mmgen.tokenizers.image import (
     EVAL_BATCH,
     ImageTokenizer,
@@ -214,7 +216,7 @@ def fit(
     heldout_images: Images,
     cfg: ImageTokenizerConfig,
     out_dir: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print_above,
     *,
     device: torch.device | str | None = None,
     log_every: int = 50,
@@ -258,6 +260,8 @@ def fit(
     warmup = max(1, min(100, cfg.train_steps // 20))
     start = time.perf_counter() - progress.elapsed
     window = _Window()
+    guard = NonFiniteGuard(cfg.nonfinite, what="image tokenizer training")
+    bar = progress_bar(desc="VQ-VAE", total=cfg.train_steps, initial=progress.step, unit="step")
     while progress.step < cfg.train_steps:
         elapsed = time.perf_counter() - start
         if _out_of_time(cfg, elapsed, device, world):
@@ -270,10 +274,14 @@ def fit(
         nets.set_lr(lr)
         x = batches.next(progress, device)
         gan_active = disc is not None and step >= cfg.gan_start_step
-        window.add(*_train_step(nets, ddp_model, ddp_disc if gan_active else None, perceptual, x, cfg, device, dtype))
+        result = _train_step(nets, ddp_model, ddp_disc if gan_active else None, perceptual, x, cfg, device, dtype,
+                             guard, step + 1)
+        if result is not None:
+            window.add(*result)
         progress.step += 1
+        bar.update()
         done = progress.step == cfg.train_steps
-        if rank == 0 and (progress.step % log_every == 0 or done):
+        if rank == 0 and (progress.step % log_every == 0 or done) and window.steps:
             figures = window.figures(cfg.codebook_size)
             log(window.line(figures, progress.step, lr, progress.step / max(time.perf_counter() - start, 1e-9)))
             if writer is not None:
@@ -285,6 +293,7 @@ def fit(
             progress.elapsed = time.perf_counter() - start
             _save_checkpoint(out_dir, {**nets.tensors(), **batches.tensors()}, progress, cfg)
 
+    bar.close()
     seconds = time.perf_counter() - start
     metrics: dict = {}
     if rank == 0:
@@ -375,11 +384,14 @@ def _out_of_time(cfg: ImageTokenizerConfig, elapsed: float, device: torch.device
 
 
 def _train_step(nets: _Nets, model: nn.Module, disc: nn.Module | None, perceptual: PerceptualLoss | None,
-                x: torch.Tensor, cfg: ImageTokenizerConfig, device, dtype):
+                x: torch.Tensor, cfg: ImageTokenizerConfig, device, dtype, guard: NonFiniteGuard, step: int):
     """One optimizer step of the VQ-VAE, then of the discriminator when ``disc`` is given (the GAN is active).
 
-    Returns the loss, the MSE, the generator's GAN loss (or None) and the codes, for the log.
+    Returns the loss, the MSE, the generator's GAN loss (or None) and the codes, for the log; None when
+    ``guard`` skips a non-finite step (nothing changed: the forward's codebook update is undone too).
     """
+    # the EMA codebook moves in the forward pass, before anything can be checked
+    codebook = {k: b.clone() for k, b in nets.model.named_buffers()} if guard.policy == "skip" else None
     with autocast(device, dtype):
         recon, codes, commit_loss = model(x)
     recon = recon.float()
@@ -395,6 +407,12 @@ def _train_step(nets: _Nets, model: nn.Module, disc: nn.Module | None, perceptua
     nets.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(list(nets.model.parameters()), 1.0)
+    if not guard.allow_step(step, all_finite([loss, *gradients(nets.model)])):
+        nets.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, saved in codebook.items():
+                nets.model.get_buffer(name).copy_(saved)
+        return None
     nets.optimizer.step()
     if disc is not None:
         nets.disc_optimizer.zero_grad(set_to_none=True)  # drop what the generator loss left on it
