@@ -53,7 +53,7 @@ def test_retrieval_never_returns_the_document_or_its_duplicate(encoder_run):
             assert j != i and hashes[j] != hashes[i]
     out = run.parent / "retrieval_run"
     out.mkdir()
-    for name in ("tokenizers", "tokens"):
+    for name in ("tokenizers", "tokens", "retrieval"):  # retrieval: the neighbour tables
         (out / name).symlink_to(run / name)
     stage("train/pretrain.py", out, "--retrieval.enable", "true", "--training.steps", "2")
     assert (out / "pretrain" / "checkpoint" / "step-2").exists()
