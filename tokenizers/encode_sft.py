@@ -38,9 +38,7 @@ def main() -> None:
     vocab = tokenizer.vocab
     summary = {}
     for split in ("train", "heldout"):
-        pairs = read_caption_pairs(paths.caption_pairs(split))
-        if split == "train" and cfg.sft.train_pairs:
-            pairs = pairs[: cfg.sft.train_pairs]
+        pairs = read_caption_pairs(paths.caption_pairs(split), limit=cfg.sft.train_pairs if split == "train" else 0)
         # held-out prompts carry no condition dropout: they measure the conditional model
         examples = task_examples(pairs, weights, condition_dropout=cfg.sft.condition_dropout if split == "train" else 0.0,
                                  seed=cfg.sft.seed + (split == "heldout"))

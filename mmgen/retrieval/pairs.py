@@ -14,10 +14,14 @@ from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
 
 
-def read_caption_pairs(jsonl_url: str, options: DataConfig | None = None) -> list[tuple[Image.Image, str, dict[str, Any]]]:
-    """(RGB image, caption, image metadata) of each readable pair of a caption-pair file (bad rows are skipped and counted)."""
+def read_caption_pairs(jsonl_url: str, options: DataConfig | None = None, *,
+                       limit: int = 0) -> list[tuple[Image.Image, str, dict[str, Any]]]:
+    """(RGB image, caption, image metadata) of each readable pair of a caption-pair file (bad rows are skipped and
+    counted); with ``limit``, the first ``limit`` pairs only, and the rest are not read."""
     pairs = []
     for doc in open_corpus(jsonl_url, kind="captions", options=options):
+        if limit and len(pairs) == limit:
+            break
         caption = " ".join(doc.texts)
         pairs.append((doc.images[0], caption, doc.image_metadata[0] if doc.image_metadata else {}))
     return pairs
