@@ -38,6 +38,14 @@ class WorldConfig:
     """Upper bound on images in one interleaved document."""
     max_shapes_per_image: int = 3
     """Upper bound on shapes drawn in one image (at least one is drawn)."""
+    noise_misaligned: float = 0.0
+    """Web-like noise (mmgen/data/world_noise.py), training split only: share of caption pairs, and of images in documents, whose text describes another scene (alt text that does not match its image)."""
+    noise_uninformative: float = 0.0
+    """Training split only: share of caption pairs, and of images in documents, whose describing text is uninformative ('IMG_0042.jpg', 'click here')."""
+    noise_near_duplicates: float = 0.0
+    """Training split only: share of caption pairs that repeat an earlier pair's scene with a few pixels changed."""
+    concept_tail: float = 0.0
+    """Training split only: Zipf exponent of the 18 shape/colour combinations (the k-th most common drawn in proportion to 1/k^concept_tail); 0: uniform."""
 
 
 LOADER_FIELD = {"read_by": "loader"}

@@ -39,6 +39,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.heldout_caption_pairs": _at_least(0),
     "world.pretrain_caption_share": _share(upper_open=True),
     "world.documents_per_shard": _at_least(1),
+    "world.noise_misaligned": _share(),
+    "world.noise_uninformative": _share(),
+    "world.noise_near_duplicates": _share(),
+    "world.concept_tail": _at_least(0),
     # data
     "data.tokens_per_shard": _at_least(1),
     "data.encode_batch_size": _at_least(1),
@@ -184,6 +188,10 @@ def _relations(cfg: ExperimentConfig) -> list[str]:
                         f"image_tokenizer.codebook_size ({vq.codebook_size})")
     if any(w < 0 for w in d.train_weights) or (d.train_weights and not sum(d.train_weights) > 0):
         problems.append(f"data.train_weights must be non-negative with a positive sum, got {list(d.train_weights)}")
+    w = cfg.world
+    if w.noise_misaligned + w.noise_uninformative + w.noise_near_duplicates > 1:
+        problems.append(f"world.noise_misaligned + world.noise_uninformative + world.noise_near_duplicates must be at most 1, "
+                        f"got {w.noise_misaligned + w.noise_uninformative + w.noise_near_duplicates:g}")
     if d.max_text_chars and d.max_text_chars < d.min_text_chars:
         problems.append(f"data.max_text_chars ({d.max_text_chars}) is below data.min_text_chars ({d.min_text_chars})")
     return problems
