@@ -133,6 +133,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retrieval.encoder_batch_size": _at_least(2),
     "retrieval.encoder_lr": _positive(),
     "retrieval.embed_batch_size": _at_least(1),
+    # curation
+    "curate.clip_keep_fraction": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "curate.clip_threshold": ((lambda v: -1 <= v <= 1), "in [-1, 1]"),
+    "curate.near_duplicate_similarity": _share(),
+    "curate.concept_cap": _at_least(1),
+    "curate.clusters": _at_least(0),
+    "curate.cluster_cap": _at_least(1),
+    "curate.examples": _at_least(0),
     # fine-tuning
     "sft.condition_dropout": _share(),
     "sft.train_pairs": _at_least(0),
