@@ -210,3 +210,19 @@ def test_cli_bad_input_is_one_error_line(run_with_encoder, args, names):
     pairs = ["--curate.input", str(run_with_encoder / "pairs" / "c.jsonl")]
     status, err = run_stage("data/curate.py", run_with_encoder, *pairs, *args)
     assert_one_error_line(status, err, *names)
+
+
+def test_decoder_captioner_captions_each_image_without_the_lead(tiny_tokenizer):
+    import torch
+
+    from mmgen.config.schema import ModelConfig
+    from mmgen.model import Transformer
+    from mmgen.retrieval.corpus_curation import decoder_captioner
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=128), tiny_tokenizer.vocab.size)
+    model.init_weights()
+    captioner = decoder_captioner(model.eval(), tiny_tokenizer, prompt="Look at this picture.", lead="It shows",
+                                  max_tokens=6)  # fmt: skip
+    captions = captioner([solid("red", 16), solid("blue", 16)])
+    assert len(captions) == 2 and all(isinstance(c, str) and not c.startswith("It shows") for c in captions)
