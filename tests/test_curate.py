@@ -205,10 +205,11 @@ def test_cli_curates_caption_pairs_end_to_end(run_with_encoder, tmp_path):
     (["--curate.clip_keep_fraction", "0"], ["curate.clip_keep_fraction"]),
     (["--curate.recaption", "true"], ["pretrain/model.json"]),
     (["--curate.input", "/nonexistent/corpus.jsonl"], ["/nonexistent/corpus.jsonl"]),
+    (["--curate.output", "{run}/pairs"], ["curate.output", "replace the input"]),
 ])  # fmt: skip
 def test_cli_bad_input_is_one_error_line(run_with_encoder, args, names):
     pairs = ["--curate.input", str(run_with_encoder / "pairs" / "c.jsonl")]
-    status, err = run_stage("data/curate.py", run_with_encoder, *pairs, *args)
+    status, err = run_stage("data/curate.py", run_with_encoder, *pairs, *(a.format(run=run_with_encoder) for a in args))
     assert_one_error_line(status, err, *names)
 
 
@@ -226,3 +227,21 @@ def test_decoder_captioner_captions_each_image_without_the_lead(tiny_tokenizer):
                                   max_tokens=6)  # fmt: skip
     captions = captioner([solid("red", 16), solid("blue", 16)])
     assert len(captions) == 2 and all(isinstance(c, str) and not c.startswith("It shows") for c in captions)
+
+
+def test_cli_curates_the_noisy_shapes_world_and_scores_the_ground_truth(run_with_encoder, tmp_path):
+    noisy = ["--world.noise_misaligned", "0.3", "--world.noise_uninformative", "0.2", "--world.concept_tail", "1"]
+    status, err = run_stage("data/make_world.py", run_with_encoder, *noisy, "--world.train_caption_pairs", "30")
+    assert status == 0, err
+    status, err = run_stage("data/curate.py", run_with_encoder, "--curate.clip_filter", "top_fraction",
+                            "--curate.clip_keep_fraction", "0.6", "--curate.near_duplicate_similarity", "0.999")  # fmt: skip
+    assert status == 0, err
+    record = json.loads((run_with_encoder / "curate" / "curation.json").read_text())
+    truth = record["ground_truth"]
+    read = record["read"]["documents_read"]
+    near_dup = record["steps"][0]["removed"].get("near_duplicate", 0)
+    assert sum(t["scored"] for t in truth.values()) == read - near_dup
+    assert truth["misaligned"]["scored"] > 0 and truth["uninformative"]["scored"] > 0
+    curated = list(open_corpus(str(run_with_encoder / "curated")))
+    assert len(curated) == sum(t.get("in_output", 0) for t in truth.values()) == record["steps"][-1]["documents_out"]
+    assert all(d.image_metadata[0]["noise"] in truth for d in curated)

@@ -62,11 +62,13 @@ class StepRecord:
     """Images removed from documents that stayed (interleaved documents), by reason."""
     added: int = 0
     """Documents the step made (recaptioned pairs)."""
+    changed: int = 0
+    """Documents the step rewrote in place (images placed at sentences)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.name, "settings": self.settings, "documents_in": self.documents_in,
                 "documents_out": self.documents_out, "removed": dict(self.removed),
-                "images_removed": dict(self.images_removed), "added": self.added}  # fmt: skip
+                "images_removed": dict(self.images_removed), "added": self.added, "changed": self.changed}  # fmt: skip
 
 
 @dataclass
@@ -230,7 +232,7 @@ class Pipeline:
             order = [i for j in range(len(sentences)) for i in np.flatnonzero(where == j)]
             meta = [{**metas[i], "matched_text_index": int(where[i])} for i in order]
             out.append(Document(parts=merge_texts(parts), image_metadata=meta, metadata=doc.metadata))
-            step.added += 1  # documents whose images were placed
+            step.changed += 1
         step.documents_out = len(out)
         return out
 

@@ -98,9 +98,9 @@ def write_curation_report(record: CurationRecord, out_dir: str, *, title: str, s
                              _reasons(read.get("images_dropped", {}))]]))  # fmt: skip
     body.append("<h2>Steps</h2>")
     body.append(_table(["step", "settings", "documents in", "documents out", "removed by reason",
-                        "images removed (document kept)", "made"],
+                        "images removed (document kept)", "made", "rewritten"],
                        [[s.name, _reasons(s.settings), s.documents_in, s.documents_out, _reasons(s.removed),
-                         _reasons(s.images_removed), s.added] for s in record.steps]))  # fmt: skip
+                         _reasons(s.images_removed), s.added, s.changed] for s in record.steps]))  # fmt: skip
     if record.ground_truth:
         body.append("<h2>Against the ground truth of the corruption (shapes-world noise)</h2>")
         rows = [[kind, t.get("scored", 0), _share(t.get("kept_by_clip", 0), t.get("scored", 0)),
