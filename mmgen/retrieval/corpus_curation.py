@@ -101,7 +101,7 @@ class CurationRecord:
             return [round(float(x), 4) for x in xs]
 
         return {"kind": self.kind, "read": self.read, "steps": [s.to_dict() for s in self.steps],
-                "clip_threshold": self.clip_threshold, "clip_scores": rounded(self.clip_scores),
+                "clip_threshold": self.clip_threshold, "clip_scores": rounded(self.clip_scores), "clip_kinds": self.clip_kinds,
                 "recaption_scores": rounded(self.recaption_scores), "concepts": self.concepts,
                 "clusters": self.clusters, "ground_truth": self.ground_truth,
                 "examples": {r: [" ".join(d.texts)[:300] for d in docs] for r, docs in self.examples.items()}}  # fmt: skip
@@ -246,6 +246,7 @@ class Pipeline:
     def _image_scores(self, docs: list[Document]) -> tuple[list[Image.Image], np.ndarray]:
         """Every image with its cosine to its document's best-matching sentence."""
         images, scores = [], []
+        self.embeddings.of([im for doc in docs for im in doc.images])  # in batches, before the per-document lookups
         for start in range(0, len(docs), EMBED_BATCH):
             batch = docs[start : start + EMBED_BATCH]
             sentences = [sentences_of(d) or [""] for d in batch]
