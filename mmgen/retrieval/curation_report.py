@@ -89,7 +89,7 @@ def write_curation_report(record: CurationRecord, out_dir: str, *, title: str, s
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     files: dict[str, str] = {}
-    body = [_table(["", ""], [[k, v] for k, v in summary.items()])]
+    body = [_table(["run", ""], [[k, v] for k, v in summary.items()])]
     read = record.read
     if read:
         body.append("<h2>Reading: heuristic filters and exact dedup (data.*)</h2>")
