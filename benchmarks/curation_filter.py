@@ -34,7 +34,7 @@ def main() -> None:
         raise FileNotFoundError(f"{path} has no scores with noise ground truth (curate a world made with world.noise_*)")
     print("removed: misaligned, uninformative; kept: clean, near_duplicate")
     rows = [("run's threshold", record["clip_threshold"])]
-    rows += [(f"threshold {t:.2f}", t) for t in np.round(np.arange(-0.1, 0.65, 0.05), 2)]
+    rows += [(f"threshold {t:.2f}", t) for t in np.round(np.arange(0.3, 0.81, 0.05), 2)]
     for fraction in (0.6, 0.65, 0.7, 0.75, 0.8):
         rows.append((f"top {fraction:.0%}", float(np.sort(scores)[::-1][int(round(fraction * len(scores))) - 1])))
     results = {}
