@@ -245,3 +245,17 @@ def test_cli_curates_the_noisy_shapes_world_and_scores_the_ground_truth(run_with
     curated = list(open_corpus(str(run_with_encoder / "curated")))
     assert len(curated) == sum(t.get("in_output", 0) for t in truth.values()) == record["steps"][-1]["documents_out"]
     assert all(d.image_metadata[0]["noise"] in truth for d in curated)
+
+
+def test_load_embedder_takes_a_clip_folder_or_the_dual_encoder(run_with_encoder, tmp_path, monkeypatch):
+    from mmgen.config import RunPaths
+    from mmgen.retrieval import embedder as embedder_module
+
+    paths = RunPaths(str(run_with_encoder))
+    assert isinstance(embedder_module.load_embedder(paths.retrieval_encoder, paths), embedder_module.TokenEmbedder)
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "config.json").write_text("{}")
+    monkeypatch.setattr(embedder_module, "CLIPEmbedder", lambda folder: ("clip", folder))
+    assert embedder_module.load_embedder(str(tmp_path / "clip"), paths) == ("clip", str(tmp_path / "clip"))
+    with pytest.raises(FileNotFoundError, match="encoder.json"):
+        embedder_module.load_embedder(str(tmp_path / "nothing"), paths)
