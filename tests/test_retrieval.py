@@ -133,11 +133,12 @@ def solid(rgb):
     return Image.new("RGB", (4, 4), rgb)
 
 
-def test_alignment_filter_drops_mismatched_pairs():
-    from mmgen.retrieval.curation import alignment_filter
+def test_alignment_scores_are_the_cosine_of_each_pair():
+    from mmgen.retrieval.curation import alignment_scores
 
-    keep, scores = alignment_filter(ColourEmbedder(), [solid((255, 0, 0)), solid((0, 0, 255))], ["a red thing", "a green thing"], 0.5)
-    assert keep.tolist() == [True, False] and scores[0] > scores[1]
+    e = ColourEmbedder()
+    scores = alignment_scores(e.embed_images([solid((255, 0, 0)), solid((0, 0, 255))]), e.embed_texts(["a red thing", "a green thing"]))
+    assert np.allclose(scores, [1.0, 0.0])
 
 
 def test_assign_images_to_best_sentences_one_each():

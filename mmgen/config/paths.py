@@ -79,6 +79,17 @@ class RunPaths:
         tokens it was built on, is the ``.json`` beside it)."""
         return self._join("retrieval", "neighbours", f"{split}.npy")
 
+    # curation
+    @property
+    def curated_corpus(self) -> str:
+        """Where data/curate.py writes the curated corpus by default."""
+        return self._join("curated")
+
+    @property
+    def curation_dir(self) -> str:
+        """data/curate.py's report: report.html, curation.json and the plots."""
+        return self._join("curate")
+
     # pretraining
     @property
     def pretrain_dir(self) -> str:

@@ -38,6 +38,14 @@ class WorldConfig:
     """Upper bound on images in one interleaved document."""
     max_shapes_per_image: int = 3
     """Upper bound on shapes drawn in one image (at least one is drawn)."""
+    noise_misaligned: float = 0.0
+    """Web-like noise (mmgen/data/world_noise.py), training split only: share of caption pairs, and of images in documents, whose text describes another scene (alt text that does not match its image)."""
+    noise_uninformative: float = 0.0
+    """Training split only: share of caption pairs, and of images in documents, whose describing text is uninformative ('IMG_0042.jpg', 'click here')."""
+    noise_near_duplicates: float = 0.0
+    """Training split only: share of caption pairs that repeat an earlier pair's scene with a few pixels changed."""
+    concept_tail: float = 0.0
+    """Training split only: Zipf exponent of the 18 shape/colour combinations (the k-th most common drawn in proportion to 1/k^concept_tail); 0: uniform."""
 
 
 LOADER_FIELD = {"read_by": "loader"}
@@ -371,6 +379,42 @@ class RetrievalConfig:
 
 
 @dataclass
+class CurateConfig:
+    input: str = ""
+    """data/curate.py: corpus to curate (file, folder or glob; its kind from data.corpus_kind, read under the data.* filters and dedup); empty: the run's shapes-world training caption pairs."""
+    output: str = ""
+    """Folder the curated corpus is written to, in the input's format; empty: <run>/curated."""
+    encoder: str = ""
+    """Dual-encoder folder that scores image-text alignment (retrieval/train_encoder.py); empty: the run's retrieval/encoder."""
+    clip_filter: Literal["off", "threshold", "top_fraction"] = "threshold"
+    """CLIP-score filter: keep images whose cosine with their text is at least clip_threshold, or the best clip_keep_fraction (DataComp)."""
+    clip_threshold: float = 0.7
+    """Cosine an image needs with its best-matching sentence under clip_filter 'threshold' (0.7 kept 96 % of clean and removed 94 % of misaligned pairs of a noisy shapes world, docs/BENCHMARKS.md)."""
+    clip_keep_fraction: float = 0.7
+    """Share of scored images kept under clip_filter 'top_fraction'."""
+    near_duplicate_similarity: float = 0.0
+    """Drop an image whose embedding has at least this cosine with an earlier kept image (near duplicates); 0: off."""
+    assign_images: bool = True
+    """Place images that arrive without a sentence (MMC4 image_info without matched_text_index) by embedding similarity."""
+    recaption: bool = False
+    """CapFilt: caption the images of pairs the CLIP filter removed with the run's pretrained decoder, and keep a new caption the filter would pass."""
+    concepts: str = ""
+    """Concept balancing (MetaCLIP): a file of one concept per line, or 'world' (the shapes world's colour-shape combinations); empty: off."""
+    concept_cap: int = 100
+    """Documents a concept keeps about at most (each of a more frequent concept's documents kept with probability cap/count)."""
+    keep_unmatched: bool = True
+    """Keep documents whose text names no concept (MetaCLIP drops them)."""
+    clusters: int = 0
+    """Image balancing: k-means clusters over image embeddings (FAISS); 0: off."""
+    cluster_cap: int = 100
+    """Documents kept at most per image cluster."""
+    seed: int = 0
+    """Seed of the balancing draws."""
+    examples: int = 6
+    """Removed documents shown per reason in the curation report."""
+
+
+@dataclass
 class SFTConfig:
     tasks: str = "caption=1,t2i=1,vqa=1"
     """Task mixture as task=weight (examples per caption pair; fractions sample a share): caption, t2i, vqa."""
@@ -507,6 +551,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)

@@ -39,6 +39,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.heldout_caption_pairs": _at_least(0),
     "world.pretrain_caption_share": _share(upper_open=True),
     "world.documents_per_shard": _at_least(1),
+    "world.noise_misaligned": _share(),
+    "world.noise_uninformative": _share(),
+    "world.noise_near_duplicates": _share(),
+    "world.concept_tail": _at_least(0),
     # data
     "data.tokens_per_shard": _at_least(1),
     "data.encode_batch_size": _at_least(1),
@@ -129,6 +133,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retrieval.encoder_batch_size": _at_least(2),
     "retrieval.encoder_lr": _positive(),
     "retrieval.embed_batch_size": _at_least(1),
+    # curation
+    "curate.clip_keep_fraction": ((lambda v: 0 < v <= 1), "in (0, 1]"),
+    "curate.clip_threshold": ((lambda v: -1 <= v <= 1), "in [-1, 1]"),
+    "curate.near_duplicate_similarity": _share(),
+    "curate.concept_cap": _at_least(1),
+    "curate.clusters": _at_least(0),
+    "curate.cluster_cap": _at_least(1),
+    "curate.examples": _at_least(0),
     # fine-tuning
     "sft.condition_dropout": _share(),
     "sft.train_pairs": _at_least(0),
@@ -184,6 +196,10 @@ def _relations(cfg: ExperimentConfig) -> list[str]:
                         f"image_tokenizer.codebook_size ({vq.codebook_size})")
     if any(w < 0 for w in d.train_weights) or (d.train_weights and not sum(d.train_weights) > 0):
         problems.append(f"data.train_weights must be non-negative with a positive sum, got {list(d.train_weights)}")
+    w = cfg.world
+    if w.noise_misaligned + w.noise_uninformative + w.noise_near_duplicates > 1:
+        problems.append(f"world.noise_misaligned + world.noise_uninformative + world.noise_near_duplicates must be at most 1, "
+                        f"got {w.noise_misaligned + w.noise_uninformative + w.noise_near_duplicates:g}")
     if d.max_text_chars and d.max_text_chars < d.min_text_chars:
         problems.append(f"data.max_text_chars ({d.max_text_chars}) is below data.min_text_chars ({d.min_text_chars})")
     return problems

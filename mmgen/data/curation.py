@@ -144,7 +144,7 @@ class Curator:
         if not parts:
             raise SkipRow("empty_document")
         metadata = {**metadata, "content_hash": doc_hash}
-        return Document(parts=_merge_texts(parts) if dropped else parts, image_metadata=image_metadata, metadata=metadata)
+        return Document(parts=merge_texts(parts) if dropped else parts, image_metadata=image_metadata, metadata=metadata)
 
     @staticmethod
     def document_hash(raw: list[str | bytes | SkipRow]) -> int:
@@ -187,7 +187,7 @@ class Curator:
         return fit_image(image, self.image_size, o.image_resize)
 
 
-def _merge_texts(parts: list[Part]) -> list[Part]:
+def merge_texts(parts: list[Part]) -> list[Part]:
     """Adjacent text parts (left next to each other by a dropped image) become one, space-separated."""
     merged: list[Part] = []
     for part in parts:

@@ -5,7 +5,8 @@ The published schema (allenai/mmc4 README): one JSON object per line with ``text
 ``similarity_matrix`` (``len(image_info) × len(text_list)``), ``url`` and ``could_have_url_duplicate``.
 
 Each image goes immediately before the sentence of its ``matched_text_index`` (OpenFlamingo's convention;
-images matched to one sentence keep their ``image_info`` order); the sentences between images are joined
+images matched to one sentence keep their ``image_info`` order); an image without one (absent or null: a
+record not assigned yet, which ``data/curate.py`` assigns) goes after the last sentence; the sentences between images are joined
 with spaces into one text part. ``image_name`` is looked up beside the shard (or under ``data.image_root``);
 when it is missing there, ``raw_url`` is fetched if the config allows network. A ``null`` sentence is
 empty text. The row of a record is its line number in the (unzipped) shard.
@@ -98,7 +99,9 @@ def parse_record(record: dict[str, Any]) -> Parsed:
         if not isinstance(info, dict):
             raise SkipRow("bad_record")
         index = info.get("matched_text_index")
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(texts):
+        if index is None:  # not assigned to a sentence yet: after the text (data/curate.py assigns it)
+            index = len(texts)
+        elif not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(texts):
             raise SkipRow("misaligned")
         name, url = info.get("image_name"), info.get("raw_url")
         url = url if isinstance(url, str) and url else None
@@ -125,5 +128,6 @@ def parse_record(record: dict[str, Any]) -> Parsed:
             sentences.append(sentence)
     if sentences:
         items.append(" ".join(sentences))
+    items.extend(before.get(len(texts), []))
     metadata = {k: record[k] for k in ("url", "could_have_url_duplicate") if k in record}
     return items, metadata

@@ -22,7 +22,7 @@ import io
 import json
 import posixpath
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -35,6 +35,9 @@ from mmgen.config.paths import RunPaths
 from mmgen.config.schema import WorldConfig
 from mmgen.files import write_atomic
 from mmgen.progress import progress_bar
+
+if TYPE_CHECKING:
+    from mmgen.data.world_noise import WorldNoise
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -209,9 +212,11 @@ def scene_split(scene: Scene) -> str:
     return "heldout" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
-def _scene_in(split: str, rng: np.random.Generator, cfg: WorldConfig) -> Scene:
+def _scene_in(split: str, rng: np.random.Generator, cfg: WorldConfig, noise: WorldNoise | None = None) -> Scene:
     while True:
         scene = random_scene(rng, cfg)
+        if noise is not None:
+            scene = noise.skew_concepts(scene, rng)
         if scene_split(scene) == split:
             return scene
 
@@ -259,8 +264,10 @@ def _edit(rng: np.random.Generator, scene: Scene, cfg: WorldConfig) -> tuple[str
     return text, {"background": scene["background"], "shapes": shapes}
 
 
-def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "train") -> list[str | Scene]:
-    """Narration and scenes in reading order; adjacent text is merged, scenes belong to ``split``."""
+def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "train",
+                    noise: WorldNoise | None = None) -> list[str | Scene]:  # fmt: skip
+    """Narration and scenes in reading order; adjacent text is merged, scenes belong to ``split``; ``noise``
+    skews the concepts of fresh scenes (mmgen/data/world_noise.py)."""
 
     def pick(options: tuple[str, ...]) -> str:
         return options[rng.integers(len(options))]
@@ -281,7 +288,7 @@ def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "tr
                 items.append(pick(_RECAP).format(c=describe_scene(edited)))
             previous = edited
             continue
-        scene = _scene_in(split, rng, cfg)
+        scene = _scene_in(split, rng, cfg, noise)
         opener = pick(_INTROS if k == 0 else _NEXT)
         if rng.random() < 0.5:
             items += [f"{opener} {pick(_BEFORE).format(c=describe_scene(scene))}", scene]
@@ -321,7 +328,7 @@ def split_rng(seed: int, split: str, stream: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], _STREAM_IDS[stream]]))
 
 
-def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> dict[str, int]:
+def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noise: WorldNoise) -> dict[str, int]:
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     for stale in fs.glob(posixpath.join(root, "shard-*.parquet")):
@@ -333,7 +340,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> 
         for start in range(0, count, per_shard):
             rows = []
             for doc_id in range(start, min(count, start + per_shard)):
-                items = random_document(rng, cfg, split)
+                items = noise.document(random_document(rng, cfg, split, noise))
                 images += sum(not isinstance(item, str) for item in items)
                 general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
                 rows.append(document_row(items, cfg.image_size, general))
@@ -343,10 +350,11 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> 
             pq.write_table(table, shard)
             write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
             shards += 1
-    return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards}
+    return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards,
+            **noise.summary("document_images")}
 
 
-def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: str) -> dict[str, int]:
+def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: str, noise: WorldNoise) -> dict[str, int]:
     fs, jsonl = fsspec.core.url_to_fs(jsonl_path)
     image_dir_name = posixpath.basename(jsonl).removesuffix(".jsonl")
     image_dir = posixpath.join(posixpath.dirname(jsonl), image_dir_name)
@@ -356,22 +364,24 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
     rng = split_rng(cfg.seed, split, "captions")
     lines = []
     for i in progress_bar(range(count), desc=f"{split} caption pairs", unit="pair"):
-        scene = _scene_in(split, rng, cfg)
+        image, caption, metadata = noise.caption_pair(i, _scene_in(split, rng, cfg, noise))
         relative = f"{image_dir_name}/{i:06d}.png"
-        write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(render_scene(scene, cfg.image_size)), fs)
-        lines.append(json.dumps({"image": relative, "caption": describe_scene(scene), "metadata": scene}))
+        write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(image), fs)
+        lines.append(json.dumps({"image": relative, "caption": caption, "metadata": metadata}))
     write_atomic(jsonl, "".join(line + "\n" for line in lines), fs)
-    return {f"{split}_caption_pairs": count}
+    return {f"{split}_caption_pairs": count, **noise.summary("caption_pairs")}
 
 
 def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     """Write both splits (OBELICS shards and caption pairs) and return what was written."""
+    from mmgen.data.world_noise import WorldNoise  # builds on this module's scenes, so it is imported here
+
     check_world_config(cfg)  # before writing anything
     counts: dict[str, int] = {}
     for split, documents, pairs in (
         ("train", cfg.train_documents, cfg.train_caption_pairs),
         ("heldout", cfg.heldout_documents, cfg.heldout_caption_pairs),
     ):
-        counts |= _write_documents(cfg, split, documents, paths.corpus_split(split))
-        counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split))
+        counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"))
+        counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"))
     return counts

@@ -21,6 +21,7 @@ from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interv
                                    permutation_chance)
 from mmgen.eval.classify import classify_both_ways
 from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.generation.captioning import caption_images
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.progress import progress_bar, sampler_progress
 
@@ -40,22 +41,11 @@ def eval_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | 
     return scenes
 
 
-def _first_sentence(text: str) -> str:
-    end = text.find(".")
-    return text if end < 0 else text[: end + 1]
-
-
 def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int) -> dict:
     """Greedy captions of rendered scenes; accuracy = share of true attributes the caption states."""
     images = [render_scene(s, image_size) for s in scenes]
-    prompts = [tokenizer.encode_parts([cfg.caption_prompt, im, cfg.caption_lead], eos=False) for im in images]
-    params = SamplingParams(max_new_tokens=cfg.caption_max_tokens, temperature=0.0, max_images=0, seed=cfg.seed)
-    with progress_bar(desc="captions", unit="step") as bar:
-        outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
-    captions = []
-    for new in outs:
-        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
-        captions.append(_first_sentence(f"{cfg.caption_lead} {text.strip()}"))
+    captions = caption_images(model, tokenizer, images, prompt=cfg.caption_prompt, lead=cfg.caption_lead,
+                              max_tokens=cfg.caption_max_tokens, seed=cfg.seed)  # fmt: skip
     stated = [caption_scene(c) for c in captions]
     return {
         "accuracy": attribute_accuracy(scenes, stated),

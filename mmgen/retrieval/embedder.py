@@ -4,18 +4,23 @@ Anything with ``dim``, ``embed_texts(list[str])`` and ``embed_images(list[PIL])`
 returning unit vectors works. ``TokenEmbedder`` is mmgen's own dual encoder
 behind the run's tokenizers; ``CLIPEmbedder`` wraps a CLIP checkpoint the user
 already has on disk (Hugging Face format; ``transformers`` is an optional
-dependency and nothing is ever downloaded).
+dependency and nothing is ever downloaded). ``load_embedder`` picks one from a folder.
 """
 
 from __future__ import annotations
 
+import posixpath
 from typing import Protocol, Sequence
 
+import fsspec
 import numpy as np
 import torch
 from PIL import Image
 
+from mmgen.config.paths import RunPaths
 from mmgen.retrieval.encoder import DualEncoder, pad_texts
+from mmgen.tokenizers.image import ImageTokenizer
+from mmgen.tokenizers.run import load_text_tokenizer
 
 
 class Embedder(Protocol):
@@ -67,3 +72,13 @@ class CLIPEmbedder:
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         batch = self.processor(images=list(images), return_tensors="pt").to(self.device)
         return torch.nn.functional.normalize(self.model.get_image_features(**batch), dim=-1).float().cpu().numpy()
+
+
+def load_embedder(folder: str, paths: RunPaths) -> Embedder:
+    """A CLIP checkpoint folder (``config.json``), or else mmgen's dual encoder (``encoder.json``) in ``folder``
+    behind the tokenizers of the run at ``paths``."""
+    fs, root = fsspec.core.url_to_fs(folder)
+    if not fs.exists(posixpath.join(root, "encoder.json")) and fs.exists(posixpath.join(root, "config.json")):
+        return CLIPEmbedder(folder)
+    encoder = DualEncoder.load(folder)  # a missing encoder is named before the tokenizers are read
+    return TokenEmbedder(encoder, load_text_tokenizer(paths), ImageTokenizer.load(paths.image_tokenizer))

@@ -1,0 +1,29 @@
+"""Captioning images with the trained decoder: the report's caption measurement and curation's recaptioning."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from PIL import Image
+
+from mmgen.generation.sampler import SamplingParams, sample
+from mmgen.progress import progress_bar, sampler_progress
+
+
+def first_sentence(text: str) -> str:
+    end = text.find(".")
+    return text if end < 0 else text[: end + 1]
+
+
+def caption_images(model, tokenizer, images: Sequence[Image.Image], *, prompt: str, lead: str, max_tokens: int,
+                   seed: int = 0) -> list[str]:  # fmt: skip
+    """Greedy captions: the first sentence of ``lead`` continued after ``prompt`` and the image, lead included."""
+    prompts = [tokenizer.encode_parts([prompt, image, lead], eos=False) for image in images]
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, max_images=0, seed=seed)
+    with progress_bar(desc="captions", unit="step") as bar:
+        outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
+    captions = []
+    for new in outs:
+        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
+        captions.append(first_sentence(f"{lead} {text.strip()}"))
+    return captions
