@@ -23,9 +23,12 @@ from bad_inputs import SMALL, build_encoded_run
 
 from mmgen.config.paths import StaleInputError
 from mmgen.files import CorruptFileError
-from mmgen.model.checkpoint import checkpoint_steps
+from mmgen.config.schema import ModelConfig
+from mmgen.model.checkpoint import (checkpoint_problem, checkpoint_steps, load_trained_model, read_checkpoint_metadata,
+                                    save_model_description)
+from mmgen.model.transformer import Transformer
 from mmgen.nonfinite import NonFiniteError, NonFiniteGuard, all_finite
-from mmgen.train.checkpointing import MMGenCheckpointManager, check_shapes, checkpoint_problem, read_checkpoint_metadata
+from mmgen.train.checkpointing import MMGenCheckpointManager, check_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 # eight steps, a checkpoint every two, every checkpoint kept, a loss record every step
@@ -82,6 +85,25 @@ def test_every_checkpoint_corrupt_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(CorruptFileError, match="every checkpoint"):
         _manager_of(folder)._find_load_step()
     assert _manager_of(tmp_path / "none")._find_load_step() == -1  # no checkpoint at all: a fresh start
+
+
+def test_the_eval_stages_load_past_a_corrupt_newest_checkpoint_with_a_warning(tmp_path, capsys):
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2)
+    save_model_description(str(tmp_path), cfg, vocab_size=40)
+    states = {}
+    for step in (2, 4):
+        torch.manual_seed(step)
+        states[step] = Transformer(cfg, 40).state_dict()
+        dcp.save(states[step], checkpoint_id=str(tmp_path / "checkpoint" / f"step-{step}"), no_dist=True)
+    shard = next((tmp_path / "checkpoint" / "step-4").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    model, step = load_trained_model(str(tmp_path))
+    assert step == 2
+    assert all(torch.equal(value, states[2][key]) for key, value in model.state_dict().items())
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "step-4 is corrupt" in warning[0] and warning[0].startswith("warning:")
+    with pytest.raises(CorruptFileError):  # a step asked for by number is loaded or refused, never swapped
+        load_trained_model(str(tmp_path), step=4)
 
 
 def test_a_checkpoint_of_another_model_shape_is_one_line_naming_both(tmp_path):

@@ -16,18 +16,24 @@ import posixpath
 import re
 import warnings
 
+import sys
+from typing import Callable
+
 import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import Metadata
 
 from mmgen.config.paths import RunPaths
 from mmgen.config.schema import ExperimentConfig, ModelConfig
-from mmgen.files import reading, write_json
+from mmgen.files import CorruptFileError, reading, write_json
 from mmgen.model.lora import add_lora, merge_lora
 from mmgen.model.transformer import Transformer
 
 MODEL_FILE = "model.json"
+METADATA = ".metadata"
 
 
 def model_description(model: ModelConfig, vocab_size: int, *, lora_rank: int = 0, lora_alpha: float = 0.0) -> dict:
@@ -67,6 +73,58 @@ def checkpoint_steps(checkpoint_dir: str) -> list[int]:
     return sorted(steps)
 
 
+def read_checkpoint_metadata(checkpoint: str) -> Metadata:
+    if "://" in checkpoint:
+        from torch.distributed.checkpoint import FsspecReader
+
+        return FsspecReader(checkpoint).read_metadata()
+    return FileSystemReader(checkpoint).read_metadata()
+
+
+def checkpoint_problem(checkpoint: str) -> str | None:
+    """Why the DCP checkpoint folder ``checkpoint`` cannot be loaded, or None when its files hold what it lists."""
+    try:
+        metadata = read_checkpoint_metadata(checkpoint)
+        storage = dict(metadata.storage_data)
+    except Exception as err:  # a pickle of garbage raises anything
+        return f"its {METADATA} does not read ({type(err).__name__})"
+    needed: dict[str, int] = {}
+    for info in storage.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    fs, root = fsspec.core.url_to_fs(checkpoint)
+    for name, end in sorted(needed.items()):
+        path = posixpath.join(root, name)
+        if not fs.isfile(path):
+            return f"{name} is missing"
+        size = fs.size(path)
+        if size < end:
+            return f"{name} holds {size} bytes, its metadata lists data up to byte {end}"
+    return None
+
+
+def newest_sound_step(checkpoint_dir: str, warn: Callable[[str], None]) -> int:
+    """The newest step under ``checkpoint_dir`` whose checkpoint is whole (-1: none saved).
+
+    Each corrupt one on the way is named through ``warn``; when every one is corrupt, one error names them all.
+    Training resumes from the step this returns and the eval stages load it, so both skip the same checkpoints.
+    """
+    problems = []
+    for step in sorted(checkpoint_steps(checkpoint_dir), reverse=True):  # folders with .metadata: saves that completed
+        checkpoint = posixpath.join(checkpoint_dir, f"step-{step}")
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return step
+        problems.append(f"{checkpoint}: {problem}")
+        warn(f"checkpoint {checkpoint} is corrupt ({problem}); trying the previous one")
+    if problems:
+        raise CorruptFileError(f"every checkpoint in {checkpoint_dir} is corrupt ({'; '.join(problems)})")
+    return -1
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def load_pretrained_model(cfg: ExperimentConfig, paths: RunPaths, device: torch.device | str = "cpu") -> tuple[Transformer, int]:
     """The run's pretrained decoder at ``sample.checkpoint_step`` (-1: the newest), as the eval stages load it."""
     return load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder,
@@ -75,7 +133,8 @@ def load_pretrained_model(cfg: ExperimentConfig, paths: RunPaths, device: torch.
 
 def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoint", step: int = -1,
                        device: torch.device | str = "cpu") -> tuple[Transformer, int]:
-    """The decoder of a pretraining (or SFT) run at ``step`` (-1: the newest), in eval mode; returns (model, step).
+    """The decoder of a pretraining (or SFT) run at ``step`` (-1: the newest whole one, past corrupt ones with a
+    warning line each), in eval mode; returns (model, step).
 
     LoRA adapters of a LoRA fine-tuning run are merged into the base weights.
     """
@@ -89,7 +148,7 @@ def load_trained_model(pretrain_dir: str, *, checkpoint_folder: str = "checkpoin
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {checkpoint_dir} (run train/pretrain.py first)")
     if step == -1:
-        step = steps[-1]
+        step = newest_sound_step(checkpoint_dir, _warn)
     elif step not in steps:
         raise FileNotFoundError(f"no checkpoint for step {step} under {checkpoint_dir} (have {steps})")
     with reading(description, "model description"):

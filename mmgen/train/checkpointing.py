@@ -25,48 +25,16 @@ from typing import Any, Iterator
 import fsspec
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 from torchtitan.components.checkpoint import DATALOADER, MODEL, CheckpointManager
 from torchtitan.tools import filesystem
 from torchtitan.tools.logging import logger
 
 from mmgen.config.paths import StaleInputError
-from mmgen.files import CorruptFileError
-from mmgen.model.checkpoint import checkpoint_steps
+from mmgen.model.checkpoint import METADATA, newest_sound_step, read_checkpoint_metadata
 from mmgen.nonfinite import NonFiniteError, all_finite
 from mmgen.train.fault_injection import fault_requested, pause_if_asked
-
-METADATA = ".metadata"
-
-def read_checkpoint_metadata(checkpoint: str) -> Metadata:
-    if "://" in checkpoint:
-        from torch.distributed.checkpoint import FsspecReader
-
-        return FsspecReader(checkpoint).read_metadata()
-    return FileSystemReader(checkpoint).read_metadata()
-
-
-def checkpoint_problem(checkpoint: str) -> str | None:
-    """Why the DCP checkpoint folder ``checkpoint`` cannot be loaded, or None when its files hold what it lists."""
-    try:
-        metadata = read_checkpoint_metadata(checkpoint)
-        storage = dict(metadata.storage_data)
-    except Exception as err:  # a pickle of garbage raises anything
-        return f"its {METADATA} does not read ({type(err).__name__})"
-    needed: dict[str, int] = {}
-    for info in storage.values():
-        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
-    fs, root = fsspec.core.url_to_fs(checkpoint)
-    for name, end in sorted(needed.items()):
-        path = posixpath.join(root, name)
-        if not fs.isfile(path):
-            return f"{name} is missing"
-        size = fs.size(path)
-        if size < end:
-            return f"{name} holds {size} bytes, its metadata lists data up to byte {end}"
-    return None
-
 
 def check_shapes(state_dict: dict[str, Any], metadata: Metadata, checkpoint: str) -> None:
     """The model tensors about to be loaded have the shapes the checkpoint holds (else: one line naming both)."""
@@ -109,20 +77,11 @@ class MMGenCheckpointManager(CheckpointManager):
         pass
 
     def _find_load_step(self, folder: str = "") -> int:
-        folder = folder or self.folder
-        steps = sorted(checkpoint_steps(folder), reverse=True)  # folders with .metadata: their save completed
-        problems = []
-        for step in steps:
-            checkpoint = self._create_checkpoint_id(step, folder)
-            problem = checkpoint_problem(checkpoint)
-            if problem is None:
-                return step
-            problems.append(f"{checkpoint}: {problem}")
+        def warn(message: str) -> None:
             if not dist.is_initialized() or dist.get_rank() == 0:
-                logger.warning(f"checkpoint {checkpoint} is corrupt ({problem}); trying the previous one")
-        if problems:
-            raise CorruptFileError(f"every checkpoint in {folder} is corrupt ({'; '.join(problems)})")
-        return -1
+                logger.warning(message)
+
+        return newest_sound_step(folder or self.folder, warn)
 
     def dcp_load(self, state_dict: dict[str, Any], checkpoint_id: str, from_hf: bool, from_quantized: bool) -> None:
         if not from_hf:
