@@ -75,7 +75,7 @@ def decode_figures(bench: BenchConfig, batch: int, new_tokens: int, repeats: int
     return figures
 
 
-def image_figures(bench: BenchConfig, cfg_scale: float, repeats: int, *, compile: bool = False) -> list[Figure]:
+def image_figures(bench: BenchConfig, cfg_scale: float, repeats: int) -> list[Figure]:
     """Seconds per image of h·w codes (one prompt, temperature 1, guidance), against the unguided sampler."""
     torch.manual_seed(0)
     model = Transformer(bench.model, bench.vocab.size).eval()
@@ -85,8 +85,7 @@ def image_figures(bench: BenchConfig, cfg_scale: float, repeats: int, *, compile
     guided = dataclasses.replace(plain, cfg_scale=cfg_scale)
     prompts = text_prompts(bench.vocab, 1)
     with torch.inference_mode():
-        plain_s, _ = best_seconds(lambda: sample(model, bench.vocab, prompts, plain, compile=compile), repeats)
-        guided_s, _ = best_seconds(lambda: sample(model, bench.vocab, prompts, guided, compile=compile), repeats)
-    mode = "compiled" if compile else "eager"
-    return [Figure("4 image", f"{bench.name} {h}x{w} codes, CFG {cfg_scale:g}, {mode}", guided_s, "s/image",
+        plain_s, _ = best_seconds(lambda: sample(model, bench.vocab, prompts, plain), repeats)
+        guided_s, _ = best_seconds(lambda: sample(model, bench.vocab, prompts, guided), repeats)
+    return [Figure("4 image", f"{bench.name} model, {h}x{w} codes, CFG {cfg_scale:g}", guided_s, "s/image",
                    "no guidance", plain_s, note="ratio below 1: what guidance's second stream costs")]

@@ -118,16 +118,16 @@ def measure(sections: set[str], budget: Budget, *, compile: bool, log=print) -> 
         log("== 3: decode tokens/s against transformers' generate")
         for bench in (demo, medium):
             for batch in (1, 8):
-                add(decode_figures(bench, batch, budget.decode_tokens, budget.repeats, compile=compile))
+                add(decode_figures(bench, batch, budget.decode_tokens, budget.repeats, compile=compile and bench is demo))
     if "4" in sections:
         from decode import image_figures
 
         log("== 4: seconds per image with classifier-free guidance")
-        add(image_figures(demo, 3.0, budget.repeats, compile=compile))
+        add(image_figures(demo, 3.0, budget.repeats))
         # Chameleon's 1,024 codes with the ~42 M model, one timed image per setting; --quick: the demo's
         # model at 16 x 16 codes, which fits its budget
         big = medium if budget is FULL else dataclasses.replace(demo, vocab=Vocab.build(8192, 8192, (16, 16)))
-        add(image_figures(big, 3.0, 0, compile=compile))
+        add(image_figures(big, 3.0, 0))
     if "5" in sections:
         from generation import classification_figures
 
@@ -149,15 +149,15 @@ def measure(sections: set[str], budget: Budget, *, compile: bool, log=print) -> 
     return figures
 
 
-def markdown(figures: list[Figure], stamp: dict[str, str], *, quick: bool, minutes: float, loads: tuple[str, str]) -> str:
-    mode = "`--quick`" if quick else "full"
+def markdown(figures: list[Figure], stamp: dict[str, str], *, command: str, minutes: float,
+             loads: tuple[str, str]) -> str:
     lines = [
         BEGIN,
         "## Latest `benchmarks/run.py` run (generated)",
         "",
         f"**Machine:** {stamp['cpu']}, {stamp['cores']} cores, ISA flags: {stamp['isa']}; GPU: {stamp['gpu']}; "
         f"torch {stamp['torch']}, transformers {stamp['transformers']}; torch on 1 thread. "
-        f"**Run:** {stamp['date']}, {mode}, {minutes:.1f} min; load average (1/5/15 min) {loads[0]} at the start, "
+        f"**Run:** {stamp['date']}, {minutes:.1f} min; load average (1/5/15 min) {loads[0]} at the start, "
         f"{loads[1]} at the end. A load average above the core count means other jobs shared the cores: "
         "absolute figures are then low, ratios less so.",
         "",
@@ -168,7 +168,7 @@ def markdown(figures: list[Figure], stamp: dict[str, str], *, quick: bool, minut
         baseline = f"{f.baseline} {f.baseline_value:,.4g}" if f.baseline else ""
         ratio = f"{f.ratio:.2f}×" if f.ratio is not None else ""
         lines.append(f"| {f.section} | {f.what} | {f.value:,.4g} {f.unit} | {baseline} | {ratio} | {f.note} |")
-    lines += ["", "Command: `PYTHONPATH=$PWD .venv/bin/python benchmarks/run.py" + (" --quick`" if quick else "`"), END]
+    lines += ["", f"Command: `PYTHONPATH=$PWD .venv/bin/python {command}`", END]
     return "\n".join(lines)
 
 
@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps, tokens and items (about 3 min)")
     parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated sections to run")
     parser.add_argument("--compile", action="store_true",
-                        help="also time the sampler's compiled decode step (compilation takes minutes on a CPU)")
+                        help="also time the sampler's compiled decode step on the demo decoder, batch 1 and 8 "
+                             "(each compilation takes minutes on a CPU; not counted in the rate)")
     parser.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -207,7 +208,8 @@ def main() -> None:
     if not args.no_docs:
         with open(args.docs) as f:
             doc = f.read()
-        section = markdown(figures, stamp, quick=args.quick, minutes=minutes, loads=(start_load, end_load))
+        command = " ".join(["benchmarks/run.py", *sys.argv[1:]])
+        section = markdown(figures, stamp, command=command, minutes=minutes, loads=(start_load, end_load))
         write_atomic(args.docs, replace_section(doc, section))
         print(f"wrote the results into {args.docs}")
 
