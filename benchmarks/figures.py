@@ -26,9 +26,14 @@ class Figure:
         return self.value / self.baseline_value
 
 
+def number(x: float) -> str:
+    """Four significant digits, thousands separated, never in e-notation."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def show(figure: Figure) -> str:
     """One console line."""
-    line = f"  {figure.what}: {figure.value:,.4g} {figure.unit}"
+    line = f"  {figure.what}: {number(figure.value)} {figure.unit}"
     if figure.ratio is not None:
-        line += f"   vs {figure.baseline} {figure.baseline_value:,.4g}: {figure.ratio:.2f}x"
+        line += f"   vs {figure.baseline} {number(figure.baseline_value)}: {figure.ratio:.2f}x"
     return line + (f"   ({figure.note})" if figure.note else "")

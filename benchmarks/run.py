@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from configs import demo_config, medium_config  # noqa: E402
-from figures import Figure, show  # noqa: E402
+from figures import Figure, number, show  # noqa: E402
 
 from mmgen.device import cpu_model_name  # noqa: E402
 from mmgen.files import write_atomic  # noqa: E402
@@ -167,9 +167,10 @@ def markdown(figures: list[Figure], stamp: dict[str, str], *, command: str, minu
         "|---|---|---|---|---|---|",
     ]
     for f in figures:
-        baseline = f"{f.baseline} {f.baseline_value:,.4g}" if f.baseline else ""
+        baseline = f"{f.baseline} {number(f.baseline_value)}" if f.baseline else ""
         ratio = f"{f.ratio:.2f}×" if f.ratio is not None else ""
-        lines.append(f"| {f.section} | {f.what} | {f.value:,.4g} {f.unit} | {baseline} | {ratio} | {f.note} |")
+        cells = [f.section, f.what, f"{number(f.value)} {f.unit}", baseline, ratio, f.note]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", f"Command: `PYTHONPATH=$PWD .venv/bin/python {command}`", END]
     return "\n".join(lines)
 
