@@ -210,10 +210,11 @@ class Attention(nn.Module):
 
     def fuse_projections(self, on: bool) -> None:
         """With ``on``, cached forwards compute q, k and v with one matmul over a copy of the three weights
-        (a decode step is a few dozen tiny ops, and each saved op counts); off drops the copy. Projections
+        (a small model's decode step is hundreds of tiny ops, and each saved op counts); off drops the copy. Projections
         that are not plain ``nn.Linear`` (LoRA adapters) stay separate."""
         plain = all(type(m) is nn.Linear for m in (self.wq, self.wk, self.wv))
-        self.fused_qkv = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]) if on and plain else None
+        with torch.no_grad():
+            self.fused_qkv = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]) if on and plain else None
 
     def _project(self, x: torch.Tensor, cached: bool):
         if cached and self.fused_qkv is not None:

@@ -37,7 +37,7 @@ class KVCache(nn.Module):
         # Non-persistent: caches never enter state dicts or checkpoints.
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        # the write's row and head indices, made once: a decode step is a few dozen tiny ops, each counts
+        # the write's row and head indices, made once: a small model's decode step is hundreds of tiny ops, each counts
         self.register_buffer("rows", torch.arange(batch_size, device=device)[:, None, None], persistent=False)
         self.register_buffer("heads", torch.arange(n_kv_heads, device=device)[None, :, None], persistent=False)
 

@@ -66,7 +66,8 @@ class FeedForward(nn.Module):
     def fuse_projections(self, on: bool) -> None:
         """As ``Attention.fuse_projections``, for the gate and up projections (used by every forward while on)."""
         plain = type(self.w1) is nn.Linear and type(self.w3) is nn.Linear
-        self.fused_w13 = torch.cat([self.w1.weight, self.w3.weight]) if on and plain else None
+        with torch.no_grad():
+            self.fused_w13 = torch.cat([self.w1.weight, self.w3.weight]) if on and plain else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_w13 is not None:
