@@ -33,6 +33,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from figures import Figure
+
 from mmgen.config import RunPaths
 from mmgen.config.presets import demo
 from mmgen.config.schema import TextTokenizerConfig
@@ -171,6 +173,44 @@ def demo_recorded_rate(run: str | None) -> float | None:
     return tokens / (records[-1]["time"] - records[1]["time"])
 
 
+def encode_rates(run: str | None, documents: int, scratch: Path, log=print) -> tuple[list[dict], MultimodalTokenizer]:
+    """Per synthetic corpus: read docs/s, read + encode docs/s and tokens/s, and the encoded token folder."""
+    tokenizer, origin = load_tokenizer(run, scratch)
+    corpora = write_corpora(scratch, documents)
+    size = tokenizer.image_tok.image_size
+    log(f"tokenizers: {origin}; images fitted to {size}x{size}; {documents} documents per corpus")
+    rates = []
+    for kind, url in corpora.items():
+        corpus = open_corpus(str(url), image_size=size)
+        docs, read_s = timed(lambda: sum(1 for _ in corpus))
+        out = str(scratch / f"tokens-{kind}")
+        writer = TokenShardWriter(out, vocab_size=tokenizer.vocab.size, tokens_per_shard=200_000, vocab=tokenizer.vocab)
+        with torch.no_grad():
+            counts, enc_s = timed(lambda: pretokenize(open_corpus(str(url), image_size=size), tokenizer, writer,
+                                                      log=lambda _: None))  # fmt: skip
+        writer.close()
+        rates.append({"corpus": kind, "read_docs_per_s": docs / read_s, "encode_docs_per_s": counts["documents"] / enc_s,
+                      "encode_tokens_per_s": counts["tokens"] / enc_s, "tokens": counts["tokens"], "folder": out})
+    return rates, tokenizer
+
+
+def pipeline_figures(run: str | None, documents: int, seconds: float, demand: float, log=print) -> list[Figure]:
+    """Read, encode and loader rates of the demo's shapes against ``demand``: the token positions/s
+    the demo's trainer consumes on this machine (all ranks)."""
+    training = demo().training
+    with tempfile.TemporaryDirectory(prefix="mmgen-bench-") as tmp:
+        rates, tokenizer = encode_rates(run, documents, Path(tmp), log)
+        positions, real = loader_rate(rates[0]["folder"], tokenizer.vocab.pad, seconds, training.seq_len,
+                                      training.local_batch_size)
+    figures = [Figure("6 data", f"{r['corpus']} read + encode tokens/s", r["encode_tokens_per_s"], "tokens/s",
+                      "trainer demand", demand, note=f"read alone {r['read_docs_per_s']:,.0f} docs/s, "
+                      f"read + encode {r['encode_docs_per_s']:,.0f} docs/s") for r in rates]
+    figures.append(Figure("6 data", "loader token positions/s", positions, "tokens/s", "trainer demand", demand,
+                          note=f"{real:,.0f} real tokens/s; seq_len {training.seq_len}, "
+                               f"batch {training.local_batch_size}"))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="outputs/demo", help="run folder with tokenizers and a demo loss log")
@@ -181,32 +221,18 @@ def main() -> None:
     torch.set_grad_enabled(True)
     training = demo().training  # the demo's sequence length and per-rank batch
     with tempfile.TemporaryDirectory(prefix="mmgen-bench-") as tmp:
-        scratch = Path(tmp)
-        tokenizer, origin = load_tokenizer(args.run, scratch)
-        corpora = write_corpora(scratch, args.documents)
-        size = tokenizer.image_tok.image_size
-        print(f"tokenizers: {origin}; images fitted to {size}x{size}; {args.documents} documents per corpus")
         print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        rates, tokenizer = encode_rates(args.run, args.documents, Path(tmp))
         print(f"{'corpus':8} {'read docs/s':>12} {'read+encode docs/s':>19} {'tokens/s':>10} {'tokens':>8}")
-        encoded = []
-        for kind, url in corpora.items():
-            corpus = open_corpus(str(url), image_size=size)
-            docs, read_s = timed(lambda: sum(1 for _ in corpus))
-            out = str(scratch / f"tokens-{kind}")
-            writer = TokenShardWriter(out, vocab_size=tokenizer.vocab.size, tokens_per_shard=200_000, vocab=tokenizer.vocab)
-            with torch.no_grad():
-                counts, enc_s = timed(lambda: pretokenize(open_corpus(str(url), image_size=size), tokenizer, writer,
-                                                          log=lambda _: None))  # fmt: skip
-            writer.close()
-            encoded.append(out)
-            print(f"{kind:8} {docs / read_s:12.0f} {counts['documents'] / enc_s:19.0f} "
-                  f"{counts['tokens'] / enc_s:10.0f} {counts['tokens']:8d}")  # fmt: skip
-        pad = tokenizer.vocab.pad
+        for r in rates:
+            print(f"{r['corpus']:8} {r['read_docs_per_s']:12.0f} {r['encode_docs_per_s']:19.0f} "
+                  f"{r['encode_tokens_per_s']:10.0f} {r['tokens']:8d}")  # fmt: skip
+        pad, folder = tokenizer.vocab.pad, rates[0]["folder"]
         # the loader is timed right before and after the trainer, and the slower figure kept, so a burst of
         # load from other processes on a shared machine cannot flatter the ratio
-        before = loader_rate(encoded[0], pad, args.seconds, training.seq_len, training.local_batch_size)
+        before = loader_rate(folder, pad, args.seconds, training.seq_len, training.local_batch_size)
         train = trainer_rate(tokenizer.vocab.size, args.train_steps, training.seq_len, training.local_batch_size)
-        after = loader_rate(encoded[0], pad, args.seconds, training.seq_len, training.local_batch_size)
+        after = loader_rate(folder, pad, args.seconds, training.seq_len, training.local_batch_size)
         positions, real = min(before, after)
         recorded = demo_recorded_rate(args.run)
         print(f"loader:  {positions:,.0f} token positions/s ({real:,.0f} real tokens/s), "

@@ -4,7 +4,8 @@
 
 Prints build seconds, queries/s and recall@10 (share of the exact top-10 found
 in the approximate top-10) for each index kind, with exact (flat) search
-measured in the same run as the baseline.
+measured in the same run as the baseline. ``benchmarks/run.py`` runs it at a
+smaller ``n``.
 """
 
 import argparse
@@ -13,7 +14,36 @@ import time
 import faiss
 import numpy as np
 
+from figures import Figure
+
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
+
+
+def bank_figures(n: int, dim: int, n_queries: int, kinds: list[str], *, log=print) -> list[Figure]:
+    log(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {n:,} vectors of dim {dim}")
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((n, dim), dtype=np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    # queries near stored vectors, as real queries are near real documents
+    queries = base[rng.choice(n, n_queries, replace=False)] + 0.1 * rng.standard_normal((n_queries, dim), dtype=np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def measure(spec: IndexSpec):
+        start = time.perf_counter()
+        bank = MemoryBank.build(base, spec=spec)
+        built = time.perf_counter() - start
+        start = time.perf_counter()
+        _, ids = bank.search(queries, 10)
+        return built, n_queries / (time.perf_counter() - start), ids
+
+    _, exact_qps, exact = measure(IndexSpec(kind="flat"))
+    figures = [Figure("6 faiss", f"flat (exact), {n:,} x {dim}", exact_qps, "queries/s")]
+    for kind in kinds:
+        built, qps, ids = measure(IndexSpec(kind=kind, nlist=4096 if n >= 500_000 else 256))
+        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+        figures.append(Figure("6 faiss", f"{kind}, {n:,} x {dim}", qps, "queries/s", "exact", exact_qps,
+                              note=f"recall@10 {recall:.3f}, build {built:.1f}s"))
+    return figures
 
 
 def main() -> None:
@@ -23,29 +53,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--kinds", default="ivfpq,hnsw")
     args = parser.parse_args()
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {args.n:,} vectors of dim {args.dim}")
-    rng = np.random.default_rng(0)
-    base = rng.standard_normal((args.n, args.dim), dtype=np.float32)
-    base /= np.linalg.norm(base, axis=1, keepdims=True)
-    # queries near stored vectors, as real queries are near real documents
-    queries = base[rng.choice(args.n, args.queries, replace=False)] + 0.1 * rng.standard_normal((args.queries, args.dim), dtype=np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-
-    def measure(kind: str, spec: IndexSpec):
-        start = time.perf_counter()
-        bank = MemoryBank.build(base, spec=spec)
-        built = time.perf_counter() - start
-        start = time.perf_counter()
-        _, ids = bank.search(queries, 10)
-        return built, args.queries / (time.perf_counter() - start), ids
-
-    _, exact_qps, exact = measure("flat", IndexSpec(kind="flat"))
-    print(f"{'flat':>6}: exact baseline, {exact_qps:,.0f} queries/s")
-    for kind in args.kinds.split(","):
-        spec = IndexSpec(kind=kind, nlist=4096 if args.n >= 500_000 else 256)
-        built, qps, ids = measure(kind, spec)
-        recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
-        print(f"{kind:>6}: build {built:.1f}s, {qps:,.0f} queries/s ({qps / exact_qps:.1f}x exact), recall@10 {recall:.3f}")
+    for figure in bank_figures(args.n, args.dim, args.queries, args.kinds.split(",")):
+        print(f"{figure.what:>24}: {figure.value:,.0f} queries/s" + (f" ({figure.ratio:.1f}x exact), {figure.note}"
+                                                                     if figure.ratio else ""))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from figures import Figure
+
 from mmgen.config.schema import ModelConfig
 from mmgen.eval.classify import image_given_label_scores, label_given_image_scores
 from mmgen.generation.sampler import SamplingParams, sample
@@ -82,22 +84,48 @@ def main() -> None:
         print(f"decode compiled: {tokens / compiled:8.1f} tokens/s  (x{eager / compiled:.2f} vs eager; "
               f"first call incl. compile {warmup:.1f}s)")
 
-    generator = torch.Generator().manual_seed(0)
-    grids = [torch.randint(0, 512, (8, 8), generator=generator) for _ in range(args.images)]
+    grids = random_grids(vocab, args.images)
     for n in (int(x) for x in args.labels.split(",")):
-        # prompts share "BOS Here is a drawing of a" and differ in one label token, like the report's captions
-        prompts_n = [[vocab.bos, *range(T0 + 1, T0 + 7), T0 + 100 + k, T0 + 8] for k in range(n)]
-        follows = [[T0 + 20, T0 + 21, T0 + 100 + k, T0 + 22] for k in range(n)]
-        for direction, fn in (
-            ("image|label", lambda reuse: image_given_label_scores(
-                model, vocab, grids, [prompts_n] * len(grids), batch_size=64, reuse_prefix=reuse)),
-            ("label|image", lambda reuse: label_given_image_scores(
-                model, vocab, grids, [vocab.bos], [follows] * len(grids), batch_size=64, reuse_prefix=reuse)),
-        ):
-            with_reuse = timed(lambda: fn(True), args.repeats)
-            without = timed(lambda: fn(False), args.repeats)
+        for direction in CLASSIFY_DIRECTIONS:
+            with_reuse = timed(lambda: classify(model, vocab, grids, n, direction, reuse=True), args.repeats)
+            without = timed(lambda: classify(model, vocab, grids, n, direction, reuse=False), args.repeats)
             print(f"classify {direction} N={n:2d}: {len(grids) / with_reuse:7.1f} images/s with prefix reuse, "
                   f"{len(grids) / without:7.1f} without (x{without / with_reuse:.2f})")
+
+
+CLASSIFY_DIRECTIONS = ("image|label", "label|image")
+
+
+def random_grids(vocab, count: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    codebook = vocab.image_range[1] - vocab.image_range[0]
+    return [torch.randint(0, codebook, vocab.grid, generator=generator) for _ in range(count)]
+
+
+def classify(model, vocab, grids, n: int, direction: str, *, reuse: bool) -> torch.Tensor:
+    """Scores of ``n`` labels for every grid in ``direction``, with prompts shaped like the report's: they share
+    "BOS Here is a drawing of a" and differ in one label token."""
+    T0 = vocab.text_range[0]
+    if direction == "image|label":
+        prompts = [[vocab.bos, *range(T0 + 1, T0 + 7), T0 + 100 + k, T0 + 8] for k in range(n)]
+        return image_given_label_scores(model, vocab, grids, [prompts] * len(grids), batch_size=64,
+                                        reuse_prefix=reuse)
+    follows = [[T0 + 20, T0 + 21, T0 + 100 + k, T0 + 22] for k in range(n)]
+    return label_given_image_scores(model, vocab, grids, [vocab.bos], [follows] * len(grids), batch_size=64,
+                                    reuse_prefix=reuse)
+
+
+def classification_figures(model, vocab, label_counts, images: int, repeats: int) -> list[Figure]:
+    """Images/s for each number of labels and direction, with prefix reuse against without."""
+    grids = random_grids(vocab, images)
+    figures = []
+    for n in label_counts:
+        for direction in CLASSIFY_DIRECTIONS:
+            reuse = timed(lambda: classify(model, vocab, grids, n, direction, reuse=True), repeats)
+            plain = timed(lambda: classify(model, vocab, grids, n, direction, reuse=False), repeats)
+            figures.append(Figure("5 classify", f"{direction} N={n} with prefix reuse", images / reuse, "images/s",
+                                  "without reuse", images / plain))
+    return figures
 
 
 if __name__ == "__main__":

@@ -72,19 +72,25 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_models(args):
-    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
-
+def args_config(args) -> tuple[ModelConfig, Vocab]:
+    """The model configuration and vocabulary the command line describes."""
     vocab = Vocab.build(args.text, args.codes, (32, 32))
     cfg = ModelConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
         norm_placement="swin" if args.swin else "pre", max_seq_len=args.seq,
     )
+    return cfg, vocab
+
+
+def build_models(cfg: ModelConfig, vocab: Vocab, *, seed: int = 0):
+    """(mmgen model, Hugging Face Chameleon) with the same weights: the reference built at random, then imported."""
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
     hf_cfg = hf_config_from_model(cfg, vocab)
-    # The VQ-VAE is not part of either training step; keep it tiny.
+    # The VQ-VAE is not part of either model's work here; keep it tiny.
     hf_cfg["vq_config"] = dict(embed_dim=4, num_embeddings=16, latent_channels=4, resolution=16,
                                base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     hf = ChameleonForConditionalGeneration(ChameleonConfig(**hf_cfg))
     with torch.no_grad():  # random norms too, so the equality check below covers them
         for name, p in hf.named_parameters():
@@ -93,7 +99,7 @@ def build_models(args):
     theirs = hf.state_dict()
     model = Transformer(cfg, vocab.size)
     model.load_state_dict(hf_state_to_mmgen(theirs.__getitem__, cfg))
-    return model, hf, vocab
+    return model, hf
 
 
 def packed(batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -131,28 +137,35 @@ def check_same_function(model, hf, vocab, batch) -> float:
     return ref
 
 
-def make_steps(model, hf, vocab, adamw: str):
-    impl = {adamw: True}  # foreach=True or fused=True, the same for both models
-    opt_ours = torch.optim.AdamW(model.parameters(), lr=1e-4, **impl)
-    opt_ref = torch.optim.AdamW([p for n, p in hf.named_parameters() if "vqmodel" not in n], lr=1e-4, **impl)
+def mmgen_step(model, vocab, adamw: str):
+    """One of pretraining's steps as a function of a ``packed`` batch: torchtitan's forward
+    (TitanTransformer, ``return_hidden``), ModalityLoss over the valid tokens, backward, AdamW."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **{adamw: True})
     loss_fn = modality_loss(vocab, model.cfg.z_loss_weight)
 
-    def ours(data):
-        # torchtitan's step: TitanTransformer.forward (return_hidden), ModalityLoss over the global valid tokens
+    def step(data):
         pred = model(data["input"], document_ids=data["document_ids"], positions=data["positions"], return_hidden=True)
         loss, _ = loss_fn(pred, data["labels"], (data["labels"] != IGNORE_INDEX).sum())
         loss.backward()
-        opt_ours.step()
-        opt_ours.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-    def ref(data):
+    return step
+
+
+def reference_step(hf, adamw: str):
+    """The reference's step: its own shifted loss, backward, the same AdamW."""
+    optimizer = torch.optim.AdamW([p for n, p in hf.named_parameters() if "vqmodel" not in n], lr=1e-4,
+                                  **{adamw: True})
+
+    def step(data):
         batch = data["input"]
         loss = hf(input_ids=batch, labels=batch).loss
         loss.backward()
-        opt_ref.step()
-        opt_ref.zero_grad(set_to_none=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-    return ours, ref
+    return step
 
 
 def timed(fn, batch) -> tuple[float, float]:
@@ -162,6 +175,18 @@ def timed(fn, batch) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+def alternate(runners: dict, batches: list, warmup: int) -> dict[str, list[tuple[float, float]]]:
+    """Each runner's (wall, CPU) seconds per batch after the first ``warmup``; the runners take turns on
+    every batch, so a burst of load from other processes falls on all of them alike."""
+    times = {name: [] for name in runners}
+    for i, batch in enumerate(batches):
+        for name, fn in runners.items():
+            seconds = timed(fn, batch)
+            if i >= warmup:
+                times[name].append(seconds)
+    return times
+
+
 def main() -> None:
     args = parse_args()
     if args.threads:
@@ -169,7 +194,8 @@ def main() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    model, hf, vocab = build_models(args)
+    cfg, vocab = args_config(args)
+    model, hf = build_models(cfg, vocab)
     gen = torch.Generator().manual_seed(1)
     lo, hi = vocab.text_range
     batches = [torch.randint(lo, hi, (args.batch, args.seq), generator=gen) for _ in range(args.warmup + args.steps)]
@@ -179,21 +205,15 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     model.to(dtype).train()
     hf.to(dtype).train()
-    ours, ref = make_steps(model, hf, vocab, args.adamw)
-    runners = {"mmgen": ours, "reference": ref}
+    runners = {"mmgen": mmgen_step(model, vocab, args.adamw), "reference": reference_step(hf, args.adamw)}
     if args.compile:
         compiled = Transformer(model.cfg, vocab.size).to(dtype)
         compiled.load_state_dict(model.state_dict())
         for name, block in list(compiled.layers.named_children()):  # as mmgen.train.model_spec does
             compiled.layers.register_module(name, torch.compile(block, fullgraph=True))
-        runners["mmgen compiled"] = make_steps(compiled.train(), hf, vocab, args.adamw)[0]
+        runners["mmgen compiled"] = mmgen_step(compiled.train(), vocab, args.adamw)
 
-    times = {name: [] for name in runners}
-    for i, batch in enumerate(batches):
-        for name, fn in runners.items():
-            seconds = timed(fn, batch)
-            if i >= args.warmup:
-                times[name].append(seconds)
+    times = alternate(runners, batches, args.warmup)
 
     tokens = args.batch * args.seq
     params = sum(p.numel() for p in model.parameters())

@@ -41,3 +41,20 @@ def test_only_adapters_receive_gradients():
     model(torch.randint(0, 100, (1, 8))).sum().backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == name.endswith(("lora_a", "lora_b")), name
+
+
+def test_cached_forward_keeps_trained_adapters():
+    # setup_cache fuses plain projections into one matmul; adapted ones must stay separate, adapters included
+    model = tiny()
+    add_lora(model, rank=4, alpha=8)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_b.normal_()
+    tokens = torch.randint(0, 100, (2, 12))
+    with torch.no_grad():
+        full = model(tokens)
+        model.setup_cache(2, 12)
+        cached = model(tokens, input_pos=torch.arange(12))
+        model.clear_cache()
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)

@@ -206,6 +206,21 @@ class Attention(nn.Module):
         self.q_norm = HeadLayerNorm(n_heads, self.head_dim, eps=norm_eps) if qk_norm else None
         self.k_norm = HeadLayerNorm(n_kv_heads, self.head_dim, eps=norm_eps) if qk_norm else None
         self.kv_cache: KVCache | None = None
+        self.fused_qkv: torch.Tensor | None = None
+
+    def fuse_projections(self, on: bool) -> None:
+        """With ``on``, cached forwards compute q, k and v with one matmul over a copy of the three weights
+        (a small model's decode step is hundreds of tiny ops, and each saved op counts); off drops the copy. Projections
+        that are not plain ``nn.Linear`` (LoRA adapters) stay separate."""
+        plain = all(type(m) is nn.Linear for m in (self.wq, self.wk, self.wv))
+        with torch.no_grad():
+            self.fused_qkv = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]) if on and plain else None
+
+    def _project(self, x: torch.Tensor, cached: bool):
+        if cached and self.fused_qkv is not None:
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+            return F.linear(x, self.fused_qkv).split([q_dim, kv_dim, kv_dim], dim=-1)
+        return self.wq(x), self.wk(x), self.wv(x)
 
     def forward(
         self,
@@ -215,9 +230,10 @@ class Attention(nn.Module):
         input_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k, v = self._project(x, input_pos is not None)
+        q = q.view(B, T, self.n_heads, self.head_dim)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, rotation, x.dtype), apply_rope(k, rotation, x.dtype)

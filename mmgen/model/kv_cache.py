@@ -37,6 +37,9 @@ class KVCache(nn.Module):
         # Non-persistent: caches never enter state dicts or checkpoints.
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # the write's row and head indices, made once: a small model's decode step is hundreds of tiny ops, each counts
+        self.register_buffer("rows", torch.arange(batch_size, device=device)[:, None, None], persistent=False)
+        self.register_buffer("heads", torch.arange(n_kv_heads, device=device)[None, :, None], persistent=False)
 
     @property
     def max_seq_len(self) -> int:
@@ -46,10 +49,7 @@ class KVCache(nn.Module):
         self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v [B, H, t, D] at slots input_pos [B, t]; return the whole cache."""
-        B, H = k.shape[:2]
-        batch = torch.arange(B, device=k.device)[:, None, None]
-        heads = torch.arange(H, device=k.device)[None, :, None]
         slots = input_pos[:, None, :]
-        self.k[batch, heads, slots] = k.to(self.k.dtype)
-        self.v[batch, heads, slots] = v.to(self.v.dtype)
+        self.k[self.rows[: k.shape[0]], self.heads, slots] = k.to(self.k.dtype)
+        self.v[self.rows[: v.shape[0]], self.heads, slots] = v.to(self.v.dtype)
         return self.k, self.v

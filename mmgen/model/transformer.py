@@ -61,8 +61,18 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.fused_w13: torch.Tensor | None = None
+
+    def fuse_projections(self, on: bool) -> None:
+        """As ``Attention.fuse_projections``, for the gate and up projections (used by every forward while on)."""
+        plain = type(self.w1) is nn.Linear and type(self.w3) is nn.Linear
+        with torch.no_grad():
+            self.fused_w13 = torch.cat([self.w1.weight, self.w3.weight]) if on and plain else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_w13 is not None:
+            gate, up = F.linear(x, self.fused_w13).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -222,10 +232,14 @@ class Transformer(nn.Module):
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> None:
-        """Allocate a static KV cache per layer (dtype/device default to the parameters')."""
+        """Allocate a static KV cache per layer (dtype/device default to the parameters'), and fuse the
+        projections that take the same input into one matmul each until ``clear_cache`` (the weights must
+        not change in between)."""
         weight = self.tok_embeddings.weight
         for block in self.layers.values():
             attn = block.attention
+            attn.fuse_projections(True)
+            block.feed_forward.fuse_projections(True)
             attn.kv_cache = KVCache(
                 batch_size=batch_size,
                 max_seq_len=max_seq_len,
@@ -238,6 +252,8 @@ class Transformer(nn.Module):
     def clear_cache(self) -> None:
         for block in self.layers.values():
             block.attention.kv_cache = None
+            block.attention.fuse_projections(False)
+            block.feed_forward.fuse_projections(False)
 
     def _cache_len(self) -> int:
         cache = next(iter(self.layers.values())).attention.kv_cache
