@@ -38,6 +38,12 @@ class WorldConfig:
     """Upper bound on images in one interleaved document."""
     max_shapes_per_image: int = 3
     """Upper bound on shapes drawn in one image (at least one is drawn)."""
+    entities: int = 0
+    """Named entities of the world (made-up names, each a fixed look of 1-2 shapes; mmgen/data/entities.py); 0: none. With entities the world also writes a memory-bank corpus defining every one (corpus/bank/) and corpus/entities.json."""
+    entity_share: float = 0.3
+    """Share of documents and caption pairs (train and held-out) that use an entity by name, when there are entities."""
+    entity_zipf: float = 1.1
+    """Long-tail exponent: the entity of rank r is used with probability proportional to r^-entity_zipf."""
 
 
 LOADER_FIELD = {"read_by": "loader"}

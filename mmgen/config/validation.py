@@ -39,6 +39,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.heldout_caption_pairs": _at_least(0),
     "world.pretrain_caption_share": _share(upper_open=True),
     "world.documents_per_shard": _at_least(1),
+    "world.entities": _at_least(0),
+    "world.entity_share": _share(),
+    "world.entity_zipf": _at_least(0),
     # data
     "data.tokens_per_shard": _at_least(1),
     "data.encode_batch_size": _at_least(1),

@@ -261,6 +261,10 @@ def _edit(rng: np.random.Generator, scene: Scene, cfg: WorldConfig) -> tuple[str
 
 def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "train") -> list[str | Scene]:
     """Narration and scenes in reading order; adjacent text is merged, scenes belong to ``split``."""
+    from mmgen.data import entities  # entities build on this module's geometry, so it is imported here
+
+    if entities.uses_entity(rng, cfg):
+        return entities.entity_document(rng, cfg, split)
 
     def pick(options: tuple[str, ...]) -> str:
         return options[rng.integers(len(options))]
@@ -313,6 +317,15 @@ def document_row(items: list[str | Scene], image_size: int, general_metadata: di
 # ----- writing a world -----
 
 _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
+
+
+def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
+    """OBELICS rows as one parquet file, written under a temporary name and renamed."""
+    shard = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), shard)
+    fs, local = fsspec.core.url_to_fs(path)
+    fs.makedirs(posixpath.dirname(local), exist_ok=True)
+    write_atomic(local, shard.getvalue(), fs)
 _STREAM_IDS = {"documents": 0, "captions": 1}
 
 
@@ -338,10 +351,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str) -> 
                 general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
                 rows.append(document_row(items, cfg.image_size, general))
                 bar.update()
-            table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
-            shard = io.BytesIO()
-            pq.write_table(table, shard)
-            write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
+            write_parquet_shard(rows, posixpath.join(out_dir, f"shard-{shards:05d}.parquet"))
             shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards}
 
@@ -353,13 +363,19 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
     if fs.exists(image_dir):
         fs.rm(image_dir, recursive=True)
     fs.makedirs(image_dir, exist_ok=True)
+    from mmgen.data import entities  # entities build on this module's geometry, so it is imported here
+
     rng = split_rng(cfg.seed, split, "captions")
     lines = []
     for i in progress_bar(range(count), desc=f"{split} caption pairs", unit="pair"):
-        scene = _scene_in(split, rng, cfg)
+        if entities.uses_entity(rng, cfg):
+            scene, caption = entities.entity_caption_pair(rng, cfg, split)
+        else:
+            scene = _scene_in(split, rng, cfg)
+            caption = describe_scene(scene)
         relative = f"{image_dir_name}/{i:06d}.png"
         write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(render_scene(scene, cfg.image_size)), fs)
-        lines.append(json.dumps({"image": relative, "caption": describe_scene(scene), "metadata": scene}))
+        lines.append(json.dumps({"image": relative, "caption": caption, "metadata": scene}))
     write_atomic(jsonl, "".join(line + "\n" for line in lines), fs)
     return {f"{split}_caption_pairs": count}
 
@@ -374,4 +390,8 @@ def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     ):
         counts |= _write_documents(cfg, split, documents, paths.corpus_split(split))
         counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split))
+    # the bank defines every entity, entities.json records their uses in what was just written (none: both removed)
+    from mmgen.data.entities import write_entity_files
+
+    counts |= write_entity_files(cfg, paths)
     return counts
