@@ -4,8 +4,9 @@
     torchrun --nproc-per-node 4 retrieval/build_index.py --config demo
 
 Embeds every training document (from its token shards, with the encoder of
-retrieval/train_encoder.py), builds the index ``retrieval.index_kind`` at
-``<run>/retrieval/bank/``, and stores k neighbours per document of each split
+retrieval/train_encoder.py) and every document of the run's bank corpus
+(``tokens/bank``, when the world has entities or memory edits added one),
+builds the index ``retrieval.index_kind`` at ``<run>/retrieval/bank/``, and stores k neighbours per document of each split
 as ``<run>/tokens/<split>/neighbours.npy`` — never the document itself, an
 exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
 contiguous slice of the documents (whole batches of
@@ -19,6 +20,7 @@ import torch
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
+from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.device import join_ranks, leave_ranks
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
@@ -32,7 +34,7 @@ def main() -> None:
     rank, world, device = join_ranks("gloo", timeout=timedelta(hours=4))
     vocab = Vocab.load(paths.vocab)
     encoder = DualEncoder.load(paths.retrieval_encoder, device=device)
-    bank = TokenShards(paths.tokens("train"))
+    bank = bank_documents(paths)
     splits = {split: (TokenShards(paths.tokens(split)), paths.neighbours(split)) for split in ("train", "heldout")}
 
     def gather(obj):

@@ -40,6 +40,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.pretrain_caption_share": _share(upper_open=True),
     "world.documents_per_shard": _at_least(1),
     "world.entities": _at_least(0),
+    "eval.entity_items": _at_least(0),
     "world.entity_share": _share(),
     "world.entity_zipf": _at_least(0),
     # data

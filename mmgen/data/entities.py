@@ -287,13 +287,11 @@ def evaluation_items(entities: Sequence[dict], split: str, *, image_size: int) -
     return items
 
 
-def write_bank_corpus(entities: Sequence[dict], folder: str, image_size: int, *, shard: int = 0) -> int:
-    """One OBELICS shard ``shard-<shard>.parquet`` of defining documents in ``folder``; returns its documents."""
-    rows = [document_row(defining_document(e, image_size), image_size,
+def definition_rows(entities: Sequence[dict], image_size: int) -> list[dict[str, Any]]:
+    """The OBELICS rows of the entities' defining documents (``general_metadata.entity`` names each)."""
+    return [document_row(defining_document(e, image_size), image_size,
                          {"url": f"shapes-world://bank/{e['name']}", "split": "bank", "entity": e["name"]})
             for e in entities]  # fmt: skip
-    write_parquet_shard(rows, posixpath.join(folder, f"shard-{shard:05d}.parquet"))
-    return len(rows)
 
 
 def write_entity_files(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
@@ -306,7 +304,8 @@ def write_entity_files(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     if not cfg.entities:
         return {}
     entities = world_entities(cfg)
-    defined = write_bank_corpus(entities, paths.corpus_split("bank"), cfg.image_size)
+    rows = definition_rows(entities, cfg.image_size)
+    write_parquet_shard(rows, posixpath.join(paths.corpus_split("bank"), "shard-00000.parquet"))
     uses = count_training_uses(paths)
     groups = head_and_tail(entities, uses)
     for entity in entities:
@@ -319,7 +318,7 @@ def write_entity_files(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     }  # fmt: skip
     write_atomic(paths.entities, json.dumps(record, indent=1))
     counted = [e["train_uses"] for e in entities]
-    return {"bank_documents": defined, "entities": len(entities), "entities_head": sum(g == "head" for g in groups.values()),
+    return {"bank_documents": len(rows), "entities": len(entities), "entities_head": sum(g == "head" for g in groups.values()),
             "entities_unseen_in_training": sum(c == 0 for c in counted)}  # fmt: skip
 
 

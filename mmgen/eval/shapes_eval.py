@@ -45,6 +45,23 @@ def _first_sentence(text: str) -> str:
     return text if end < 0 else text[: end + 1]
 
 
+def sampled_captions(tokenizer, outputs: list[list[int]], lead: str) -> list[str]:
+    """The first sentence of ``lead`` and each sampled continuation's text."""
+    captions = []
+    for new in outputs:
+        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
+        captions.append(_first_sentence(f"{lead} {text.strip()}"))
+    return captions
+
+
+def sampled_images(tokenizer, outputs: list[list[int]], image_size: int) -> list[Image.Image]:
+    """The image each sample opens with (its first h·w codes), decoded at the world's size."""
+    vocab = tokenizer.vocab
+    hw = vocab.grid[0] * vocab.grid[1]
+    grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outputs]
+    return _at_size(tokenizer.decode_images(grids), image_size)
+
+
 def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int) -> dict:
     """Greedy captions of rendered scenes; accuracy = share of true attributes the caption states."""
     images = [render_scene(s, image_size) for s in scenes]
@@ -52,10 +69,7 @@ def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_si
     params = SamplingParams(max_new_tokens=cfg.caption_max_tokens, temperature=0.0, max_images=0, seed=cfg.seed)
     with progress_bar(desc="captions", unit="step") as bar:
         outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
-    captions = []
-    for new in outs:
-        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
-        captions.append(_first_sentence(f"{cfg.caption_lead} {text.strip()}"))
+    captions = sampled_captions(tokenizer, outs, cfg.caption_lead)
     stated = [caption_scene(c) for c in captions]
     return {
         "accuracy": attribute_accuracy(scenes, stated),
@@ -74,9 +88,7 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
                             cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
     with progress_bar(desc="text-to-image", unit="step") as bar:
         outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
-    hw = vocab.grid[0] * vocab.grid[1]
-    grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outs]
-    images = _at_size(tokenizer.decode_images(grids), image_size)
+    images = sampled_images(tokenizer, outs, image_size)
     read = [analyse_scene(im) for im in images]
     # the analyser on VQ round trips of the true renders: the best a perfect generator could score
     truth_images = [render_scene(s, image_size) for s in scenes]
