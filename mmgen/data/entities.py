@@ -322,6 +322,12 @@ def write_entity_files(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
             "entities_unseen_in_training": sum(c == 0 for c in counted)}  # fmt: skip
 
 
+def has_entities(paths: RunPaths) -> bool:
+    """Whether the run's world has named entities (its ``corpus/entities.json`` exists)."""
+    fs, local = fsspec.core.url_to_fs(paths.entities)
+    return fs.exists(local)
+
+
 def read_entities(path: str) -> dict:
     """``entities.json`` of a run; a ``CorpusError`` naming it when it is not one."""
     fs, local = fsspec.core.url_to_fs(path)

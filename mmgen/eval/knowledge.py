@@ -186,6 +186,16 @@ def knowledge_metrics(t2i: dict[str, dict], captions: dict[str, dict], bits: dic
     return metrics
 
 
+def entity_recall(items: list[dict], template: str, tokenizer, *, encoder, bank, documents, seed: int = 0) -> dict:
+    """Recall@1/5 of each item's defining document for its text-to-image prompt (``template`` with its
+    caption), against tf-idf and random retrieval (``defining_document_recall``)."""
+    defining = defining_documents(documents)
+    items = [i for i in items if i["entity"] in defining]
+    queries = [tokenizer.encode_parts([template.format(caption=i["caption"])], eos=False) for i in items]
+    return defining_document_recall(queries, [defining[i["entity"]] for i in items], encoder=encoder, bank=bank,
+                                    documents=documents, vocab=tokenizer.vocab, seed=seed)  # fmt: skip
+
+
 def load_knowledge_retriever(cfg: ExperimentConfig, paths: RunPaths, device) -> Retriever | None:
     """The run's retriever for evaluation (the training's number of neighbours), or None without encoder and bank."""
     try:
@@ -231,12 +241,9 @@ def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer,
         runs[mode] = {"t2i": t2i, "captions": captions, "bits": bits}
     recall = {}
     if retriever is not None:
-        defining = defining_documents(retriever.documents)
-        items = [i for g in GROUPS for i in chosen[g] if i["entity"] in defining]
-        queries = [tokenizer.encode_parts([e.t2i_template.format(caption=i["caption"])], eos=False) for i in items]
-        recall = defining_document_recall(queries, [defining[i["entity"]] for i in items], encoder=retriever.encoder,
-                                          bank=retriever.bank, documents=retriever.documents, vocab=vocab,
-                                          seed=e.seed)  # fmt: skip
+        recall = entity_recall([i for g in GROUPS for i in chosen[g]], e.t2i_template, tokenizer,
+                               encoder=retriever.encoder, bank=retriever.bank, documents=retriever.documents,
+                               seed=e.seed)  # fmt: skip
         for name, figures in recall.items():
             for k in ("recall@1", "recall@5"):
                 metrics |= with_interval(f"knowledge_{name}_{k}", figures[k], figures[f"{k}_ci95"], figures["items"])

@@ -31,6 +31,7 @@ from mmgen import pages as H
 from mmgen.eval.classify import confusion_png
 from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
 from mmgen.eval.infill_eval import infill_eval
+from mmgen.data.entities import has_entities
 from mmgen.eval.intervals import with_interval
 from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
 from mmgen.eval.likelihood import bits_per_token
@@ -91,8 +92,7 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         metrics.update({f"infill_{k}": v for k, v in infills.items()
                         if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
     knowledge = None
-    fs, entities_file = fsspec.core.url_to_fs(paths.entities)
-    if fs.exists(entities_file):
+    if has_entities(paths):
         retriever = load_knowledge_retriever(cfg, paths, next(model.parameters()).device)
         if retriever is None:
             log("[report] no retrieval encoder and bank: knowledge is measured without retrieval only")
