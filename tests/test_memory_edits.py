@@ -143,6 +143,7 @@ def test_an_edit_without_input_says_what_to_give(run, monkeypatch, capsys):
 
 def test_knowledge_evaluation_runs_both_ways_with_counted_items(run):
     from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
+    from mmgen.eval.report import _knowledge_section
 
     cfg = load_config(["--config", "debug", "--output_dir", run.root, "--eval.entity_items", "2",
                        "--eval.t2i_cfg_scale", "0"])  # fmt: skip
@@ -164,3 +165,7 @@ def test_knowledge_evaluation_runs_both_ways_with_counted_items(run):
     assert m["knowledge_random_recall@5_items"] == m["knowledge_dual_encoder_recall@5_items"] > 0
     # the prompt names the entity, its definition names it too: the lexical baseline finds it
     assert m["knowledge_bag_of_words_recall@5"] > m["knowledge_random_recall@5"]
+    page = _knowledge_section(m, result)
+    assert "Knowledge of named entities" in page and page.count("<img") == sum(
+        min(4, len(result["runs"][mode]["t2i"][g]["examples"])) for mode in ("plain", "retrieval") for g in ("head", "tail"))
+    assert "t2i_accuracy (tail)" in page and "bag_of_words" in page

@@ -317,6 +317,7 @@ def document_row(items: list[str | Scene], image_size: int, general_metadata: di
 # ----- writing a world -----
 
 _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
+_STREAM_IDS = {"documents": 0, "captions": 1}
 
 
 def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
@@ -326,7 +327,6 @@ def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
     fs, local = fsspec.core.url_to_fs(path)
     fs.makedirs(posixpath.dirname(local), exist_ok=True)
     write_atomic(local, shard.getvalue(), fs)
-_STREAM_IDS = {"documents": 0, "captions": 1}
 
 
 def split_rng(seed: int, split: str, stream: str) -> np.random.Generator:

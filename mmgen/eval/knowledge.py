@@ -162,6 +162,9 @@ def mention_bits(model, shards, documents: dict[str, list[int]], vocab, *, max_l
     out = {}
     for group, ids in documents.items():
         docs = [shards[i] for i in ids]
+        if not docs:  # no held-out document mentions an entity of this group: no figure, rather than 0 bits
+            out[group] = {"text_bits_per_token": float("nan"), "image_bits_per_token": float("nan"), "documents": 0}
+            continue
         if neighbours is None:
             prefixes = [[vocab.bos]] * len(docs)
         else:
