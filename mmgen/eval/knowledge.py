@@ -64,11 +64,12 @@ def named_entities(text: str, names: Sequence[str]) -> list[str]:
 
 
 def pick_items(record: dict, split: str, per_group: int, *, seed: int) -> dict[str, list[dict]]:
-    """Up to ``per_group`` items of ``split`` from each group (head, tail), drawn reproducibly by seed."""
+    """Up to ``per_group`` items of ``split`` from each group, drawn reproducibly by seed: head and tail, then
+    the entities memory edits replaced or added (retrieval/edit_bank.py), when there are any."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, 13]))
     items = record.get("items", {}).get(split, [])
     chosen = {}
-    for group in GROUPS:
+    for group in [*GROUPS, *sorted({i["group"] for i in items} - set(GROUPS))]:
         pool = [i for i in items if i["group"] == group]
         order = rng.permutation(len(pool))[:per_group] if per_group > 0 else range(len(pool))
         chosen[group] = [pool[int(k)] for k in order]
@@ -228,9 +229,9 @@ def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer,
     runs = {}
     for mode, r in modes.items():
         log(f"[knowledge] {mode} ...")
-        t2i = {g: entity_t2i(model, tokenizer, chosen[g], entities, e, cfg.world.image_size, r) for g in GROUPS}
+        t2i = {g: entity_t2i(model, tokenizer, chosen[g], entities, e, cfg.world.image_size, r) for g in chosen}
         captions = {g: entity_captions(model, tokenizer, chosen[g], list(entities), e, cfg.world.image_size, r)
-                    for g in GROUPS}  # fmt: skip
+                    for g in chosen}  # fmt: skip
         neighbours = None
         if r is not None:
             try:
@@ -244,7 +245,7 @@ def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer,
         runs[mode] = {"t2i": t2i, "captions": captions, "bits": bits}
     recall = {}
     if retriever is not None:
-        recall = entity_recall([i for g in GROUPS for i in chosen[g]], e.t2i_template, tokenizer,
+        recall = entity_recall([i for g in chosen for i in chosen[g]], e.t2i_template, tokenizer,
                                encoder=retriever.encoder, bank=retriever.bank, documents=retriever.documents,
                                seed=e.seed)  # fmt: skip
         for name, figures in recall.items():

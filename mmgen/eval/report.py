@@ -167,7 +167,7 @@ def _knowledge_section(metrics: dict, knowledge: dict) -> str:
     head = "".join(f"<th>{H.escape(m)}</th>" for m in modes)
     rows = []
     for name in ("t2i_accuracy", "caption_accuracy", "text_bits_per_token", "image_bits_per_token"):
-        for group in ("head", "tail", "entity_free"):
+        for group in ("head", "tail", "replaced", "added", "entity_free"):
             keys = [f"knowledge_{m}_{name}_{group}" for m in modes]
             if not any(k in metrics for k in keys):
                 continue
@@ -185,8 +185,8 @@ def _knowledge_section(metrics: dict, knowledge: dict) -> str:
                     f"<table><tr><th>retriever</th><th>recall@1</th><th>recall@5</th></tr>{recall}</table>")
     body.append("<div class='grid'>")
     for mode in modes:
-        for group in ("head", "tail"):
-            for item in knowledge["runs"][mode]["t2i"][group]["examples"][:4]:
+        for group, results in knowledge["runs"][mode]["t2i"].items():
+            for item in results["examples"][:4]:
                 body.append(f"<div class='card'>{H.img_tag(item['image'])}<br><b>{H.escape(mode)}, {group}:</b> "
                             f"{H.escape(item['prompt'])} ({'right' if item['right'] else 'wrong'})</div>")
     body.append("</div>")

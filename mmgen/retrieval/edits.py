@@ -151,7 +151,8 @@ def edit_bank(cfg: ExperimentConfig, paths: RunPaths, *, definitions: list[dict]
 
 
 def _update_entities(paths: RunPaths, definitions: list[dict], defined: set[str], image_size: int) -> None:
-    """Record edited looks and added entities (no training uses: tail) with their evaluation items."""
+    """Record edited looks and added entities (no training uses: tail) with their evaluation items, whose group
+    is the edit ('replaced', 'added'): the knowledge evaluation scores them apart from head and tail."""
     fs, local = fsspec.core.url_to_fs(paths.entities)
     record = read_entities(paths.entities) if fs.exists(local) else {"entities": [], "items": {}}
     by_name = {e["name"]: e for e in record["entities"]}
@@ -166,6 +167,7 @@ def _update_entities(paths: RunPaths, definitions: list[dict], defined: set[str]
     edited = [by_name[d["name"]] for d in definitions]
     for split in ("heldout", "validation"):
         kept = [i for i in record["items"].get(split, []) if i["entity"] not in {e["name"] for e in edited}]
-        record["items"][split] = kept + evaluation_items(edited, split, image_size=image_size)
+        fresh = [{**i, "group": by_name[i["entity"]]["edit"]} for i in evaluation_items(edited, split, image_size=image_size)]
+        record["items"][split] = kept + fresh
     write_atomic(paths.entities, json.dumps(record, indent=1))
 
