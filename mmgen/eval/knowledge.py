@@ -184,9 +184,10 @@ def knowledge_metrics(t2i: dict[str, dict], captions: dict[str, dict], bits: dic
         for group, r in results.items():
             metrics |= with_interval(f"{prefix}_{name}_{group}", r["accuracy"], r["ci95"], r["items"])
     for group, b in bits.items():
-        for key in ("text_bits_per_token", "image_bits_per_token"):
-            metrics[f"{prefix}_{key}_{group}"] = b[key]
         metrics[f"{prefix}_documents_{group}"] = b["documents"]
+        if b["documents"]:  # a group no held-out document mentions has no figure (not NaN in metrics.json)
+            for key in ("text_bits_per_token", "image_bits_per_token"):
+                metrics[f"{prefix}_{key}_{group}"] = b[key]
     return metrics
 
 
