@@ -53,7 +53,7 @@ def main() -> None:
     for mode in ("plain", "retrieval"):
         out = Path(cfg.run_dir) / "ablation" / mode
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("tokenizers", "tokens"):
+        for name in ("tokenizers", "tokens", "retrieval"):  # the retrieval run reads retrieval/neighbours/
             link = out / name
             if not link.exists():
                 link.symlink_to(Path(cfg.run_dir).resolve() / name)

@@ -7,7 +7,7 @@ Embeds every training document (from its token shards, with the encoder of
 retrieval/train_encoder.py) and every document of the run's bank corpus
 (``tokens/bank``, when the world has entities or memory edits added one),
 builds the index ``retrieval.index_kind`` at ``<run>/retrieval/bank/``, and stores k neighbours per document of each split
-as ``<run>/tokens/<split>/neighbours.npy`` — never the document itself, an
+as ``<run>/retrieval/neighbours/<split>.npy`` — never the document itself, an
 exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
 contiguous slice of the documents (whole batches of
 ``retrieval.embed_batch_size``); rank 0 gathers them, builds the index and
