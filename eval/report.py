@@ -4,8 +4,10 @@
 
 Held-out bits per token (text, image), caption accuracy, text-to-image
 accuracy, generative classification (shape and colour, both directions) and
-VQ PSNR, each accuracy with its chance level measured in the same run; the
-page shows the generated images and captions. Settings: the ``eval`` section.
+VQ PSNR, each accuracy with its chance level measured in the same run; in a
+world with named entities (``world.entities``) also their knowledge, head and
+tail, without and with retrieval (mmgen/eval/knowledge.py); the page shows the
+generated images and captions. Settings: the ``eval`` section.
 """
 
 import json

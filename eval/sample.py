@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from mmgen.cli import run_cli, start_stage
-from mmgen.data.token_shards import TokenShards
+from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.device import generation_device
 from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
@@ -68,7 +68,7 @@ def main() -> None:
     if retriever is not None:
         encoder, bank = retriever
         r = cfg.retrieval
-        found = retrieve_for_prompt(prompt, encoder=encoder, bank=bank, documents=TokenShards(paths.tokens("train")),
+        found = retrieve_for_prompt(prompt, encoder=encoder, bank=bank, documents=bank_documents(paths),
                                     vocab=vocab, k=s.retrieve, candidates=r.candidates, max_similarity=r.max_similarity,
                                     centred_similarity=r.centred_similarity)
         print(f"retrieved {len(found)} of {s.retrieve} document(s) from {paths.memory_bank}")

@@ -4,13 +4,16 @@
     torchrun --nproc-per-node 4 retrieval/build_index.py --config demo
 
 Embeds every training document (from its token shards, with the encoder of
-retrieval/train_encoder.py), builds the index ``retrieval.index_kind`` at
-``<run>/retrieval/bank/``, and stores k neighbours per document of each split
-as ``<run>/tokens/<split>/neighbours.npy`` — never the document itself, an
+retrieval/train_encoder.py) and every document of the run's bank corpus
+(``tokens/bank``, when the world has entities or memory edits added one),
+builds the index ``retrieval.index_kind`` at ``<run>/retrieval/bank/``, and stores k neighbours per document of each split
+as ``<run>/retrieval/neighbours/<split>.npy`` — never the document itself, an
 exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
 contiguous slice of the documents (whole batches of
 ``retrieval.embed_batch_size``); rank 0 gathers them, builds the index and
-writes every file, identical to a single-process run's.
+writes every file, identical to a single-process run's. In a world with named entities it ends with the recall@1/5
+of each entity's defining document for the entity prompts (``eval.entity_items``
+per group of the ``eval.split`` items), next to tf-idf and random retrieval.
 """
 
 from datetime import timedelta
@@ -19,8 +22,13 @@ import torch
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.data.token_shards import TokenShards
+from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.device import join_ranks, leave_ranks
+from mmgen.data.entities import has_entities, read_entities
+from mmgen.eval.knowledge import entity_recall, pick_items
 from mmgen.retrieval.encoder import DualEncoder
+from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
 from mmgen.tokenizers.vocab import Vocab
 
@@ -32,7 +40,7 @@ def main() -> None:
     rank, world, device = join_ranks("gloo", timeout=timedelta(hours=4))
     vocab = Vocab.load(paths.vocab)
     encoder = DualEncoder.load(paths.retrieval_encoder, device=device)
-    bank = TokenShards(paths.tokens("train"))
+    bank = bank_documents(paths)
     splits = {split: (TokenShards(paths.tokens(split)), paths.neighbours(split)) for split in ("train", "heldout")}
 
     def gather(obj):
@@ -42,6 +50,17 @@ def main() -> None:
 
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
                                        rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
+    if rank == 0 and has_entities(paths):
+        record = read_entities(paths.entities)
+        chosen = pick_items(record, cfg.eval.split, cfg.eval.entity_items, seed=cfg.eval.seed)
+        recall = entity_recall([i for items in chosen.values() for i in items], cfg.eval.t2i_template,
+                               load_run_tokenizer(paths), encoder=encoder.cpu(), bank=MemoryBank.load(paths.memory_bank),
+                               documents=bank, seed=cfg.eval.seed)  # fmt: skip
+        for name, figures in recall.items():
+            print(f"defining-document recall, {name:>13}: " + "  ".join(
+                f"{k} {figures[k]:.3f} [{figures[k + '_ci95'][0]:.3f}, {figures[k + '_ci95'][1]:.3f}]"
+                for k in ("recall@1", "recall@5")) + f"  ({figures['items']} entity prompts)")
+        report["entity_recall"] = recall
     if rank == 0:
         stage.record_timing(ranks=world, **report)
     leave_ranks(world)  # no rank reports done before rank 0's files are written

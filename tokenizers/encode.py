@@ -7,7 +7,8 @@ Reads ``data.train_corpus`` / ``data.heldout_corpus`` (OBELICS, MMC4, caption pa
 any fsspec URL; several comma-separated corpora are mixed by ``data.train_weights``; empty: the run's
 shapes world), turns every document into one token sequence with the trained text and image tokenizers
 (their joint ``Vocab`` goes to ``<run>/tokenizers/vocab.json``), and writes memory-mappable token shards
-to ``<run>/tokens/<split>``. Input shards are split across ranks; a rerun skips finished ones, so a
+to ``<run>/tokens/<split>``; the run's bank corpus (``corpus/bank``: a world's entity definitions,
+memory edits) goes to ``<run>/tokens/bank``. Input shards are split across ranks; a rerun skips finished ones, so a
 killed encode just resumes. Ends with documents in, out, and skipped by reason per split.
 """
 
@@ -24,6 +25,7 @@ from mmgen.data.corpus import open_corpus
 from mmgen.data.curation import content_hash
 from mmgen.device import join_ranks, leave_ranks
 from mmgen.fingerprints import tokenizer_fingerprints
+from mmgen.retrieval.edits import bank_target, remove_bank_tokens
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.pretokenize import Progress, Target, encode_job, finalize, plan_jobs, require_documents
 from mmgen.tokenizers.text import TextTokenizer
@@ -50,7 +52,10 @@ def plan_targets(cfg, paths: RunPaths, image_size: int) -> list[Target]:
             corpus = open_corpus(url, cfg.data.corpus_kind, options=cfg.data, image_size=image_size)
             folder = paths.tokens(split) if len(urls) == 1 else posixpath.join(paths.tokens(split), f"c{k}")
             targets.append(Target(split=split, corpus=corpus, folder=folder, weight=weight))
-    return targets
+    bank = bank_target(cfg, paths, image_size)
+    if bank is None:
+        remove_bank_tokens(paths)  # an earlier world's bank must not stay in the memory bank
+    return targets + ([bank] if bank else [])
 
 
 def main() -> None:

@@ -27,12 +27,18 @@ class RunPaths:
         return self._join("corpus")
 
     def corpus_split(self, split: str) -> str:
-        """Folder of the OBELICS parquet shards of one split ('train' or 'heldout')."""
+        """Folder of the OBELICS parquet shards of one split ('train', 'heldout', or 'bank': the memory-bank
+        corpus, which holds the definitions of a world's entities and the documents memory edits add)."""
         return self._join("corpus", split)
 
     def caption_pairs(self, split: str) -> str:
         """Caption-pair jsonl of one split; image paths are relative to it."""
         return self._join("corpus", f"captions-{split}.jsonl")
+
+    @property
+    def entities(self) -> str:
+        """The world's named entities (looks, training uses, head/tail) and their evaluation items."""
+        return self._join("corpus", "entities.json")
 
     # tokenizers
     @property

@@ -92,6 +92,7 @@ def debug() -> ExperimentConfig:
     cfg.eval.caption_images = cfg.eval.t2i_prompts = cfg.eval.classify_images = 24
     cfg.eval.curve_items = 8
     cfg.eval.infill_documents = 16
+    cfg.eval.entity_items = 4
     cfg.eval.sft_prompts = 32
     return cfg
 

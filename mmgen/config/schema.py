@@ -46,6 +46,12 @@ class WorldConfig:
     """Training split only: share of caption pairs that repeat an earlier pair's scene with a few pixels changed."""
     concept_tail: float = 0.0
     """Training split only: Zipf exponent of the 18 shape/colour combinations (the k-th most common drawn in proportion to 1/k^concept_tail); 0: uniform."""
+    entities: int = 0
+    """Named entities of the world (made-up names, each a fixed look of 1-2 shapes; mmgen/data/entities.py); 0: none. With entities the world also writes a memory-bank corpus defining every one (corpus/bank/) and corpus/entities.json."""
+    entity_share: float = 0.3
+    """Share of documents and caption pairs (train and held-out) that use an entity by name, when there are entities."""
+    entity_zipf: float = 1.1
+    """Long-tail exponent: the entity of rank r is used with probability proportional to r^-entity_zipf."""
 
 
 LOADER_FIELD = {"read_by": "loader"}
@@ -321,6 +327,8 @@ class EvalConfig:
     """Text after the image in log p(label | image); the tokens after the labels' common prefix are scored."""
     infill_documents: int = 300
     """Held-out documents per infilling test (one image and one text span each); run when data.cm3_rate > 0, 0 skips."""
+    entity_items: int = 100
+    """In a world with entities: items per group (head, tail) of the knowledge measurements (text-to-image, captioning) and the retriever's recall; 0: all."""
     curve_items: int = 100
     """Scenes (and held-out documents) each kept pretraining checkpoint is scored on for the learning curve; 0: no curve."""
     sft_prompts: int = 300
@@ -376,6 +384,10 @@ class RetrievalConfig:
     """Seed of encoder training and query dropout."""
     embed_batch_size: int = 256
     """Documents embedded per batch by retrieval/build_index.py; under torchrun each rank takes whole batches."""
+    bank_define: str = ""
+    """retrieval/edit_bank.py: jsonl of entity definitions ({"name", "parts": [{"shape", "color", "size"}], "layout"}); a name the bank defines has its definition replaced, a new one is added."""
+    bank_add: str = ""
+    """retrieval/edit_bank.py: a corpus (OBELICS, MMC4, caption pairs, ImageFolder; any fsspec URL) whose documents are added to the memory bank."""
 
 
 @dataclass

@@ -43,6 +43,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.noise_uninformative": _share(),
     "world.noise_near_duplicates": _share(),
     "world.concept_tail": _at_least(0),
+    "world.entities": _at_least(0),
+    "eval.entity_items": _at_least(0),
+    "world.entity_share": _share(),
+    "world.entity_zipf": _at_least(0),
     # data
     "data.tokens_per_shard": _at_least(1),
     "data.encode_batch_size": _at_least(1),

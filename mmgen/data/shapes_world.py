@@ -268,6 +268,10 @@ def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "tr
                     noise: WorldNoise | None = None) -> list[str | Scene]:  # fmt: skip
     """Narration and scenes in reading order; adjacent text is merged, scenes belong to ``split``; ``noise``
     skews the concepts of fresh scenes (mmgen/data/world_noise.py)."""
+    from mmgen.data import entities  # entities build on this module's geometry, so it is imported here
+
+    if entities.uses_entity(rng, cfg):
+        return entities.entity_document(rng, cfg, split)
 
     def pick(options: tuple[str, ...]) -> str:
         return options[rng.integers(len(options))]
@@ -323,6 +327,15 @@ _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
 _STREAM_IDS = {"documents": 0, "captions": 1}
 
 
+def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
+    """OBELICS rows as one parquet file, written under a temporary name and renamed."""
+    shard = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA), shard)
+    fs, local = fsspec.core.url_to_fs(path)
+    fs.makedirs(posixpath.dirname(local), exist_ok=True)
+    write_atomic(local, shard.getvalue(), fs)
+
+
 def split_rng(seed: int, split: str, stream: str) -> np.random.Generator:
     """Independent generator per (seed, split, stream): splits never share a random stream."""
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], _STREAM_IDS[stream]]))
@@ -345,10 +358,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noi
                 general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
                 rows.append(document_row(items, cfg.image_size, general))
                 bar.update()
-            table = pa.Table.from_pylist(rows, schema=OBELICS_SCHEMA)
-            shard = io.BytesIO()
-            pq.write_table(table, shard)
-            write_atomic(posixpath.join(root, f"shard-{shards:05d}.parquet"), shard.getvalue(), fs)
+            write_parquet_shard(rows, posixpath.join(out_dir, f"shard-{shards:05d}.parquet"))
             shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards,
             **noise.summary("document_images")}
@@ -361,10 +371,16 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
     if fs.exists(image_dir):
         fs.rm(image_dir, recursive=True)
     fs.makedirs(image_dir, exist_ok=True)
+    from mmgen.data import entities  # entities build on this module's geometry, so it is imported here
+
     rng = split_rng(cfg.seed, split, "captions")
     lines = []
     for i in progress_bar(range(count), desc=f"{split} caption pairs", unit="pair"):
-        image, caption, metadata = noise.caption_pair(i, _scene_in(split, rng, cfg, noise))
+        if entities.uses_entity(rng, cfg):  # entity pairs stay clean: noise corrupts the world's plain scenes
+            scene, caption = entities.entity_caption_pair(rng, cfg, split)
+            image, metadata = render_scene(scene, cfg.image_size), scene
+        else:
+            image, caption, metadata = noise.caption_pair(i, _scene_in(split, rng, cfg, noise))
         relative = f"{image_dir_name}/{i:06d}.png"
         write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(image), fs)
         lines.append(json.dumps({"image": relative, "caption": caption, "metadata": metadata}))
@@ -384,4 +400,8 @@ def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     ):
         counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"))
         counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"))
+    # the bank defines every entity, entities.json records their uses in what was just written (none: both removed)
+    from mmgen.data.entities import write_entity_files
+
+    counts |= write_entity_files(cfg, paths)
     return counts

@@ -41,6 +41,14 @@ def eval_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | 
     return scenes
 
 
+def sampled_images(tokenizer, outputs: list[list[int]], image_size: int) -> list[Image.Image]:
+    """The image each sample opens with (its first h·w codes), decoded at the world's size."""
+    vocab = tokenizer.vocab
+    hw = vocab.grid[0] * vocab.grid[1]
+    grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outputs]
+    return _at_size(tokenizer.decode_images(grids), image_size)
+
+
 def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: int) -> dict:
     """Greedy captions of rendered scenes; accuracy = share of true attributes the caption states."""
     images = [render_scene(s, image_size) for s in scenes]
@@ -64,9 +72,7 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
                             cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
     with progress_bar(desc="text-to-image", unit="step") as bar:
         outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
-    hw = vocab.grid[0] * vocab.grid[1]
-    grids = [vocab.id_to_code(torch.tensor(o[:hw])).view(vocab.grid) for o in outs]
-    images = _at_size(tokenizer.decode_images(grids), image_size)
+    images = sampled_images(tokenizer, outs, image_size)
     read = [analyse_scene(im) for im in images]
     # the analyser on VQ round trips of the true renders: the best a perfect generator could score
     truth_images = [render_scene(s, image_size) for s in scenes]

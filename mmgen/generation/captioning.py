@@ -22,8 +22,13 @@ def caption_images(model, tokenizer, images: Sequence[Image.Image], *, prompt: s
     params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, max_images=0, seed=seed)
     with progress_bar(desc="captions", unit="step") as bar:
         outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
+    return sampled_captions(tokenizer, outs, lead)
+
+
+def sampled_captions(tokenizer, outputs: Sequence[Sequence[int]], lead: str) -> list[str]:
+    """The first sentence of ``lead`` and each sampled continuation's text."""
     captions = []
-    for new in outs:
+    for new in outputs:
         text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
         captions.append(first_sentence(f"{lead} {text.strip()}"))
     return captions

@@ -22,6 +22,7 @@ from mmgen.config.paths import StaleInputError
 from mmgen.config.schema import RetrievalConfig
 from mmgen.data.token_shards import TokenShards
 from mmgen.files import reading, write_atomic
+from mmgen.retrieval.bank_documents import BankDocuments
 from mmgen.retrieval.documents import embed_documents, has_both_modalities
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
@@ -96,7 +97,7 @@ def _embed_slice(encoder: DualEncoder, shards: TokenShards, vocab, *, rank: int,
 def build_bank_and_neighbours(
     encoder: DualEncoder,
     vocab,
-    bank_shards: TokenShards,
+    bank_shards: TokenShards | BankDocuments,
     query_splits: dict[str, tuple[TokenShards, str]],
     cfg: RetrievalConfig,
     bank_dir: str,
@@ -107,6 +108,9 @@ def build_bank_and_neighbours(
     gather: Gather | None = None,
 ) -> dict[str, dict]:
     """Build the bank from ``bank_shards`` and write a neighbour table for each ``split: (shards, path)``.
+
+    ``bank_shards`` is a token folder or several read back to back (``BankDocuments``: the training
+    shards and the bank corpus); a split that is one of them is excluded from its own neighbours by id.
 
     With ``world`` > 1 every rank calls this with its ``rank`` and a ``gather``
     (e.g. over torch.distributed): each embeds its slice of every document set
@@ -120,6 +124,7 @@ def build_bank_and_neighbours(
         def gather(obj):
             return [obj]
 
+    bank_docs = bank_shards if isinstance(bank_shards, BankDocuments) else BankDocuments([bank_shards])
     shard = {"rank": rank, "world": world, "gather": gather, "batch_size": cfg.embed_batch_size}
     gathered = _embed_slice(encoder, bank_shards, vocab, desc="embed bank", **shard)
     # every rank embeds every query split before rank 0 turns to FAISS, so no rank waits on another's search
@@ -129,7 +134,7 @@ def build_bank_and_neighbours(
     # the near-duplicate test compares documents as they are: a split outside the bank is embedded once more
     clean = {split: _embed_slice(encoder, shards, vocab, desc=f"embed {split} documents", **shard)
              for split, (shards, _) in query_splits.items()
-             if cfg.query_dropout and shards.folder != bank_shards.folder}  # fmt: skip
+             if cfg.query_dropout and bank_docs.offset_of(shards) is None}  # fmt: skip
     if gathered is None:
         return {}
     embeddings, hashes, multimodal = gathered
@@ -142,10 +147,10 @@ def build_bank_and_neighbours(
         query_emb, query_hashes, _ = queries[split]
         n = len(query_emb)
         # a query from another split has no id in the bank; its hash alone rules out its duplicates
-        is_bank = shards.folder == bank_shards.folder
-        query_ids = np.arange(n) if is_bank else np.full(n, -2)
-        if is_bank:
-            clean_emb = embeddings
+        start = bank_docs.offset_of(shards)
+        query_ids = start + np.arange(n) if start is not None else np.full(n, -2)
+        if start is not None:
+            clean_emb = embeddings[start : start + n]
         else:  # without query dropout the queries are clean already
             clean_emb = clean[split][0] if split in clean else query_emb
         table = select_neighbours(
@@ -154,7 +159,7 @@ def build_bank_and_neighbours(
             clean_queries=clean_emb, centre=bank.centre if cfg.centred_similarity else None,
         )
         filled = float((table >= 0).mean()) if table.size else 0.0
-        info = {"split": split, "bank": bank_dir, "k": cfg.neighbours, "filled": filled, "query_dropout": cfg.query_dropout,
+        info = {"split": split, "bank": bank_dir, "bank_documents": len(bank_docs), "k": cfg.neighbours, "filled": filled, "query_dropout": cfg.query_dropout,
                 "max_similarity": cfg.max_similarity, "centred_similarity": cfg.centred_similarity, "documents": n}
         save_neighbours(path, table, info, shards)
         log(f"{split}: neighbours for {n} documents, {filled:.1%} of slots filled -> {path}")

@@ -12,6 +12,7 @@ from torchtitan.components.loss import BaseLoss
 from torchtitan.config import CompileConfig
 from torchtitan.tools.logging import logger
 
+from mmgen.config.paths import StaleInputError
 from mmgen.data.objectives import CM3Masking, ConditionDropout, SFTTargets
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
 from mmgen.data.token_shards import TokenShards
@@ -19,6 +20,7 @@ from mmgen.data.transforms import DocumentTransform
 from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
 from mmgen.model.transformer import HiddenStates
 from mmgen.retrieval.augment import RetrievalAugmentation
+from mmgen.retrieval.bank_documents import BankDocuments
 from mmgen.retrieval.neighbours import load_neighbours
 from mmgen.tokenizers.vocab import Vocab
 
@@ -29,7 +31,7 @@ class PackedDataLoader(BaseDataLoader):
     The packer applies at most three per-document transforms, in this order:
     SFT targets (the output of each example) or, for pretraining, condition
     dropout then CM3 masking and last retrieval augmentation (neighbours come
-    from the plain shards).
+    from the plain shards, then the bank corpus's when there is one).
     """
 
     @dataclass(kw_only=True, slots=True)
@@ -42,6 +44,8 @@ class PackedDataLoader(BaseDataLoader):
         """Seed of the document order."""
         neighbours_path: str = ""
         """Neighbour table of the shards (retrieval/build_index.py); empty: no retrieval augmentation."""
+        bank_tokens_dir: str = ""
+        """Token folder of the run's bank corpus, read after the shards as the memory bank's later documents; empty: none."""
         specials: tuple[int, int, int] = (0, 0, 0)
         """Vocabulary ids of BOS, EOS and SEP, for building augmented sequences."""
         retrieved_loss_weight: float = 1.0
@@ -114,8 +118,13 @@ def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, se
         transforms.append(CM3Masking(vocab, rate=config.cm3_rate, image_share=config.cm3_image_share, seed=config.seed))
     if config.neighbours_path:
         bos, eos, sep = config.specials
+        bank = BankDocuments([shards] + ([TokenShards(config.bank_tokens_dir)] if config.bank_tokens_dir else []))
+        neighbours = load_neighbours(config.neighbours_path, shards)
+        if neighbours.size and neighbours.max() >= len(bank):
+            raise StaleInputError(f"{config.neighbours_path} names bank documents beyond the {len(bank)} of "
+                                  f"{bank.folder}: rerun retrieval/build_index.py")  # fmt: skip
         transforms.append(RetrievalAugmentation(
-            shards, load_neighbours(config.neighbours_path, shards), bos=bos, eos=eos, sep=sep,
+            bank, neighbours, bos=bos, eos=eos, sep=sep,
             retrieved_weight=config.retrieved_loss_weight, max_len=seq_len + 1, vocab=vocab,
         ))  # fmt: skip
     return transforms

@@ -41,6 +41,7 @@ from mmgen.files import append_jsonl, read_jsonl, write_atomic
 from mmgen.fingerprints import check_tokens_inputs
 from mmgen.model.checkpoint import MODEL_FILE, checkpoint_steps, model_description, read_model_description, write_model_description
 from mmgen.nonfinite import NonFiniteGuard, all_finite
+from mmgen.retrieval.bank_documents import has_bank_corpus
 from mmgen.tokenizers.run import load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.checkpointing import MMGenCheckpointManager
@@ -191,6 +192,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         pad_id=vocab.pad,
         seed=cfg.data.shuffle_seed,
         neighbours_path=paths.neighbours("train") if cfg.retrieval.enable else "",
+        bank_tokens_dir=paths.tokens("bank") if cfg.retrieval.enable and has_bank_corpus(paths) else "",
         specials=(vocab.bos, vocab.eos, vocab.sep),
         retrieved_loss_weight=cfg.retrieval.retrieved_loss_weight,
         vocab_path=paths.vocab,

@@ -1,0 +1,178 @@
+"""Memory edits end to end on a tiny run (world with entities → encode → bank → retrieval/edit_bank.py),
+and the knowledge evaluation on the same run with a tiny random decoder."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from corpus_helpers import make_tokenizers
+from mmgen.config import RunPaths, load_config
+from mmgen.config.schema import ModelConfig, TextTokenizerConfig, WorldConfig
+from mmgen.data.corpus import open_corpus
+from mmgen.data.entities import definition_text, evaluation_items, read_entities, scene_entities
+from mmgen.data.shapes_world import generate_world
+from mmgen.data.token_shards import TokenShards
+from mmgen.model import Transformer
+from mmgen.retrieval.bank_documents import bank_documents
+from mmgen.retrieval.encoder import DualEncoder, EncoderShape
+from mmgen.retrieval.evaluation import defining_documents
+from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.retrieval.neighbours import build_bank_and_neighbours, load_neighbours
+from mmgen.tokenizers.run import load_run_tokenizer
+from mmgen.tokenizers.text import train_text_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def cli(script: str, run: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), "--config", "debug", "--output_dir", str(run), *args],
+                          capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> RunPaths:
+    """A run with a world of 12 entities, encoded, with a seeded (untrained) dual encoder and its bank."""
+    root = tmp_path_factory.mktemp("edits")
+    paths = RunPaths(str(root))
+    world = WorldConfig(train_documents=30, heldout_documents=12, train_caption_pairs=10, heldout_caption_pairs=4,
+                        entities=12, entity_share=0.5)  # fmt: skip
+    generate_world(world, paths)
+    make_tokenizers(root)
+    # a text tokenizer of the world's own text, as train_text.py makes one: entity names become whole pieces
+    texts = [t for split in ("train", "bank") for d in open_corpus(paths.corpus_split(split)) for t in d.texts]
+    train_text_tokenizer(texts * 3, TextTokenizerConfig(vocab_size=400), paths.text_tokenizer, log=lambda _: None)
+    encoded = cli("tokenizers/encode.py", root)
+    assert encoded.returncode == 0, encoded.stderr
+    tokenizer = load_run_tokenizer(paths)
+    torch.manual_seed(0)
+    shape = EncoderShape(text_vocab_size=tokenizer.text_tok.vocab_size, codebook_size=tokenizer.image_tok.codebook_size,
+                         grid=tuple(tokenizer.vocab.grid), width=32, layers=1, embed_dim=16)  # fmt: skip
+    DualEncoder(shape).eval().save(paths.retrieval_encoder)
+    cfg = load_config(["--config", "debug"])
+    splits = {s: (TokenShards(paths.tokens(s)), paths.neighbours(s)) for s in ("train", "heldout")}
+    build_bank_and_neighbours(DualEncoder.load(paths.retrieval_encoder), tokenizer.vocab, bank_documents(paths), splits,
+                              cfg.retrieval, paths.memory_bank, log=lambda _: None)  # fmt: skip
+    return paths
+
+
+def test_encode_writes_the_bank_corpus_and_the_bank_indexes_it(run):
+    train, bank = TokenShards(run.tokens("train")), TokenShards(run.tokens("bank"))
+    assert len(bank) == 12
+    assert MemoryBank.load(run.memory_bank).index.ntotal == len(train) + len(bank)
+    defining = defining_documents(bank_documents(run))
+    assert sorted(defining) == sorted(e["name"] for e in read_entities(run.entities)["entities"])
+    assert all(i >= len(train) for i in defining.values())
+
+
+def test_edit_replaces_a_definition_adds_an_entity_and_reindexes(run, tmp_path):
+    record = read_entities(run.entities)
+    old = record["entities"][3]
+    new_look = {"name": old["name"], "parts": [{"shape": "square", "color": "yellow", "size": "large"}], "layout": None}
+    if new_look["parts"][0] == old["parts"][0] and len(old["parts"]) == 1:
+        new_look["parts"][0]["color"] = "purple"
+    added = {"name": "Quibblor", "parts": [{"shape": "circle", "color": "red", "size": "small"},
+                                            {"shape": "triangle", "color": "blue", "size": "large"}], "layout": "above"}  # fmt: skip
+    edits = tmp_path / "edits.jsonl"
+    edits.write_text(json.dumps(new_look) + "\n\n" + json.dumps(added) + "\n")
+    out = cli("retrieval/edit_bank.py", Path(run.root), "--retrieval.bank_define", str(edits))
+    assert out.returncode == 0, out.stderr
+    assert f"replaced {old['name']}" in out.stdout and "added entities Quibblor" in out.stdout
+    bank_docs = list(open_corpus(run.corpus_split("bank")))
+    texts = {scene_entities(d.image_metadata[0])[0]: d.texts[0] for d in bank_docs}
+    assert len(bank_docs) == 13 and texts[old["name"]] == definition_text(new_look)
+    assert texts["Quibblor"] == definition_text(added)
+    after = read_entities(run.entities)
+    entities = {e["name"]: e for e in after["entities"]}
+    assert entities[old["name"]]["parts"] == new_look["parts"] and entities[old["name"]]["edit"] == "replaced"
+    assert entities[old["name"]]["train_uses"] == old["train_uses"]
+    assert entities["Quibblor"]["edit"] == "added" and entities["Quibblor"]["group"] == "tail"
+    items = [i for split in ("heldout", "validation") for i in after["items"][split] if i["entity"] == old["name"]]
+    assert all(len(i["scene"]["shapes"]) == 1 and i["scene"]["shapes"][0]["color"] == new_look["parts"][0]["color"]
+               for i in items)  # fmt: skip
+    # the bank was encoded again and re-indexed: the new definitions are what retrieval reads
+    documents = bank_documents(run)
+    assert MemoryBank.load(run.memory_bank).index.ntotal == len(documents) == len(TokenShards(run.tokens("train"))) + 13
+    defining = defining_documents(documents)
+    tokenizer = load_run_tokenizer(run)
+    text = "".join(p for p in tokenizer.decode_parts(documents[defining["Quibblor"]], strict=False) if isinstance(p, str))
+    assert text.startswith(definition_text(added))
+    load_neighbours(run.neighbours("heldout"), TokenShards(run.tokens("heldout")))  # rebuilt on the same tokens
+
+
+def edit_in_process(run: RunPaths, monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """retrieval/edit_bank.py run in this process (the same ``run_cli`` path, without a new interpreter)."""
+    monkeypatch.setattr(sys, "argv", ["edit_bank.py", "--config", "debug", "--output_dir", run.root, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "retrieval/edit_bank.py"), run_name="__main__")
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"name": "Zorbel", "parts": [{"shape": "hexagon", "color": "red", "size": "small"}]}\n',
+     "edits.jsonl line 1: entity Zorbel: a part's shape must be one of"),
+    ('{"name": "Zorbel"\n', "edits.jsonl line 1:"),
+    ("", "holds no entity definition"),
+    (None, "missing entity definitions"),
+])  # fmt: skip
+def test_bad_edits_are_one_error_line_and_leave_the_bank_alone(run, tmp_path, monkeypatch, capsys, content, message):
+    edits = tmp_path / "edits.jsonl"
+    if content is not None:
+        edits.write_text(content)
+    before = sorted(p.read_bytes() for p in Path(run.corpus_split("bank")).glob("*.parquet"))
+    status, err = edit_in_process(run, monkeypatch, capsys, "--retrieval.bank_define", str(edits))
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert sorted(p.read_bytes() for p in Path(run.corpus_split("bank")).glob("*.parquet")) == before
+
+
+def test_an_edit_without_input_says_what_to_give(run, monkeypatch, capsys):
+    status, err = edit_in_process(run, monkeypatch, capsys)
+    assert status == 2 and err.strip() == (
+        "error: nothing to edit: give --retrieval.bank_define FILE.jsonl and/or --retrieval.bank_add CORPUS")
+
+
+def test_knowledge_evaluation_runs_both_ways_with_counted_items(run):
+    from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
+    from mmgen.eval.report import _knowledge_section
+    from mmgen.retrieval.edits import edit_bank
+
+    cfg = load_config(["--config", "debug", "--output_dir", run.root, "--eval.entity_items", "2",
+                       "--eval.t2i_cfg_scale", "0"])  # fmt: skip
+    tokenizer = load_run_tokenizer(run)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=512), tokenizer.vocab.size)
+    model.init_weights()
+    retriever = load_knowledge_retriever(cfg, run, "cpu")
+    assert retriever is not None
+    # an entity added to the bank corpus (no re-index needed to score it): a look with held-out placements
+    added = next(d for d in ({"name": "Zibblor", "parts": [{"shape": s, "color": "green", "size": "large"}], "layout": None}
+                             for s in ("circle", "square", "triangle"))
+                 if evaluation_items([d], "heldout", image_size=32))  # fmt: skip
+    edit_bank(cfg, run, definitions=[added])
+    result = evaluate_knowledge(cfg, run, model.eval(), tokenizer, retriever=retriever, log=lambda _: None)
+    m = result["metrics"]
+    assert m["knowledge_plain_t2i_accuracy_added_items"] >= 1  # an added entity's items are scored apart
+    for mode in ("plain", "retrieval"):
+        for group in ("head", "tail"):
+            n = m[f"knowledge_{mode}_t2i_accuracy_{group}_items"]
+            assert 1 <= n <= 2 and m[f"knowledge_{mode}_caption_accuracy_{group}_items"] == n
+            lo, hi = m[f"knowledge_{mode}_t2i_accuracy_{group}_ci95"]
+            assert 0 <= lo <= m[f"knowledge_{mode}_t2i_accuracy_{group}"] <= hi <= 1
+        assert np.isfinite(m[f"knowledge_{mode}_text_bits_per_token_entity_free"])
+    assert m["knowledge_random_recall@5_items"] == m["knowledge_dual_encoder_recall@5_items"] > 0
+    # the prompt names the entity, its definition names it too: the lexical baseline finds it
+    assert m["knowledge_bag_of_words_recall@5"] > m["knowledge_random_recall@5"]
+    page = _knowledge_section(m, result)
+    assert "Knowledge of named entities" in page and page.count("<img") == sum(
+        min(4, len(r["examples"])) for mode in ("plain", "retrieval") for r in result["runs"][mode]["t2i"].values())
+    assert "t2i_accuracy (tail)" in page and "bag_of_words" in page
