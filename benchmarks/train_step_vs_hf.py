@@ -39,7 +39,7 @@ import time
 import torch
 
 import mmgen.train  # noqa: F401  (CPU compat layer before torchtitan loads)
-from mmgen.config.schema import ModelConfig
+from mmgen.config.schema import ModelConfig, TrainingConfig
 from mmgen.data.packing import IGNORE_INDEX
 from mmgen.interop.hf_chameleon import hf_config_from_model, hf_state_to_mmgen
 from mmgen.model import Transformer
@@ -124,8 +124,8 @@ def check_same_function(model, hf, vocab, batch) -> float:
         reference = hf.lm_head(hf.model(input_ids=batch).last_hidden_state)
         torch.testing.assert_close(logits, reference, atol=1e-4, rtol=1e-4)
         hidden = model(batch, document_ids=data["document_ids"], positions=data["positions"], return_hidden=True)
-        fused = modality_loss(vocab, model.cfg.z_loss_weight)(hidden, data["labels"], valid)[0].item()
-        plain = modality_loss(vocab, model.cfg.z_loss_weight)(logits, data["labels"], valid)[0].item()
+        fused = modality_loss(vocab, TrainingConfig().z_loss_weight)(hidden, data["labels"], valid)[0].item()
+        plain = modality_loss(vocab, TrainingConfig().z_loss_weight)(logits, data["labels"], valid)[0].item()
         start, stop = vocab.image_range
         logits[..., start:stop] = torch.finfo(logits.dtype).min
         ours = modality_loss(vocab, 0.0)(logits, data["labels"], valid)[0].item()
@@ -141,7 +141,7 @@ def mmgen_step(model, vocab, adamw: str):
     """One of pretraining's steps as a function of a ``packed`` batch: torchtitan's forward
     (TitanTransformer, ``return_hidden``), ModalityLoss over the valid tokens, backward, AdamW."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **{adamw: True})
-    loss_fn = modality_loss(vocab, model.cfg.z_loss_weight)
+    loss_fn = modality_loss(vocab, TrainingConfig().z_loss_weight)
 
     def step(data):
         pred = model(data["input"], document_ids=data["document_ids"], positions=data["positions"], return_hidden=True)

@@ -106,6 +106,20 @@ def test_the_eval_stages_load_past_a_corrupt_newest_checkpoint_with_a_warning(tm
         load_trained_model(str(tmp_path), step=4)
 
 
+def test_a_model_json_that_still_lists_the_z_loss_weight_loads(tmp_path):
+    """The z-loss weight moved from the model section to training; model.json files written before list it."""
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2)
+    save_model_description(str(tmp_path), cfg, vocab_size=40)
+    old = json.loads((tmp_path / "model.json").read_text())
+    assert "z_loss_weight" not in old["model"]
+    old["model"]["z_loss_weight"] = 1e-5
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    torch.manual_seed(0)
+    dcp.save(Transformer(cfg, 40).state_dict(), checkpoint_id=str(tmp_path / "checkpoint" / "step-1"), no_dist=True)
+    model, step = load_trained_model(str(tmp_path))
+    assert step == 1 and model.cfg == cfg
+
+
 def test_a_checkpoint_of_another_model_shape_is_one_line_naming_both(tmp_path):
     ckpt = _tiny_checkpoint(tmp_path / "step-2")
     metadata = read_checkpoint_metadata(str(ckpt))

@@ -237,8 +237,6 @@ class ModelConfig:
     """Dropout on attention and residual branches during training."""
     attention_dropout: float | None = None
     """Dropout on attention probabilities (SDPA backend only); None means ``dropout``. Hugging Face Chameleon has only this one."""
-    z_loss_weight: float = 1e-5
-    """Weight of the z-loss logsumexp(logits)² that keeps logits from drifting."""
     tie_embeddings: bool = False
     """Share the token embedding with the output head (Chameleon unties them)."""
     init_std: float = 0.02
@@ -468,6 +466,8 @@ class TrainingConfig:
     """FSDP2 compute dtype; 'auto' picks bfloat16 where the CPU or GPU supports it."""
     mixed_precision_reduce: Literal["float32"] = "float32"
     """FSDP2 gradient-reduction dtype."""
+    z_loss_weight: float = 1e-5
+    """Weight of the z-loss logsumexp(logits)² that keeps logits from drifting (a loss setting: model.json does not hold it)."""
     nonfinite: Literal["stop", "skip"] = "stop"
     """A NaN or inf loss or gradient: 'stop' the run before the optimizer steps, or 'skip' the step (10 in a row stop)."""
 

@@ -97,7 +97,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.qk_norm_eps": _positive(),
     "model.dropout": _share(upper_open=True),
     "model.attention_dropout": ((lambda v: v is None or 0 <= v < 1), "none or in [0, 1)"),
-    "model.z_loss_weight": _at_least(0),
     "model.init_std": _positive(),
     "model.max_seq_len": _at_least(2),
     # sampling and evaluation
@@ -158,6 +157,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.local_batch_size": _at_least(1),
     "training.seq_len": _at_least(2),
     "training.steps": _at_least(1),
+    "training.z_loss_weight": _at_least(0),
     "training.max_norm": _positive(),
     "optimizer.lr": _positive(),
     "optimizer.weight_decay": _at_least(0),

@@ -58,7 +58,10 @@ def read_model_description(run_dir: str) -> dict:
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {description} (run train/pretrain.py first)")
     with fs.open(local, "r") as f, reading(description, "model description"):
-        return json.load(f)
+        saved = json.load(f)
+        # the z-loss weight moved to training.z_loss_weight; files written before still list it with the model
+        saved["model"].pop("z_loss_weight", None)
+        return saved
 
 
 def checkpoint_steps(checkpoint_dir: str) -> list[int]:

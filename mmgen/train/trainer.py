@@ -201,9 +201,9 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         condition_dropout=cfg.data.condition_dropout,
     )
     image_start, image_stop = vocab.image_range
-    tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.model.z_loss_weight)
+    tc.loss = ModalityLoss.Config(image_start=image_start, image_stop=image_stop, z_loss_weight=cfg.training.z_loss_weight)
 
-    copy_fields(cfg.training, tc.training, mmgen_only=("nonfinite",))
+    copy_fields(cfg.training, tc.training, mmgen_only=("nonfinite", "z_loss_weight"))
     precision = compute_dtype(cfg.training.mixed_precision_param, default_device())  # "auto" picks by device
     tc.training.mixed_precision_param = "bfloat16" if precision == torch.bfloat16 else "float32"
     # the forward-backward step adds up the loss's per-modality sums in Python, which a replayed CUDA graph skips
