@@ -21,15 +21,15 @@ from datetime import timedelta
 import torch
 
 from mmgen.cli import run_cli, start_stage
+from mmgen.data.entities import has_entities
 from mmgen.data.token_shards import TokenShards
-from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.device import join_ranks, leave_ranks
-from mmgen.data.entities import has_entities, read_entities
-from mmgen.eval.knowledge import entity_recall, pick_items
+from mmgen.eval.knowledge import recall_lines, run_entity_recall
+from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.retrieval.encoder import DualEncoder
 from mmgen.retrieval.memory_bank import MemoryBank
-from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
+from mmgen.tokenizers.run import load_run_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 
 
@@ -51,15 +51,9 @@ def main() -> None:
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
                                        rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
     if rank == 0 and has_entities(paths):
-        record = read_entities(paths.entities)
-        chosen = pick_items(record, cfg.eval.split, cfg.eval.entity_items, seed=cfg.eval.seed)
-        recall = entity_recall([i for items in chosen.values() for i in items], cfg.eval.t2i_template,
-                               load_run_tokenizer(paths), encoder=encoder.cpu(), bank=MemoryBank.load(paths.memory_bank),
-                               documents=bank, seed=cfg.eval.seed)  # fmt: skip
-        for name, figures in recall.items():
-            print(f"defining-document recall, {name:>13}: " + "  ".join(
-                f"{k} {figures[k]:.3f} [{figures[k + '_ci95'][0]:.3f}, {figures[k + '_ci95'][1]:.3f}]"
-                for k in ("recall@1", "recall@5")) + f"  ({figures['items']} entity prompts)")
+        recall = run_entity_recall(cfg, paths, load_run_tokenizer(paths), encoder=encoder.cpu(),
+                                   bank=MemoryBank.load(paths.memory_bank), documents=bank)  # fmt: skip
+        print("\n".join(recall_lines(recall)))
         report["entity_recall"] = recall
     if rank == 0:
         stage.record_timing(ranks=world, **report)

@@ -202,6 +202,21 @@ def entity_recall(items: list[dict], template: str, tokenizer, *, encoder, bank,
                                     documents=documents, vocab=tokenizer.vocab, seed=seed)  # fmt: skip
 
 
+def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents) -> dict:
+    """``entity_recall`` over the run's entity items of ``eval.split`` (``eval.entity_items`` per group)."""
+    e = cfg.eval
+    chosen = pick_items(read_entities(paths.entities), e.split, e.entity_items, seed=e.seed)
+    return entity_recall([i for g in chosen for i in chosen[g]], e.t2i_template, tokenizer, encoder=encoder, bank=bank,
+                         documents=documents, seed=e.seed)  # fmt: skip
+
+
+def recall_lines(recall: dict) -> list[str]:
+    """One console line per retriever: recall@1 and @5 with their intervals and the number of prompts."""
+    return [f"defining-document recall, {name:>13}: "
+            + "  ".join(f"{k} {f[k]:.3f} [{f[k + '_ci95'][0]:.3f}, {f[k + '_ci95'][1]:.3f}]" for k in ("recall@1", "recall@5"))
+            + f"  ({f['items']} entity prompts)" for name, f in recall.items()]  # fmt: skip
+
+
 def load_knowledge_retriever(cfg: ExperimentConfig, paths: RunPaths, device) -> Retriever | None:
     """The run's retriever for evaluation (the training's number of neighbours), or None without encoder and bank."""
     try:
@@ -247,9 +262,8 @@ def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer,
         runs[mode] = {"t2i": t2i, "captions": captions, "bits": bits}
     recall = {}
     if retriever is not None:
-        recall = entity_recall([i for g in chosen for i in chosen[g]], e.t2i_template, tokenizer,
-                               encoder=retriever.encoder, bank=retriever.bank, documents=retriever.documents,
-                               seed=e.seed)  # fmt: skip
+        recall = run_entity_recall(cfg, paths, tokenizer, encoder=retriever.encoder, bank=retriever.bank,
+                                   documents=retriever.documents)  # fmt: skip
         for name, figures in recall.items():
             for k in ("recall@1", "recall@5"):
                 metrics |= with_interval(f"knowledge_{name}_{k}", figures[k], figures[f"{k}_ci95"], figures["items"])
