@@ -90,10 +90,25 @@ def test_a_non_finite_step_stops_training_or_is_skipped_with_its_codebook_update
     assert np.isfinite(metrics["psnr"])
 
 
+def test_a_patch_encoder_codes_each_patch_from_its_own_pixels_alone():
+    torch.manual_seed(0)
+    fsq = dataclasses.replace(QUICK, encoder="patch", quantizer="fsq", fsq_levels=(4, 4, 4))
+    patch, vqgan = VQVAE(fsq), VQVAE(dataclasses.replace(fsq, encoder="vqgan"))
+    flat = torch.full((1, 3, 32, 32), 0.8)
+    assert patch.encode(flat).unique().numel() == 1
+    assert vqgan.encode(flat).unique().numel() > 1  # zero padding at the border reaches the codes there
+    edited = flat.clone()
+    edited[:, :, 12:16, 20:24] = -0.5  # exactly the patch of code (3, 5)
+    changed = (patch.encoder(edited) - patch.encoder(flat)).abs().sum(1)[0] > 0
+    assert changed.nonzero().tolist() == [[3, 5]]
+    assert ((vqgan.encoder(edited) - vqgan.encoder(flat)).abs().sum(1)[0] > 0).sum() > 1
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [dict(quantizer="fsq", fsq_levels=(4, 4, 4)), dict(cosine_lookup=True), dict(adversarial_weight=0.1, gan_start_step=1)],
-    ids=["fsq", "cosine", "patchgan"],
+    [dict(quantizer="fsq", fsq_levels=(4, 4, 4)), dict(cosine_lookup=True), dict(adversarial_weight=0.1, gan_start_step=1),
+     dict(encoder="patch")],
+    ids=["fsq", "cosine", "patchgan", "patch-encoder"],
 )
 def test_quantizer_and_loss_variants_train_and_round_trip(tmp_path, overrides):
     cfg = dataclasses.replace(QUICK, **overrides)

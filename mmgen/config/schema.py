@@ -148,7 +148,7 @@ class ImageTokenizerConfig:
     channels: int = 128
     """Channels of the widest encoder/decoder stage."""
     res_blocks: int = 2
-    """Residual blocks per resolution stage."""
+    """Residual blocks per resolution stage (with encoder 'patch': the encoder's per-position MLP blocks)."""
     codebook_size: int = 512
     """Entries of the VQ codebook (image codes in the vocabulary)."""
     codebook_dim: int = 32
@@ -182,6 +182,10 @@ class ImageTokenizerConfig:
     """GroupNorm groups; 0: VQGAN's 32, fewer on narrow stages so each group keeps at least 4 channels."""
     attention_resolutions: tuple[int, ...] = ()
     """Feature-map sides at which each residual block is followed by self-attention (VQGAN's attn_resolutions)."""
+    encoder: Literal["vqgan", "patch"] = "vqgan"
+    """'vqgan': convolutions over the whole image (Chameleon's layout; a code sees far pixels and image-wide
+    GroupNorm statistics); 'patch': each code is a function of its own downsample × downsample patch alone
+    (a patch embedding, then res_blocks per-position MLP blocks), so equal patches always get equal codes."""
     quantizer: Literal["vq", "fsq"] = "vq"
     """'vq': a learned codebook (VectorQuantize); 'fsq': finite scalar quantization, nothing to collapse."""
     fsq_levels: tuple[int, ...] = (8, 8, 8)

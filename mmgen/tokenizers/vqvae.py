@@ -164,6 +164,47 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(self.mid(h))))
 
 
+class ChannelNorm(nn.LayerNorm):
+    """LayerNorm over the channels of each position alone: unlike GroupNorm, no statistic spans the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class PatchBlock(nn.Module):
+    """A residual MLP applied at each code position (1×1 convolutions): it mixes channels, never positions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = ChannelNorm(channels, eps=1e-6)
+        self.fc1 = nn.Conv2d(channels, 4 * channels, 1)
+        self.fc2 = nn.Conv2d(4 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(F.silu(self.fc1(self.norm(x))))
+
+
+class PatchEncoder(nn.Module):
+    """Each code from its own patch only: a patch embedding (kernel = stride = downsample), per-position MLP blocks.
+
+    The VQGAN encoder's codes also depend on far pixels, on zero padding at the border and on image-wide GroupNorm
+    statistics, so one flat background patch is written with many codes depending on what else the image holds.
+    Here equal patches always get equal codes, which leaves the language model one code per patch content to
+    learn. The decoder keeps its spatial context: reconstruction still sees the neighbours.
+    """
+
+    def __init__(self, cfg: ImageTokenizerConfig):
+        super().__init__()
+        width = cfg.channels
+        self.conv_in = nn.Conv2d(3, width, cfg.downsample, stride=cfg.downsample)
+        self.blocks = nn.Sequential(*(PatchBlock(width) for _ in range(cfg.res_blocks)))
+        self.norm_out = ChannelNorm(width, eps=1e-6)
+        self.conv_out = nn.Conv2d(width, cfg.latent_channels or cfg.channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: ImageTokenizerConfig):
         super().__init__()
@@ -220,7 +261,7 @@ class VQVAE(nn.Module):
         self.kind = cfg.quantizer
         lookup_dim = len(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.codebook_dim
         latent = cfg.latent_channels or cfg.channels
-        self.encoder = Encoder(cfg)
+        self.encoder = PatchEncoder(cfg) if cfg.encoder == "patch" else Encoder(cfg)
         self.quant_conv = nn.Conv2d(latent, lookup_dim, 1)
         self.quantizer = _quantizer(cfg)
         self.post_quant_conv = nn.Conv2d(lookup_dim, latent, 1)
