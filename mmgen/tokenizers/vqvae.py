@@ -12,6 +12,10 @@ Stage widths are ``channels · m / max(m)`` for the ``channel_multipliers`` m
 the next, at least 16, so every stage costs about the same FLOPs and full
 resolution stays cheap on a CPU.
 
+``image_tokenizer.encoder patch`` swaps in ``PatchEncoder``: each code from its own patch alone, so equal
+patches get equal codes (the VQGAN encoder writes an empty shapes-world image with dozens of codes). Its
+weights do not map onto Chameleon's; the decoder is the same either way.
+
 ``quant_conv`` projects the latent to the lookup space (``codebook_dim`` for a
 codebook, ``len(fsq_levels)`` for FSQ): a low-dimensional lookup, with k-means
 initialisation, EMA updates and dead-code restarts, keeps most of a codebook in
