@@ -48,6 +48,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from mmgen.generation import jacobi
 from mmgen.generation.logits_processors import (
     BEGIN_IMAGE,
     DONE,
@@ -60,7 +61,6 @@ from mmgen.generation.logits_processors import (
     modality_mask_table,
     sampling_probs,
 )
-from mmgen.generation import jacobi
 from mmgen.generation.logits_processors import repetition_penalty as penalise_repeats
 from mmgen.progress import progress_bar
 
@@ -130,7 +130,8 @@ class Decoding(Protocol):
 
 
 class CachedDecoding:
-    """The fast path: the prompts go into the model's static KV cache at once, then one token per row a step.
+    """The fast path: the prompts go into the model's static KV cache at once, then a window per row a step
+    (one token, or with Jacobi decoding the decided token and the guesses after it).
 
     ``compile`` compiles the decode step with torch.compile (one graph per window width).
     """
