@@ -15,13 +15,15 @@ class Figure:
     """What the value is compared with ("" when it stands alone)."""
     baseline_value: float = 0.0
     note: str = ""
+    lower_is_better: bool = False
+    """Whether less is better (seconds always are)."""
 
     @property
     def ratio(self) -> float | None:
-        """value / baseline; for seconds (lower is better) baseline / value, so above 1 always means faster."""
+        """value / baseline; where lower is better (seconds) baseline / value, so above 1 always means better."""
         if not self.baseline or not self.baseline_value or not self.value:
             return None
-        if self.unit.startswith("s"):
+        if self.lower_is_better or self.unit.startswith("s"):
             return self.baseline_value / self.value
         return self.value / self.baseline_value
 

@@ -1,12 +1,14 @@
 """mmgen's performance in one run on the machine at hand: every figure next to a baseline measured in the same run.
 
-    PYTHONPATH=$PWD .venv/bin/python benchmarks/run.py [--quick] [--only 1,3] [--no-docs] [--compile]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/run.py [--quick] [--only 1,3] [--no-docs] [--compile] [--run DIR]
 
 Sections (the issue-17 list):
 1. bf16 and float32 matmul peak; training tokens/s and MFU against that peak, demo config and a ~42 M one;
 2. the training step against transformers' Chameleon of the same configuration (same weights, batches, dtype);
 3. decode tokens/s of the sampler against transformers' ``generate`` (greedy, KV cache on both; batch 1 and 8);
 4. seconds per generated image with classifier-free guidance, at the demo's 8 x 8 codes and at 1,024 codes;
+   speculative Jacobi decoding against plain sampling: forward passes and seconds per image, and text-to-image
+   accuracy of both on validation scenes when ``--run`` names a trained demo run (default ``outputs/demo``);
 5. generative classification images/s for 1, 10 and 100 labels, with and without prefix reuse;
 6. read + encode and loader throughput against the trainer's demand; FAISS queries/s and recall.
 
@@ -42,6 +44,7 @@ from mmgen.tokenizers.vocab import Vocab  # noqa: E402
 
 BEGIN = "<!-- benchmarks/run.py: begin (generated, replaced on every run) -->"
 END = "<!-- benchmarks/run.py: end -->"
+DEFAULT_RUN = Path(__file__).resolve().parents[1] / "outputs" / "demo"
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
@@ -58,12 +61,18 @@ class Budget:
     loader_seconds: float
     faiss_vectors: int
     faiss_kinds: tuple[str, ...]
+    jacobi_images: int
+    """Prompts sampled one at a time by plain and by Jacobi decoding."""
+    jacobi_accuracy_prompts: int
+    """Validation scenes whose text-to-image accuracy both samplers are scored on (trained run only)."""
 
 
 FULL = Budget(train_warmup=1, train_steps=3, decode_tokens=64, repeats=2, classify_images=8, documents=200,
-              loader_seconds=3.0, faiss_vectors=100_000, faiss_kinds=("ivfpq", "hnsw"))
+              loader_seconds=3.0, faiss_vectors=100_000, faiss_kinds=("ivfpq", "hnsw"), jacobi_images=8,
+              jacobi_accuracy_prompts=200)
 QUICK = Budget(train_warmup=1, train_steps=1, decode_tokens=16, repeats=1, classify_images=2, documents=30,
-               loader_seconds=1.0, faiss_vectors=20_000, faiss_kinds=("hnsw",))
+               loader_seconds=1.0, faiss_vectors=20_000, faiss_kinds=("hnsw",), jacobi_images=2,
+               jacobi_accuracy_prompts=16)
 
 
 def machine() -> dict[str, str]:
@@ -89,7 +98,8 @@ def load_average() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
-def measure(sections: set[str], budget: Budget, *, compile: bool, log=print) -> list[Figure]:
+def measure(sections: set[str], budget: Budget, *, compile: bool, run_dir: str | None = None,
+            jacobi_window: int = 8, log=print) -> list[Figure]:
     from training import matmul_peaks, training_figures
 
     figures: list[Figure] = []
@@ -130,6 +140,11 @@ def measure(sections: set[str], budget: Budget, *, compile: bool, log=print) -> 
         # model at 16 x 16 codes, which fits its budget
         big = medium if budget is FULL else dataclasses.replace(demo, vocab=Vocab.build(8192, 8192, (16, 16)))
         add(image_figures(big, 3.0, 0))
+        from parallel_decoding import jacobi_figures
+
+        log(f"== 4: speculative Jacobi decoding against plain sampling ({run_dir or 'no trained run: random weights'})")
+        add(jacobi_figures(demo, run_dir, window=jacobi_window, images=budget.jacobi_images,
+                           accuracy_prompts=budget.jacobi_accuracy_prompts))
     if "5" in sections:
         from generation import classification_figures
 
@@ -193,6 +208,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time the sampler's compiled decode step on the demo decoder, batch 1 and 8 "
                              "(each compilation takes minutes on a CPU; not counted in the rate)")
+    parser.add_argument("--run", default=str(DEFAULT_RUN),
+                        help="a trained demo run folder for section 4's Jacobi decoding (its newest pretraining "
+                             "checkpoint; default outputs/demo); without one, a random demo-sized model")
+    parser.add_argument("--jacobi-window", type=int, default=8, help="codes guessed ahead per forward pass")
     parser.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"))
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -205,7 +224,11 @@ def main() -> None:
     torch.set_num_threads(1)
     stamp, start_load, start = machine(), load_average(), time.perf_counter()
     print(f"{stamp['cpu']}, {stamp['cores']} cores ({stamp['isa']}), torch {stamp['torch']}, load {start_load}")
-    figures = measure(sections, QUICK if args.quick else FULL, compile=args.compile)
+    run_dir = args.run if os.path.exists(os.path.join(args.run, "pretrain", "model.json")) else None
+    if run_dir is None and args.run != str(DEFAULT_RUN):
+        raise SystemExit(f"error: {args.run} holds no trained run (no pretrain/model.json)")
+    figures = measure(sections, QUICK if args.quick else FULL, compile=args.compile, run_dir=run_dir,
+                      jacobi_window=args.jacobi_window)
     minutes, end_load = (time.perf_counter() - start) / 60, load_average()
     print(f"done in {minutes:.1f} min; load average {start_load} at the start, {end_load} at the end")
     if not args.no_docs:

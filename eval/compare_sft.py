@@ -35,7 +35,8 @@ def main() -> None:
                                                          per_task=cfg.eval.sft_prompts,
                                                          cfg_scales=cfg.eval.sft_cfg_scales,
                                                          temperature=cfg.eval.t2i_temperature,
-                                                         top_k=cfg.eval.t2i_top_k)}
+                                                         top_k=cfg.eval.t2i_top_k,
+                                                         jacobi_window=cfg.eval.t2i_jacobi_window)}
         share = lora_trainable_share(folder, model)
         if share is not None:
             results[name]["trainable_share"] = share

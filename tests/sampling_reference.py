@@ -24,6 +24,8 @@ class FullRecompute:
         return self.model(prompts)[rows, prompt_len - 1].float()
 
     def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        # a row that did not advance reads the PAD at its slot, as the cached path does
-        rows = torch.arange(seq.shape[0], device=seq.device)
-        return self.model(seq[:, : int(slot.max()) + 1])[rows, slot].float()
+        # the window was written into seq at slot, slot + 1, ...; a guidance row that did not advance reads the
+        # PAD at its slot, as the cached path does, and slots past the window are never attended to
+        rows = torch.arange(seq.shape[0], device=seq.device)[:, None]
+        slots = slot[:, None] + torch.arange(fed.shape[1], device=seq.device)
+        return self.model(seq[:, : int(slots.max()) + 1])[rows, slots].float()

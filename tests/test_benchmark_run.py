@@ -18,6 +18,7 @@ def test_ratio_above_one_means_faster_for_rates_and_for_seconds():
     assert Figure("s", "rate", 300.0, "tokens/s", "reference", 100.0).ratio == 3.0
     assert Figure("s", "time", 2.0, "s/image", "plain", 4.0).ratio == 2.0
     assert Figure("s", "alone", 5.0, "GFLOP/s").ratio is None
+    assert Figure("s", "passes", 25.0, "passes", "plain", 50.0, lower_is_better=True).ratio == 2.0
 
 
 def test_section_goes_before_the_first_heading_then_is_replaced_on_rerun():

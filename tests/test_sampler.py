@@ -135,12 +135,14 @@ def test_cfg_scale_one_equals_unguided(model):
     max_images=st.integers(0, 3),
     force_image=st.booleans(),
     max_new_tokens=st.integers(1, 30),
+    jacobi_window=st.sampled_from([0, 3]),
 )
 def test_property_never_mixes_modalities(model, seed, temperature, top_k, top_p, penalty, cfg, image_cfg, cdk_k,
-                                         max_images, force_image, max_new_tokens):
+                                         max_images, force_image, max_new_tokens, jacobi_window):
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                             repetition_penalty=penalty, cfg_scale=cfg, image_cfg_scale=image_cfg, cdk_k=cdk_k,
-                            cdk_alpha=0.1, max_images=max_images, force_image=force_image, seed=seed)
+                            cdk_alpha=0.1, max_images=max_images, force_image=force_image, seed=seed,
+                            jacobi_window=jacobi_window)
     outs = sample(model, VOCAB, PROMPTS, params)
     for o in outs:
         check_grammar(o, max_images=max_images, max_new_tokens=max_new_tokens)

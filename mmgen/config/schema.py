@@ -284,7 +284,9 @@ class SampleConfig:
     cdk_alpha: float = 0.1
     """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
     compile: bool = False
-    """torch.compile the one-token decode step."""
+    """torch.compile the decode step."""
+    jacobi_window: int = 0
+    """Speculative Jacobi decoding: image codes guessed this far ahead and checked in the same forward pass, which keeps the sampling distribution exact (greedy: the same tokens) in fewer passes; 0 off."""
     prompt_sep: bool = False
     """End the prompt with the separator token, as Chameleon's processor does in chat mode (instruction-tuned checkpoints)."""
     prompt_images: str = ""
@@ -319,6 +321,8 @@ class EvalConfig:
     """Top-k of image sampling in the report; 0 keeps all."""
     t2i_cfg_scale: float = 2.0
     """Classifier-free guidance scale of image sampling in the report; 0 turns it off (2 measured best on the demo)."""
+    t2i_jacobi_window: int = 0
+    """Speculative Jacobi decoding of the report's and the SFT comparison's images (see sample.jacobi_window); 0 off."""
     classify_images: int = 300
     """Held-out single-shape images classified by shape and by colour."""
     classify_prompt: str = "Here is a drawing of {caption}."

@@ -120,7 +120,8 @@ def entity_t2i(model, tokenizer, items: list[dict], entities: dict[str, dict], c
     hw = vocab.grid[0] * vocab.grid[1]
     prompts = _with_context([tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts], vocab, retriever, hw)
     params = SamplingParams(max_new_tokens=hw, temperature=cfg.t2i_temperature, top_k=cfg.t2i_top_k,
-                            cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)  # fmt: skip
+                            cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False,
+                            jacobi_window=cfg.t2i_jacobi_window)  # fmt: skip
     with progress_bar(desc="entity text-to-image", unit="step") as bar:
         outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
     images = sampled_images(tokenizer, outs, image_size)

@@ -36,7 +36,7 @@ def _text(tokenizer, ids: Sequence[int]) -> str:
 
 @torch.inference_mode()
 def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Sequence[float] = (1.0, 1.5, 3.0), seed: int = 0,
-             batch_size: int = 32, temperature: float = 1.0, top_k: int = 64) -> dict:
+             batch_size: int = 32, temperature: float = 1.0, top_k: int = 64, jacobi_window: int = 0) -> dict:
     vocab = tokenizer.vocab
     by_task: dict[str, list[int]] = defaultdict(list)
     for i in range(len(shards)):
@@ -77,7 +77,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
             # (task, instruction, empty input) scored 0.02 lower on the demo at scales 1.5 and 3.
             unguided = scale in (0.0, 1.0)
             outs = run(f"SFT text-to-image, cfg {scale:g}", [p + [vocab.boi] for p in prompts(idx)], max_new_tokens=h * w + 1, temperature=temperature, top_k=top_k,
-                       cfg_scale=0.0 if unguided else scale, max_images=1, eos_stops=False)
+                       cfg_scale=0.0 if unguided else scale, max_images=1, eos_stops=False, jacobi_window=jacobi_window)
             grids = [vocab.id_to_code(torch.tensor(o[: h * w])).view(h, w) for o in outs]
             read = [analyse_scene(im) for im in tokenizer.decode_images(grids)]
             name = "t2i_accuracy" if unguided else f"t2i_accuracy_cfg{scale:g}"

@@ -69,7 +69,8 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
     texts = [cfg.t2i_template.format(caption=describe_scene(s)) for s in scenes]
     prompts = [tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts]
     params = SamplingParams(max_new_tokens=vocab.image_tokens - 1, temperature=cfg.t2i_temperature, top_k=cfg.t2i_top_k,
-                            cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False)
+                            cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False,
+                            jacobi_window=cfg.t2i_jacobi_window)
     with progress_bar(desc="text-to-image", unit="step") as bar:
         outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
     images = sampled_images(tokenizer, outs, image_size)

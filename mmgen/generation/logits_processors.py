@@ -71,14 +71,25 @@ def draw(
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """logits [B, V] float32 (already masked) -> token ids [B]; temperature 0 is greedy."""
+    """logits [..., V] float32 (already masked) -> token ids [...]; temperature 0 is greedy."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
-    probs = logits.softmax(dim=-1)
-    # Exponential-race sampling (argmax p/E, E ~ Exp(1)) equals multinomial sampling without a host sync.
-    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return (probs / race).argmax(dim=-1)
+    return race(sampling_probs(logits, temperature=temperature, top_k=top_k, top_p=top_p), generator)
+
+
+def sampling_probs(logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution ``draw`` samples from (temperature > 0): [..., V] probabilities."""
+    return top_p_filter(top_k_filter(logits / temperature, top_k), top_p).softmax(dim=-1)
+
+
+def race(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``weights`` [..., V] (non-negative, not necessarily normalised), drawn with
+    probability proportional to its weight.
+
+    Exponential race (argmax w/E, E ~ Exp(1)) equals multinomial sampling without a host sync.
+    """
+    times = torch.empty_like(weights).exponential_(1.0, generator=generator)
+    return (weights / times).argmax(dim=-1)
 
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -13,6 +13,11 @@ prompts steps together without Python branching per sequence and without host
 syncs (the only sync is a check every ``_DONE_CHECK_EVERY`` steps for whether
 all sequences ended).
 
+Speculative Jacobi decoding (``jacobi_window`` > 0, see jacobi.py) feeds each
+row a window per forward pass: the decided token and guessed image codes after
+it; a prompt accepts some of its guesses and so advances by a different number
+of tokens than the others. The loop then checks every pass whether all ended.
+
 Guidance streams. Classifier-free guidance (``cfg_scale > 0``) and CD-K
 (``cdk_k > 0``) add an unconditional stream per prompt — the prompt without
 its text and images, i.e. BOS (plus the open image part when the prompt ends
@@ -36,12 +41,14 @@ check that both sample the same tokens.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 import torch
 
+from mmgen.generation import jacobi
 from mmgen.generation.logits_processors import (
     BEGIN_IMAGE,
     DONE,
@@ -50,9 +57,9 @@ from mmgen.generation.logits_processors import (
     TEXT,
     TEXT_OR_IMAGE,
     contrastive_top_k,
-    draw,
     guide,
     modality_mask_table,
+    sampling_probs,
 )
 from mmgen.generation.logits_processors import repetition_penalty as penalise_repeats
 from mmgen.progress import progress_bar
@@ -67,7 +74,9 @@ class SamplingParams:
 
     ``cfg_scale`` 0 turns guidance off; any other value runs the unconditional
     stream (at 1 the samples equal unguided ones). ``eos_stops`` False keeps
-    sampling after EOS until ``max_new_tokens``.
+    sampling after EOS until ``max_new_tokens``. ``jacobi_window`` > 0 guesses that many image codes
+    ahead and verifies them in the same forward pass (speculative Jacobi decoding, jacobi.py): the samples
+    have the same distribution (greedy: the same tokens) in fewer passes, but other samples for a seed.
     """
 
     max_new_tokens: int
@@ -83,10 +92,13 @@ class SamplingParams:
     cdk_alpha: float = 0.1
     seed: int = 0
     eos_stops: bool = True
+    jacobi_window: int = 0
 
     def __post_init__(self):
         if self.repetition_penalty <= 0:
             raise ValueError(f"repetition_penalty must be positive, got {self.repetition_penalty}")
+        if self.jacobi_window < 0:
+            raise ValueError(f"jacobi_window must be 0 (off) or positive, got {self.jacobi_window}")
 
     @classmethod
     def from_section(cls, section, **changes) -> SamplingParams:
@@ -113,18 +125,21 @@ class Decoding(Protocol):
         """Logits after each row's prompt; ``prompts`` [rows, P] right-padded."""
 
     def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Logits after ``fed`` [rows], just written into ``seq`` at each row's ``slot``."""
+        """Logits [rows, W, V] after each token of ``fed`` [rows, W], just written into ``seq`` at each row's
+        slots ``slot``, ``slot + 1``, ... (earlier contents of those slots are replaced)."""
 
 
 class CachedDecoding:
-    """The fast path: the prompts go into the model's static KV cache at once, then one token per row a step.
+    """The fast path: the prompts go into the model's static KV cache at once, then a window per row a step
+    (one token, or with Jacobi decoding the decided token and the guesses after it).
 
-    ``compile`` compiles the one-token decode step with torch.compile.
+    ``compile`` compiles the decode step with torch.compile (one graph per window width).
     """
 
     def __init__(self, model, *, compile: bool = False):
         self.model = model
         self.decode = torch.compile(model, dynamic=False) if compile else model
+        self.forward_passes = 0  # prefill included: what speculative decoding saves
 
     @contextmanager
     def open(self, rows: int, length: int) -> Iterator[None]:
@@ -138,10 +153,13 @@ class CachedDecoding:
     def prefill(self, prompts: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(prompts.shape[1], device=prompts.device)
         rows = torch.arange(prompts.shape[0], device=prompts.device)
+        self.forward_passes += 1
         return self.model(prompts, input_pos=positions)[rows, prompt_len - 1].float()
 
     def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        return self.decode(fed[:, None], input_pos=slot[:, None])[:, 0].float()
+        slots = slot[:, None] + torch.arange(fed.shape[1], device=fed.device)
+        self.forward_passes += 1
+        return self.decode(fed, input_pos=slots).float()
 
 
 @torch.inference_mode()
@@ -167,7 +185,7 @@ def sample(
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     device = next(model.parameters()).device
     streams = [list(map(int, p)) for p in prompts] + guidance_streams(prompts, vocab, params)
-    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens, device)
+    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens + params.jacobi_window, device)
     decoding = decoding or CachedDecoding(model, compile=compile)
     was_training = model.training
     model.eval()
@@ -210,30 +228,54 @@ def _right_padded(streams: list[list[int]], pad: int, room: int, device) -> tupl
 
 
 def _decode(decoding: Decoding, vocab, prompts, params: SamplingParams, seq, row_len, progress) -> list[list[int]]:
-    """The decode loop: choose a token per prompt under its grammar, record it, feed it to every row."""
-    n_new = params.max_new_tokens
+    """The decode loop: decide each prompt's next token(s) under its grammar, record them, feed them to every row.
+
+    Each pass feeds a window per row: the token just decided, then (with ``params.jacobi_window``, while a
+    prompt is inside an image) that many guessed codes, which the next pass accepts or rejects (jacobi.py).
+    ``row_len`` is where each row's window starts: the slots before it hold decided tokens only.
+    """
+    B, n_rows = len(prompts), seq.shape[0]
     grammar = _Grammar(prompts, vocab, params, seq.device)
-    rows = torch.arange(seq.shape[0], device=seq.device)
-    is_cond = rows < len(prompts)
+    rows = torch.arange(n_rows, device=seq.device)
+    is_cond = rows < B
     generator = torch.Generator(device=seq.device).manual_seed(params.seed)
-    logits = decoding.prefill(seq[:, : int(row_len.max())], row_len)
-    for step in range(n_new):
-        state = grammar.state(step)
-        token = _choose(logits, state, grammar, params, generator)
-        token = grammar.record(step, token)
-        if step + 1 == n_new:
-            break
-        if (step + 1) % _DONE_CHECK_EVERY == 0 and bool(grammar.done.all()):
-            break
-        if progress is not None and (step + 1) % _PROGRESS_EVERY == 0:
-            progress(step + 1, n_new)
-        # every conditional row advances; a guidance row only on image tokens (see the module doc)
-        fed = token.repeat(seq.shape[0] // len(prompts))
-        advance = is_cond | (fed == vocab.boi) | (fed == vocab.eoi) | vocab.is_image(fed)
-        fed = torch.where(advance, fed, vocab.pad)
-        seq[rows, row_len] = torch.where(advance, fed, seq[rows, row_len])
-        logits = decoding.step(seq, fed, row_len)
-        row_len = row_len + advance.long()
+    logits = decoding.prefill(seq[:, : int(row_len.max())], row_len)[:, None]
+    fed_counts = torch.zeros_like(row_len)  # whether the last fed token entered each row's decided prefix
+    drafts: jacobi.Drafts | None = None
+    state = grammar.state()
+    for step in itertools.count(1):
+        target, probs = _target(logits, state, grammar, params)
+        verdict = jacobi.verify(target, probs, drafts, grammar.draft_limit(state, logits.shape[1] - 1), generator)
+        grammar.record(verdict.tokens, verdict.count)
+        state = grammar.state()
+        if params.jacobi_window:  # rows advance unevenly: the loop ends when all have ended
+            if bool(grammar.done.all()):
+                break
+            if progress is not None:
+                progress(int(grammar.n_out.max()), params.max_new_tokens)
+        else:
+            if step == params.max_new_tokens:
+                break
+            if step % _DONE_CHECK_EVERY == 0 and bool(grammar.done.all()):
+                break
+            if progress is not None and step % _PROGRESS_EVERY == 0:
+                progress(step, params.max_new_tokens)
+        # the decided prefix grows by the fed token (where it counted) and the accepted drafts
+        accepted = (verdict.count - 1).repeat(n_rows // B)
+        row_len = row_len + fed_counts + accepted
+        # every conditional row takes the decided token; a guidance row only an image token (see the module doc)
+        last = verdict.tokens.gather(1, verdict.count[:, None] - 1)[:, 0].repeat(n_rows // B)
+        image_token = (last == vocab.boi) | (last == vocab.eoi) | vocab.is_image(last)
+        # (a finished prompt's rows stay where they are)
+        fed_counts = ((is_cond | image_token) & ~grammar.done.repeat(n_rows // B)).long()
+        window = torch.where(fed_counts.bool(), last, vocab.pad)[:, None]
+        drafts = None
+        if params.jacobi_window and bool((state == IMAGE).any()):
+            drafts = jacobi.next_drafts(target, probs, verdict.count, params.jacobi_window, generator)
+            window = torch.cat([window, drafts.tokens.repeat(n_rows // B, 1)], dim=1)
+        slots = row_len[:, None] + torch.arange(window.shape[1], device=seq.device)
+        seq[rows[:, None], slots] = window
+        logits = decoding.step(seq, window, row_len)
     return grammar.samples()
 
 
@@ -246,7 +288,9 @@ class _Grammar:
         self.vocab, self.params = vocab, params
         self.image_len = h * w + 2
         self.mask_table = modality_mask_table(vocab, device)
-        self.out = torch.full((B, params.max_new_tokens), vocab.pad, dtype=torch.long, device=device)
+        # room for a whole window past the budget: a finished row's writes land there and are never read
+        self.out = torch.full((B, params.max_new_tokens + params.jacobi_window + 1), vocab.pad, dtype=torch.long,
+                              device=device)
         self.n_out = torch.zeros(B, dtype=torch.long, device=device)
         due = [_tokens_due_in_open_image(p, vocab, h * w) for p in prompts]
         self.image_left = torch.tensor(due, dtype=torch.long, device=device)  # codes + EOI still due
@@ -256,45 +300,61 @@ class _Grammar:
         for b, prompt in enumerate(prompts):
             self.seen[b, [t for t in prompt if vocab.is_text(int(t))]] = True
 
-    def state(self, step: int) -> torch.Tensor:
+    def state(self) -> torch.Tensor:
+        """Each prompt's modality state at its next token."""
         p = self.params
-        image_fits = step + self.image_len <= p.max_new_tokens
+        image_fits = self.n_out + self.image_len <= p.max_new_tokens
         text_state = torch.where((self.n_images < p.max_images) & image_fits, TEXT_OR_IMAGE, TEXT)
-        if step == 0 and p.force_image and p.max_images > 0 and image_fits:  # (an open image overrides)
-            text_state = torch.full_like(text_state, BEGIN_IMAGE)
+        if p.force_image and p.max_images > 0:  # the first token opens an image (an open one overrides)
+            text_state = torch.where((self.n_out == 0) & image_fits, BEGIN_IMAGE, text_state)
         left = self.image_left
         state = torch.where(left > 1, IMAGE, torch.where(left == 1, END_IMAGE, text_state))
         return torch.where(self.done, DONE, state)
 
-    def record(self, step: int, token: torch.Tensor) -> torch.Tensor:
-        """Record each prompt's token (PAD for a finished one) and return what was recorded."""
+    def draft_limit(self, state: torch.Tensor, drafts: int) -> torch.Tensor:
+        """Drafts each prompt may accept in this pass: codes only, so that the pass decides no more than the
+        codes still due (EOI and text come one per pass) and nothing past ``max_new_tokens``."""
+        codes_after_next = torch.where(state == IMAGE, self.image_left - 2, 0)
+        room = self.params.max_new_tokens - self.n_out - 1
+        return torch.minimum(codes_after_next, room).clamp(min=0, max=drafts)
+
+    def record(self, tokens: torch.Tensor, count: torch.Tensor) -> None:
+        """Record each prompt's ``count`` first ``tokens`` [B, n] (several only for image codes; nothing for a
+        finished prompt)."""
         vocab = self.vocab
         live = ~self.done
-        token = torch.where(live, token, vocab.pad)
-        self.out[:, step] = token
-        self.n_out += live.long()
-        opened = live & (token == vocab.boi)
+        count = torch.where(live, count, 0)
+        tokens = torch.where(live[:, None], tokens, vocab.pad)
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        self.out[rows[:, None], self.n_out[:, None] + torch.arange(tokens.shape[1], device=tokens.device)] = tokens
+        self.n_out += count
+        last = tokens.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]  # the only token unless all are codes
+        opened = live & (last == vocab.boi)
         self.n_images += opened.long()
-        self.image_left = torch.where(opened, self.image_len - 1, (self.image_left - 1).clamp(min=0))
-        is_text = live & vocab.is_text(token)
-        self.seen.scatter_(1, token[:, None], self.seen.gather(1, token[:, None]) | is_text[:, None])
+        self.image_left = torch.where(opened, self.image_len - 1, (self.image_left - count).clamp(min=0))
+        is_text = live & vocab.is_text(last)
+        self.seen.scatter_(1, last[:, None], self.seen.gather(1, last[:, None]) | is_text[:, None])
         if self.params.eos_stops:
-            self.done = self.done | (live & (token == vocab.eos))
-        return token
+            self.done = self.done | (live & (last == vocab.eos))
+        self.done = self.done | (self.n_out >= self.params.max_new_tokens)
 
     def samples(self) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(self.out.cpu(), self.n_out.tolist())]
 
 
-def _choose(logits, state, grammar: _Grammar, params: SamplingParams, generator) -> torch.Tensor:
-    """Each prompt's next token: its text from the conditional row (repetition-penalised), its image codes guided."""
+def _target(logits, state, grammar: _Grammar, params: SamplingParams):
+    """Logits [rows, W, V] of a window -> what each prompt samples from at each position: the final logits
+    [B, W, V] (its text from the conditional row, repetition-penalised; its image codes guided) and, unless
+    greedy, their probabilities after temperature, top-k and top-p."""
     B = grammar.out.shape[0]
-    mask = grammar.mask_table[state]
-    step_logits = penalise_repeats(logits[:B], grammar.seen, params.repetition_penalty) + mask
+    mask = grammar.mask_table[state][:, None]
+    target = penalise_repeats(logits[:B], grammar.seen[:, None], params.repetition_penalty) + mask
     if logits.shape[0] > B:
-        step_logits = torch.where((state == IMAGE)[:, None], _guided_image_logits(logits, B, mask, params), step_logits)
-    return draw(step_logits, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                generator=generator)
+        guided = _guided_image_logits(logits, B, mask, params)
+        target = torch.where((state == IMAGE)[:, None, None], guided, target)
+    if params.temperature <= 0:
+        return target, None
+    return target, sampling_probs(target, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
 
 def _guided_image_logits(logits, B, mask, p: SamplingParams):
