@@ -33,6 +33,10 @@ def demo() -> ExperimentConfig:
     cfg.image_tokenizer.channels = 32
     cfg.image_tokenizer.res_blocks = 1
     cfg.image_tokenizer.train_steps = 700
+    # Codes from their own 4×4 patch alone: the VQGAN encoder wrote an empty image with 37 codes and a small
+    # shape swap changed 12; this one writes 1 and 2.8. On 200 validation items after 300 steps, text-to-image
+    # 0.37 -> 0.49 and colour-given-image 0.48 -> 0.78, image-given-colour 0.55 -> 0.37 (BENCHMARKS).
+    cfg.image_tokenizer.encoder = "patch"
     # A small decoder sees 2.6x the tokens per CPU-minute of the 256-wide one, which at a few million
     # tokens is worth more than width.
     cfg.model.dim = 128
