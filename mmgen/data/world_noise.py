@@ -55,6 +55,13 @@ def concept_probabilities(cfg: WorldConfig) -> np.ndarray:
     return weights / weights.sum()
 
 
+def concept_groups(cfg: WorldConfig, size: int = 6) -> dict[str, list[str]]:
+    """The ``size`` most common training concepts under ``world.concept_tail`` ('head') and the ``size`` rarest
+    ('tail'), by the same seeded ranking the generator draws from (with no tail every concept is as common)."""
+    order = np.argsort(-concept_probabilities(cfg), kind="stable")
+    return {"head": [CONCEPTS[i] for i in order[:size]], "tail": [CONCEPTS[i] for i in order[::-1][:size][::-1]]}
+
+
 class WorldNoise:
     """The corruptions of one split's stream (documents or caption pairs); inactive outside the training split."""
 
