@@ -21,24 +21,26 @@ tokenizers and the dual encoder are trained once, on the raw corpus, and shared.
 
 Both models are scored on the ``eval.split`` scenes (held-out by default; validation while choosing settings):
 bits per token, caption, text-to-image and classification accuracy, each with items and a 95 % interval, overall
-and on one-shape scenes of the 6 most and the 6 least common training concepts. Writes
+and on one-shape scenes of the 6 most and the 6 least common concepts of the training caption pairs (by their
+scenes' ground truth). Writes
 ``curation_ablation.json`` and ``curation_ablation.md`` (the tables). A finished arm (its last checkpoint, its
 curated corpus, its tokens) is not redone; delete its folder to redo it.
 """
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from mmgen.cli import run_cli, start_stage
+from mmgen.cli import fail, run_cli, start_stage
 from mmgen.config import ConfigError, ExperimentConfig, RunPaths
-from mmgen.data.world_noise import concept_groups
+from mmgen.data.world_noise import concept_counts, concept_groups
 from mmgen.device import generation_device
 from mmgen.eval.curation_ablation import arm_metrics, markdown_tables, recaption_figures
 from mmgen.eval.summary import read_json
-from mmgen.files import write_atomic, write_json
+from mmgen.files import read_jsonl, write_atomic, write_json
 from mmgen.model.checkpoint import checkpoint_steps, load_trained_model
 from mmgen.retrieval.curate_stage import curate_corpus
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -57,7 +59,9 @@ def run_stage(script: str, overrides: list[str], *extra: str, threads: int | Non
     cmd = [sys.executable, str(ROOT / script), *overrides, *extra]
     print("=== " + " ".join(cmd), flush=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    subprocess.run(cmd, check=True, env=env)
+    status = subprocess.run(cmd, env=env).returncode
+    if status:
+        fail(f"{script} ended with status {status} (its error is above)")
 
 
 def link(arm: Path, name: str, target: str) -> None:
@@ -78,11 +82,11 @@ def curated_corpus(cfg: ExperimentConfig, paths: RunPaths, arm: Path, name: str,
                    concepts: str, recaption: bool = False) -> str:  # fmt: skip
     """``source`` curated into ``arm/corpus/name`` (report in ``arm/curate/name``) by the run's encoder; the
     decoder that recaptions is ``arm``'s."""
-    out = arm / "corpus" / name
-    if not out.exists():
+    out, report = arm / "corpus" / name, arm / "curate" / name
+    if not (report / "curation.json").exists():  # the report is written last: with it, the corpus is whole
         c = dataclasses.replace(cfg.curate, input=source, output=str(out), encoder=paths.retrieval_encoder,
                                 concepts=concepts, recaption=recaption)  # fmt: skip
-        curate_corpus(dataclasses.replace(cfg, curate=c), RunPaths(str(arm)), report_dir=str(arm / "curate" / name))
+        curate_corpus(dataclasses.replace(cfg, curate=c), RunPaths(str(arm)), report_dir=str(report))
     return str(out)
 
 
@@ -90,6 +94,24 @@ def corpus_size(tokens_dir: str) -> dict[str, int]:
     """Documents, caption pairs and tokens of a training split encoded from the world's two corpora (c0, c1)."""
     docs, pairs = (read_json(f"{tokens_dir}/c{k}/manifest.json") for k in (0, 1))
     return {"documents": docs["documents"], "caption_pairs": pairs["documents"], "tokens": docs["tokens"] + pairs["tokens"]}
+
+
+def evaluated(cfg: ExperimentConfig, paths: RunPaths, arm: Path, tokenizer, groups: dict[str, list[str]]) -> dict:
+    """The arm's step, corpus and metrics (``arm_metrics``), kept in ``arm/ablation_metrics.json`` and reused while
+    the checkpoint, the evaluation settings and the concept groups are the same."""
+    model, step = load_trained_model(str(arm / "pretrain"), checkpoint_folder=cfg.checkpoint.folder,
+                                     device=generation_device())  # fmt: skip
+    key = {"step": step, "eval": dataclasses.asdict(cfg.eval), "groups": groups}
+    saved = arm / "ablation_metrics.json"
+    if saved.exists():
+        kept = read_json(str(saved))
+        if kept["key"] == json.loads(json.dumps(key)):
+            return kept["result"]
+    print(f"evaluating {arm.name} (step {step}) on {cfg.eval.split} scenes ...", flush=True)
+    result = {"step": step, "corpus": corpus_size(str(arm / "tokens" / "train")),
+              "metrics": arm_metrics(cfg, model, tokenizer, paths.tokens("heldout"), groups)}  # fmt: skip
+    write_json(str(saved), {"key": key, "result": result})
+    return result
 
 
 def main() -> None:
@@ -123,15 +145,9 @@ def main() -> None:
                                recaption=True)  # fmt: skip
     print(f"recaptioned caption pairs: {recaption}")
 
-    device = generation_device()
-    tokenizer = load_run_tokenizer(paths, device)
-    groups = concept_groups(cfg.world)
-    arms = {}
-    for name, arm in (("raw", raw), ("curated", curated)):
-        model, step = load_trained_model(str(arm / "pretrain"), checkpoint_folder=cfg.checkpoint.folder, device=device)
-        print(f"evaluating {name} (step {step}) on {cfg.eval.split} scenes ...", flush=True)
-        arms[name] = {"step": step, "corpus": corpus_size(str(arm / "tokens" / "train")),
-                      "metrics": arm_metrics(cfg, model, tokenizer, paths.tokens("heldout"), groups)}  # fmt: skip
+    tokenizer = load_run_tokenizer(paths, generation_device())
+    groups = concept_groups(concept_counts(record['metadata'] for record in read_jsonl(paths.caption_pairs('train'))))
+    arms = {name: evaluated(cfg, paths, arm, tokenizer, groups) for name, arm in (("raw", raw), ("curated", curated))}
     truth = read_json(str(recaptioned / "curate" / "captions" / "curation.json"))["ground_truth"]
     result = {"split": cfg.eval.split, "groups": groups, "arms": arms, "recaption": recaption_figures(truth),
               "training_tokens_each": cfg.training.steps * cfg.training.local_batch_size * cfg.training.seq_len

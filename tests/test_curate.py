@@ -107,6 +107,7 @@ def test_recaption_keeps_new_captions_the_filter_passes():
         {"recaption_correct": 1, "recaptioned": 2, "recaptioned_correct": 1}
     assert {k: truth["misaligned"][k] for k in ("recaption_correct", "recaptioned", "recaptioned_correct")} == \
         {"recaption_correct": 0, "recaptioned": 0, "recaptioned_correct": 0}
+    json.dumps(p.record.to_dict())  # curation.json takes the record as it is (plain ints, not numpy's)
 
 
 def test_concept_balancing_caps_the_head_and_spares_the_tail():

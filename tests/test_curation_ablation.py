@@ -12,7 +12,7 @@ from mmgen.config import RunPaths, resolve_config
 from mmgen.config.schema import ModelConfig, WorldConfig
 from mmgen.data.shapes_world import describe_scene, random_scene, render_scene, scene_split
 from mmgen.data.token_shards import TokenShardWriter
-from mmgen.data.world_noise import CONCEPTS, concept_groups, concept_probabilities
+from mmgen.data.world_noise import CONCEPTS, WorldNoise, concept_counts, concept_groups, concept_probabilities
 from mmgen.eval.curation_ablation import TASKS, arm_metrics, markdown_tables, recaption_figures
 from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import Transformer
@@ -23,17 +23,23 @@ from mmgen.tokenizers.vqvae import VQVAE
 
 def test_concept_groups_are_the_most_and_least_common_training_concepts():
     cfg = WorldConfig(concept_tail=1.0)
-    groups = concept_groups(cfg)
-    p = dict(zip(CONCEPTS, concept_probabilities(cfg)))
+    rng = np.random.default_rng(0)
+    noise = WorldNoise(cfg, "train", "captions")
+    scenes = [noise.skew_concepts(random_scene(rng, cfg), rng) for _ in range(3000)] + [{"noise": "clean"}]
+    counts = concept_counts(scenes)
+    assert sum(counts.values()) == sum(len(s["shapes"]) for s in scenes[:-1])
+    groups = concept_groups(counts)
     assert len(groups["head"]) == len(groups["tail"]) == 6 and not set(groups["head"]) & set(groups["tail"])
-    assert min(p[c] for c in groups["head"]) > max(p[c] for c in groups["tail"])
-    assert sum(p[c] for c in groups["head"]) == pytest.approx(0.701, abs=1e-3)  # Zipf 1 over 18 concepts
+    assert min(counts[c] for c in groups["head"]) > max(counts[c] for c in groups["tail"])
+    # the world's Zipf law over 18 concepts: the six most common draw about 70 % of the shapes, the six rarest 11 %
+    p = dict(zip(CONCEPTS, concept_probabilities(cfg)))
+    assert sum(p[c] for c in groups["head"]) == pytest.approx(0.701, abs=1e-3)
     assert sum(p[c] for c in groups["tail"]) == pytest.approx(0.112, abs=1e-3)
-    assert concept_groups(WorldConfig(concept_tail=1.0, seed=1)) != groups  # the ranking follows the world's seed
+    assert concept_groups({"red circle": 5, "blue square": 1}, size=1) == {"head": ["red circle"], "tail": [CONCEPTS[-1]]}
 
 
 def test_scenes_of_given_concepts_stay_in_their_split():
-    tail = concept_groups(WorldConfig(concept_tail=1.0))["tail"]
+    tail = ["orange circle", "purple triangle", "green triangle"]
     scenes = eval_scenes(40, WorldConfig(), seed=0, max_shapes=1, concepts=tail)
     assert len(scenes) == 40 and all(scene_split(s) == "heldout" for s in scenes)
     assert {f"{s['shapes'][0]['color']} {s['shapes'][0]['shape']}" for s in scenes} <= set(tail)

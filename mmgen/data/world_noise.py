@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PIL import Image
@@ -55,11 +55,18 @@ def concept_probabilities(cfg: WorldConfig) -> np.ndarray:
     return weights / weights.sum()
 
 
-def concept_groups(cfg: WorldConfig, size: int = 6) -> dict[str, list[str]]:
-    """The ``size`` most common training concepts under ``world.concept_tail`` ('head') and the ``size`` rarest
-    ('tail'), by the same seeded ranking the generator draws from (with no tail every concept is as common)."""
-    order = np.argsort(-concept_probabilities(cfg), kind="stable")
-    return {"head": [CONCEPTS[i] for i in order[:size]], "tail": [CONCEPTS[i] for i in order[::-1][:size][::-1]]}
+def concept_counts(scenes: Iterable[dict]) -> Counter:
+    """How many shapes of ``scenes`` (shapes-world ground truth, e.g. caption pairs' metadata) show each concept;
+    metadata that is not a scene counts nothing."""
+    shapes = (s for scene in scenes if isinstance(scene.get("shapes"), list) for s in scene["shapes"])
+    return Counter(f"{s.get('color')} {s.get('shape')}" for s in shapes if f"{s.get('color')} {s.get('shape')}" in CONCEPTS)
+
+
+def concept_groups(counts: Mapping[str, int], size: int = 6) -> dict[str, list[str]]:
+    """The ``size`` most common concepts of ``counts`` ('head') and the ``size`` rarest ('tail'), most common
+    first; ties in ``CONCEPTS`` order."""
+    order = sorted(CONCEPTS, key=lambda c: -counts.get(c, 0))
+    return {"head": order[:size], "tail": order[-size:]}
 
 
 class WorldNoise:

@@ -24,10 +24,10 @@ from mmgen.eval.shapes_eval import shapes_accuracies
 TASKS = (
     ("caption_accuracy", "caption"),
     ("t2i_accuracy", "text-to-image"),
-    ("classify_shape_accuracy_image_given_label", "shape by p(image | label)"),
-    ("classify_color_accuracy_image_given_label", "colour by p(image | label)"),
-    ("classify_shape_accuracy_label_given_image", "shape by p(label | image)"),
-    ("classify_color_accuracy_label_given_image", "colour by p(label | image)"),
+    ("classify_shape_accuracy_image_given_label", "shape by p(image given label)"),
+    ("classify_color_accuracy_image_given_label", "colour by p(image given label)"),
+    ("classify_shape_accuracy_label_given_image", "shape by p(label given image)"),
+    ("classify_color_accuracy_label_given_image", "colour by p(label given image)"),
 )
 """The accuracies compared, with the tables' names for them."""
 

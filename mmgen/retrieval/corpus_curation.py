@@ -288,14 +288,14 @@ class Pipeline:
         self.record.recaption_scores = scores.tolist()
         out = []
         for doc, caption, score in zip(removed, captions, scores):
-            accepted = bool(caption) and score >= self.record.clip_threshold
+            accepted = bool(caption) and float(score) >= self.record.clip_threshold
             kind = self._noise.get(id(doc.images[0]))
             if kind is not None:  # the world's ground truth: is the new caption right, and did the filter take it?
                 truth = self.record.ground_truth[kind]
                 right = _states_scene(caption, doc.image_metadata[0])
-                truth["recaption_correct"] += right
-                truth["recaptioned"] += accepted
-                truth["recaptioned_correct"] += accepted and right
+                truth["recaption_correct"] += int(right)
+                truth["recaptioned"] += int(accepted)
+                truth["recaptioned_correct"] += int(accepted and right)
             if not accepted:
                 step.removed["not_aligned"] += 1
                 continue
