@@ -73,7 +73,7 @@ def recaption_figures(ground_truth: dict[str, dict[str, int]]) -> dict[str, dict
 
 def _share(figures: dict, key: str) -> str:
     lo, hi = figures[f"{key}_ci95"]
-    return f"{figures[key]} ({figures[f'{key}_share']:.1%} [{lo:.1%}, {hi:.1%}])"
+    return f"{figures[key]:,} ({figures[f'{key}_share']:.1%} [{lo:.1%}, {hi:.1%}])"
 
 
 def _beats(a: dict, b: dict, key: str) -> str:
@@ -110,6 +110,6 @@ def markdown_tables(result: dict) -> str:
                   "accepted and right | accepted but wrong |", "|---|---|---|---|---|---|"]
         for kind, f in result["recaption"].items():
             lines.append(f"| {kind} | {f['removed']:,} | {_share(f, 'recaption_correct')} | {_share(f, 'recaptioned')} | "
-                         f"{_share(f, 'recaptioned_correct')} | {f['recaptioned_wrong']} "
+                         f"{_share(f, 'recaptioned_correct')} | {f['recaptioned_wrong']:,} "
                          f"({f['recaptioned_wrong_share']:.1%}) |")
     return "\n".join(lines) + "\n"
