@@ -58,7 +58,9 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
         log(f"{step.name}: {step.documents_in} -> {step.documents_out} documents ({removed}{made})")
     for noise, truth in pipeline.record.ground_truth.items():
         if truth.get("scored"):
-            log(f"ground truth '{noise}': the CLIP filter kept {truth.get('kept_by_clip', 0)} of {truth['scored']}")
+            recaptioned = (f"; of those it removed, {truth.get('recaptioned', 0)} recaptioned, "
+                           f"{truth.get('recaptioned_correct', 0)} of them right" if c.recaption else "")  # fmt: skip
+            log(f"ground truth '{noise}': the CLIP filter kept {truth.get('kept_by_clip', 0)} of {truth['scored']}{recaptioned}")
     log(f"wrote {written} documents to {out_dir}; report {files['report.html']}")
     return pipeline.record, summary
 
