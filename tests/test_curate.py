@@ -17,6 +17,7 @@ from mmgen.data.corpus import open_corpus
 from mmgen.data.corpus_writer import write_corpus
 from mmgen.data.document import Document
 from mmgen.data.reading import CorpusError
+from mmgen.data.shapes_world import describe_scene
 from mmgen.retrieval.corpus_curation import Pipeline
 from mmgen.retrieval.curation import repeats_earlier, score_threshold
 from mmgen.retrieval.encoder import DualEncoder, EncoderShape
@@ -83,15 +84,30 @@ def test_interleaved_documents_lose_the_image_and_keep_their_text():
     assert dict(p.record.steps[0].images_removed) == {"clip_score": 1}
 
 
+def scene_pair(colour: str, caption: str, noise: str, shape: str = "square") -> Document:
+    """A pair whose metadata is a shapes-world scene of one large ``colour`` ``shape`` in the center."""
+    scene = {"background": "white", "shapes": [{"shape": shape, "color": colour, "size": "large", "position": "center"}]}
+    return Document(parts=[caption, solid(colour)], image_metadata=[{**scene, "noise": noise}])
+
+
 def test_recaption_keeps_new_captions_the_filter_passes():
-    docs = [pair("red", "IMG_0042.jpg", "uninformative"), pair("blue", "a red thing", "misaligned"), pair("green", "green")]
-    p = pipeline(recaption=True, captioner=lambda images: ["a red square", "a green circle"])
+    docs = [scene_pair("red", "IMG_0042.jpg", "uninformative"), scene_pair("blue", "a red thing", "misaligned"),
+            pair("green", "green"), scene_pair("red", "click here", "uninformative", shape="circle")]  # fmt: skip
+    right = describe_scene(docs[0].image_metadata[0])  # 'a large red square in the center, on a white background'
+    p = pipeline(recaption=True, captioner=lambda images: [right, "a green circle", right])
     kept = p.run(docs)
-    assert [d.texts[0] for d in kept] == ["green", "a red square"]
+    assert [d.texts[0] for d in kept] == ["green", right, right]
     assert kept[1].image_metadata[0]["recaptioned_from"] == "IMG_0042.jpg"
     recap = p.record.steps[1]
-    assert (recap.name, recap.documents_in, recap.added, dict(recap.removed)) == ("recaption", 2, 1, {"not_aligned": 1})
-    assert p.record.ground_truth["uninformative"]["recaptioned"] == 1
+    assert (recap.name, recap.documents_in, recap.added, dict(recap.removed)) == ("recaption", 3, 2, {"not_aligned": 1})
+    # scored against the world's truth by the caption parser: the circle got a square's caption, which the colour
+    # filter accepts but is wrong; the misaligned pair's caption is neither accepted nor right
+    truth = p.record.ground_truth
+    assert {k: truth["uninformative"][k] for k in ("recaption_correct", "recaptioned", "recaptioned_correct")} == \
+        {"recaption_correct": 1, "recaptioned": 2, "recaptioned_correct": 1}
+    assert {k: truth["misaligned"][k] for k in ("recaption_correct", "recaptioned", "recaptioned_correct")} == \
+        {"recaption_correct": 0, "recaptioned": 0, "recaptioned_correct": 0}
+    json.dumps(p.record.to_dict())  # curation.json takes the record as it is (plain ints, not numpy's)
 
 
 def test_concept_balancing_caps_the_head_and_spares_the_tail():

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PIL import Image
@@ -53,6 +53,20 @@ def concept_probabilities(cfg: WorldConfig) -> np.ndarray:
     rank[np.random.default_rng(np.random.SeedSequence([cfg.seed, _TAIL_SEED])).permutation(len(CONCEPTS))] = np.arange(len(CONCEPTS))
     weights = 1.0 / (rank + 1.0) ** cfg.concept_tail
     return weights / weights.sum()
+
+
+def concept_counts(scenes: Iterable[dict]) -> Counter:
+    """How many shapes of ``scenes`` (shapes-world ground truth, e.g. caption pairs' metadata) show each concept;
+    metadata that is not a scene counts nothing."""
+    shapes = (s for scene in scenes if isinstance(scene.get("shapes"), list) for s in scene["shapes"])
+    return Counter(f"{s.get('color')} {s.get('shape')}" for s in shapes if f"{s.get('color')} {s.get('shape')}" in CONCEPTS)
+
+
+def concept_groups(counts: Mapping[str, int], size: int = 6) -> dict[str, list[str]]:
+    """The ``size`` most common concepts of ``counts`` ('head') and the ``size`` rarest ('tail'), most common
+    first; ties in ``CONCEPTS`` order."""
+    order = sorted(CONCEPTS, key=lambda c: -counts.get(c, 0))
+    return {"head": order[:size], "tail": order[-size:]}
 
 
 class WorldNoise:

@@ -32,10 +32,9 @@ from mmgen.eval.classify import confusion_png
 from mmgen.eval.curve import curve_png, learning_curve, write_tensorboard
 from mmgen.eval.infill_eval import infill_eval
 from mmgen.data.entities import has_entities
-from mmgen.eval.intervals import with_interval
 from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
 from mmgen.eval.likelihood import bits_per_token
-from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
+from mmgen.eval.shapes_eval import shapes_accuracies
 from mmgen.eval.summary import read_json
 from mmgen.files import write_atomic
 from mmgen.progress import print_above
@@ -63,27 +62,9 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         pad_id=tokenizer.vocab.pad, max_len=cfg.model.max_seq_len, batch_size=e.batch_size))
     metrics.update(bits)
 
-    scenes = lambda count, offset, **kw: eval_scenes(count, world, seed=e.seed + offset, split=e.split, **kw)
-    caption = timed("captions", lambda: caption_eval(model, tokenizer, scenes(e.caption_images, 0), e, world.image_size))
-    metrics.update(with_interval("caption_accuracy", caption["accuracy"], caption["ci95"], e.caption_images))
-    metrics["caption_accuracy_chance"] = caption["chance"]
-
-    t2i = timed("text-to-image", lambda: t2i_eval(model, tokenizer, scenes(e.t2i_prompts, 1), e, world.image_size))
-    metrics.update(with_interval("t2i_accuracy", t2i["accuracy"], t2i["ci95"], e.t2i_prompts))
-    metrics["t2i_accuracy_chance"] = t2i["chance"]
-    metrics["analyser_accuracy_renders"] = t2i["analyser_accuracy_renders"]
-    metrics["analyser_accuracy_vq"] = t2i["analyser_accuracy_vq"]
-
-    classes = timed("classification", lambda: classify_eval(
-        model, tokenizer, scenes(e.classify_images, 2, max_shapes=1), e, world.image_size))
-    for direction in ("image_given_label", "label_given_image"):
-        tasks = [classes[f"{key}/{direction}"] for key in ("shape", "color")]
-        metrics[f"classify_accuracy_{direction}"] = sum(t["top1"] for t in tasks) / len(tasks)
-        metrics[f"classify_accuracy_{direction}_chance"] = sum(t["chance"] for t in tasks) / len(tasks)
-        for key, task in zip(("shape", "color"), tasks):
-            metrics.update(with_interval(f"classify_{key}_accuracy_{direction}", task["top1"], task["ci95"],
-                                         e.classify_images))
-            metrics[f"classify_{key}_accuracy_{direction}_chance"] = task["chance"]
+    accuracies, shown = shapes_accuracies(model, tokenizer, e, world, timed=timed)
+    metrics.update(accuracies)
+    caption, t2i, classes = shown["caption"], shown["t2i"], shown["classes"]
     infills = None
     if cfg.data.cm3_rate > 0 and e.infill_documents > 0:
         infills = timed("infilling", lambda: infill_eval(

@@ -10,6 +10,7 @@ baseline, see attributes.py) and the items for the report's grid.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene
 from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
                                    permutation_chance)
 from mmgen.eval.classify import classify_both_ways
+from mmgen.eval.intervals import with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.captioning import caption_images
 from mmgen.generation.sampler import SamplingParams, sample
@@ -29,16 +31,55 @@ _KEYS = ("shape", "color", "size", "position")
 
 
 def eval_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | None = None,
-                split: str = "heldout") -> list[dict]:
-    """``count`` scenes of the held-out (or validation) split, attributes only, reproducible by seed."""
+                split: str = "heldout", concepts: Sequence[str] | None = None) -> list[dict]:
+    """``count`` scenes of the held-out (or validation) split, attributes only, reproducible by seed; with
+    ``concepts`` ('red circle', ...) only scenes whose every shape is one of them."""
     cfg = dataclasses.replace(world, max_shapes_per_image=max_shapes or world.max_shapes_per_image)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))
+    allowed = set(concepts) if concepts is not None else None
     scenes = []
     while len(scenes) < count:
         scene = random_scene(rng, cfg)
-        if scene_split(scene) == split:
-            scenes.append({"background": scene["background"], "shapes": [{k: s[k] for k in _KEYS} for s in scene["shapes"]]})
+        if scene_split(scene) != split:
+            continue
+        if allowed is not None and any(f"{s['color']} {s['shape']}" not in allowed for s in scene["shapes"]):
+            continue
+        scenes.append({"background": scene["background"], "shapes": [{k: s[k] for k in _KEYS} for s in scene["shapes"]]})
     return scenes
+
+
+def _untimed(name: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
+def shapes_accuracies(model, tokenizer, cfg: EvalConfig, world: WorldConfig, *, concepts: Sequence[str] | None = None,
+                      prefix: str = "", timed: Callable[[str, Callable[[], Any]], Any] = _untimed) -> tuple[dict, dict]:
+    """Caption, text-to-image and classification accuracy on ``cfg.split`` scenes, each with its interval, items
+    and chance level, as flat metrics named ``prefix`` + the report's names; also the raw results ('caption',
+    't2i', 'classes') for the report's pages. With ``concepts``: one-shape scenes of those concepts only, for
+    every task (the accuracy on rare or common concepts)."""
+    size = world.image_size
+    shapes = 1 if concepts is not None else None
+    scenes = lambda count, offset, most: eval_scenes(count, world, seed=cfg.seed + offset, split=cfg.split,
+                                                     max_shapes=most, concepts=concepts)  # fmt: skip
+    caption = timed("captions", lambda: caption_eval(model, tokenizer, scenes(cfg.caption_images, 0, shapes), cfg, size))
+    t2i = timed("text-to-image", lambda: t2i_eval(model, tokenizer, scenes(cfg.t2i_prompts, 1, shapes), cfg, size))
+    classes = timed("classification", lambda: classify_eval(model, tokenizer, scenes(cfg.classify_images, 2, 1), cfg, size))
+    metrics = with_interval(f"{prefix}caption_accuracy", caption["accuracy"], caption["ci95"], cfg.caption_images)
+    metrics[f"{prefix}caption_accuracy_chance"] = caption["chance"]
+    metrics.update(with_interval(f"{prefix}t2i_accuracy", t2i["accuracy"], t2i["ci95"], cfg.t2i_prompts))
+    metrics[f"{prefix}t2i_accuracy_chance"] = t2i["chance"]
+    metrics[f"{prefix}analyser_accuracy_renders"] = t2i["analyser_accuracy_renders"]
+    metrics[f"{prefix}analyser_accuracy_vq"] = t2i["analyser_accuracy_vq"]
+    for direction in ("image_given_label", "label_given_image"):
+        tasks = [classes[f"{key}/{direction}"] for key in ("shape", "color")]
+        metrics[f"{prefix}classify_accuracy_{direction}"] = sum(t["top1"] for t in tasks) / len(tasks)
+        metrics[f"{prefix}classify_accuracy_{direction}_chance"] = sum(t["chance"] for t in tasks) / len(tasks)
+        for key, task in zip(("shape", "color"), tasks):
+            name = f"{prefix}classify_{key}_accuracy_{direction}"
+            metrics.update(with_interval(name, task["top1"], task["ci95"], cfg.classify_images))
+            metrics[f"{name}_chance"] = task["chance"]
+    return metrics, {"caption": caption, "t2i": t2i, "classes": classes}
 
 
 def sampled_images(tokenizer, outputs: list[list[int]], image_size: int) -> list[Image.Image]:

@@ -31,7 +31,7 @@ from mmgen.config.schema import CurateConfig
 from mmgen.data.concepts import balance_by_concept, concept_counts, match_concepts
 from mmgen.data.curation import merge_texts
 from mmgen.data.document import Document
-from mmgen.data.shapes_world import describe_scene
+from mmgen.eval.attributes import attribute_score, caption_scene
 from mmgen.generation.captioning import caption_images
 from mmgen.retrieval.curation import (alignment_scores, assign_images_to_sentences, balance_by_cluster, repeats_earlier,
                                       score_threshold)
@@ -288,17 +288,20 @@ class Pipeline:
         self.record.recaption_scores = scores.tolist()
         out = []
         for doc, caption, score in zip(removed, captions, scores):
-            if not caption or score < self.record.clip_threshold:
+            accepted = bool(caption) and float(score) >= self.record.clip_threshold
+            kind = self._noise.get(id(doc.images[0]))
+            if kind is not None:  # the world's ground truth: is the new caption right, and did the filter take it?
+                truth = self.record.ground_truth[kind]
+                right = _states_scene(caption, doc.image_metadata[0])
+                truth["recaption_correct"] += int(right)
+                truth["recaptioned"] += int(accepted)
+                truth["recaptioned_correct"] += int(accepted and right)
+            if not accepted:
                 step.removed["not_aligned"] += 1
                 continue
             parts = [caption if isinstance(p, str) else p for p in doc.parts]
             meta = {**doc.image_metadata[0], "recaptioned_from": " ".join(doc.texts)} if doc.image_metadata else {}
             out.append(Document(parts=merge_texts(parts), image_metadata=[meta], metadata=doc.metadata))
-            kind = self._noise.get(id(doc.images[0]))
-            if kind is not None:
-                truth = self.record.ground_truth[kind]
-                truth["recaptioned"] += 1
-                truth["recaptioned_exact"] += int(caption == _canonical(doc.image_metadata[0]))
         step.added = step.documents_out = len(out)
         return out
 
@@ -350,11 +353,13 @@ class Pipeline:
         self.record.ground_truth = {k: dict(v) for k, v in sorted(self.record.ground_truth.items())}
 
 
-def _canonical(scene: dict[str, Any]) -> str | None:
-    """The shapes world's caption of a scene's ground truth (None for metadata that is not a scene)."""
+def _states_scene(caption: str, scene: dict[str, Any]) -> bool:
+    """Whether ``caption``, read by the world's caption parser, states every attribute of the ground-truth
+    ``scene`` and no shape it does not hold (False for metadata that is not a scene)."""
     if not isinstance(scene.get("shapes"), list) or "background" not in scene:
-        return None
-    return describe_scene(scene)
+        return False
+    right, total = attribute_score(scene, caption_scene(caption))
+    return right == total
 
 
 def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: int, seed: int = 0) -> Captioner:

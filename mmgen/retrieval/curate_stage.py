@@ -18,9 +18,11 @@ from mmgen.retrieval.embedder import load_embedder
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
-def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str], None] = print) -> tuple[CurationRecord, dict[str, Any]]:
+def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str], None] = print,
+                  report_dir: str | None = None) -> tuple[CurationRecord, dict[str, Any]]:  # fmt: skip
     """Curate ``curate.input`` (default: the run's training caption pairs) into ``curate.output`` (default
-    ``<run>/curated``) and write the report to ``<run>/curate/``; returns the record and the summary."""
+    ``<run>/curated``) and write the report to ``report_dir`` (default ``<run>/curate/``; a run that curates
+    several corpora gives each its own); returns the record and the summary."""
     c = cfg.curate
     url = c.input or paths.caption_pairs("train")
     kind = detect_kind(url) if cfg.data.corpus_kind == "auto" else cfg.data.corpus_kind
@@ -48,7 +50,7 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
     kept = pipeline.run(docs)
     written = write_corpus(kept, kind, out_dir)
     summary = {"input": url, "kind": kind, "documents read": len(docs), "documents written": written, "output": out_dir}
-    files = write_curation_report(pipeline.record, paths.curation_dir, title="Curation report", summary=summary)
+    files = write_curation_report(pipeline.record, report_dir or paths.curation_dir, title="Curation report", summary=summary)
     log(f"reading: {corpus.stats.summary()}")
     for step in pipeline.record.steps:
         removed = ", ".join(f"{r} {n}" for r, n in sorted((step.removed + step.images_removed).items())) or "nothing removed"
@@ -56,7 +58,9 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
         log(f"{step.name}: {step.documents_in} -> {step.documents_out} documents ({removed}{made})")
     for noise, truth in pipeline.record.ground_truth.items():
         if truth.get("scored"):
-            log(f"ground truth '{noise}': the CLIP filter kept {truth.get('kept_by_clip', 0)} of {truth['scored']}")
+            recaptioned = (f"; of those it removed, {truth.get('recaptioned', 0)} recaptioned, "
+                           f"{truth.get('recaptioned_correct', 0)} of them right" if c.recaption else "")  # fmt: skip
+            log(f"ground truth '{noise}': the CLIP filter kept {truth.get('kept_by_clip', 0)} of {truth['scored']}{recaptioned}")
     log(f"wrote {written} documents to {out_dir}; report {files['report.html']}")
     return pipeline.record, summary
 

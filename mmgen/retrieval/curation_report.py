@@ -104,10 +104,11 @@ def write_curation_report(record: CurationRecord, out_dir: str, *, title: str, s
     if record.ground_truth:
         body.append("<h2>Against the ground truth of the corruption (shapes-world noise)</h2>")
         rows = [[kind, t.get("scored", 0), _share(t.get("kept_by_clip", 0), t.get("scored", 0)),
-                 t.get("recaptioned", 0), t.get("recaptioned_exact", 0), t.get("in_output", 0)]
-                for kind, t in record.ground_truth.items()]  # fmt: skip
-        body.append(_table(["injected kind", "images scored", "kept by the CLIP filter", "recaptioned",
-                            "recaptioned exactly right", "in the output"], rows))  # fmt: skip
+                 t.get("recaption_correct", 0), t.get("recaptioned", 0), t.get("recaptioned_correct", 0),
+                 t.get("in_output", 0)] for kind, t in record.ground_truth.items()]  # fmt: skip
+        body.append(_table(["injected kind", "images scored", "kept by the CLIP filter", "new caption right (parser)",
+                            "recaptioned (new caption passes the filter)", "recaptioned and right", "in the output"],
+                           rows))  # fmt: skip
     plots: list[tuple[str, bytes]] = []
     if record.clip_scores:
         plots.append(("clip_scores.png", score_plot(record.clip_scores, record.clip_kinds, record.clip_threshold,
