@@ -27,9 +27,9 @@ from mmgen.device import join_ranks, leave_ranks
 from mmgen.eval.knowledge import recall_lines, run_entity_recall
 from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.retrieval.encoder import DualEncoder
-from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.retrieval.query import load_retriever
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
-from mmgen.tokenizers.run import load_run_tokenizer
+from mmgen.tokenizers.run import load_run_tokenizer, load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 
 
@@ -49,10 +49,12 @@ def main() -> None:
         return out
 
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
-                                       rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
+                                       rank=rank, world=world, gather=gather if world > 1 else None,
+                                       text_tokenizer=load_text_tokenizer(paths, vocab))  # fmt: skip
     if rank == 0 and has_entities(paths):
-        recall = run_entity_recall(cfg, paths, load_run_tokenizer(paths), encoder=encoder.cpu(),
-                                   bank=MemoryBank.load(paths.memory_bank), documents=bank)  # fmt: skip
+        encoder, memory_bank = load_retriever(paths.retrieval_encoder, paths.memory_bank)
+        recall = run_entity_recall(cfg, paths, load_run_tokenizer(paths), encoder=encoder, bank=memory_bank,
+                                   documents=bank)  # fmt: skip
         print("\n".join(recall_lines(recall)))
         report["entity_recall"] = recall
     if rank == 0:

@@ -40,6 +40,7 @@ from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.retrieval.evaluation import defining_document_recall, defining_documents, main_document_bits
 from mmgen.retrieval.neighbours import load_neighbours
 from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
+from mmgen.tokenizers.run import load_text_tokenizer
 
 GROUPS = ("head", "tail")
 
@@ -89,12 +90,14 @@ class Retriever:
     k: int
     seq_len: int
     """The training sequence length the context is cut to, with the prompt and what is sampled."""
+    text_tokenizer: object = None
+    """The run's text tokenizer: the hybrid retriever reads the prompt's words."""
 
     def context_for(self, prompt: list[int], vocab, max_new_tokens: int) -> list[int]:
         s = self.settings
         found = retrieve_for_prompt(prompt, encoder=self.encoder, bank=self.bank, documents=self.documents, vocab=vocab,
                                     k=self.k, candidates=s.candidates, max_similarity=s.max_similarity,
-                                    centred_similarity=s.centred_similarity)  # fmt: skip
+                                    centred_similarity=s.centred_similarity, text_tokenizer=self.text_tokenizer)  # fmt: skip
         records = [{"bank_id": f.bank_id, "tokens": f.tokens} for f in found]
         return prompt_with_context(prompt, records, vocab, seq_len=self.seq_len, max_new_tokens=max_new_tokens).tokens
 
@@ -194,12 +197,13 @@ def knowledge_metrics(t2i: dict[str, dict], captions: dict[str, dict], bits: dic
 
 def entity_recall(items: list[dict], template: str, tokenizer, *, encoder, bank, documents, seed: int = 0) -> dict:
     """Recall@1/5 of each item's defining document for its text-to-image prompt (``template`` with its
-    caption), against tf-idf and random retrieval (``defining_document_recall``)."""
+    caption), against BM25, tf-idf and random retrieval (``defining_document_recall``)."""
     defining = defining_documents(documents)
     items = [i for i in items if i["entity"] in defining]
     queries = [tokenizer.encode_parts([template.format(caption=i["caption"])], eos=False) for i in items]
     return defining_document_recall(queries, [defining[i["entity"]] for i in items], encoder=encoder, bank=bank,
-                                    documents=documents, vocab=tokenizer.vocab, seed=seed)  # fmt: skip
+                                    documents=documents, vocab=tokenizer.vocab, seed=seed,
+                                    text_tokenizer=tokenizer.text_tok)  # fmt: skip
 
 
 def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents) -> dict:
@@ -224,7 +228,7 @@ def load_knowledge_retriever(cfg: ExperimentConfig, paths: RunPaths, device) -> 
     except FileNotFoundError:
         return None
     return Retriever(encoder, bank, bank_documents(paths), cfg.retrieval, k=cfg.retrieval.neighbours,
-                     seq_len=cfg.training.seq_len)  # fmt: skip
+                     seq_len=cfg.training.seq_len, text_tokenizer=load_text_tokenizer(paths))  # fmt: skip
 
 
 def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, *,
