@@ -11,9 +11,12 @@ as ``<run>/retrieval/neighbours/<split>.npy`` — never the document itself, an
 exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
 contiguous slice of the documents (whole batches of
 ``retrieval.embed_batch_size``); rank 0 gathers them, builds the index and
-writes every file, identical to a single-process run's. In a world with named entities it ends with the recall@1/5
+writes every file, identical to a single-process run's. With a bank corpus and ``retrieval.retriever``
+hybrid (the default) it also writes the name lookup (``<run>/retrieval/bank/names/``) and each document's
+neighbours start with the bank-corpus documents it names. In a world with named entities it ends with the recall@1/5
 of each entity's defining document for the entity prompts (``eval.entity_items``
-per group of the ``eval.split`` items), next to tf-idf and random retrieval.
+per group of the ``eval.split`` items): the run's retriever, the dual encoder alone, BM25 over the bank's
+words, tf-idf over text pieces and random retrieval.
 """
 
 from datetime import timedelta

@@ -192,6 +192,8 @@ def knowledge_metrics(t2i: dict[str, dict], captions: dict[str, dict], bits: dic
         if b["documents"]:  # a group no held-out document mentions has no figure (not NaN in metrics.json)
             for key in ("text_bits_per_token", "image_bits_per_token"):
                 metrics[f"{prefix}_{key}_{group}"] = b[key]
+                if f"{key}_ci95" in b:  # n: the documents the bootstrap resampled
+                    metrics |= {f"{prefix}_{key}_{group}_ci95": b[f"{key}_ci95"], f"{prefix}_{key}_{group}_items": b["documents"]}
     return metrics
 
 

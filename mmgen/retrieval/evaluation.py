@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mmgen.data.entities import scene_entities
-from mmgen.eval.intervals import wilson_interval
+from mmgen.eval.intervals import ratio_interval, wilson_interval
 from mmgen.eval.likelihood import continuation_logprobs
 from mmgen.retrieval.documents import embed_documents, split_document
 from mmgen.retrieval.lexical import LexicalIndex, document_texts
@@ -28,9 +28,9 @@ from mmgen.retrieval.lexical import LexicalIndex, document_texts
 @torch.inference_mode()
 def main_document_bits(model, documents: Sequence[np.ndarray], prefixes: Sequence[np.ndarray], *, image_range: tuple[int, int],
                        max_len: int) -> dict[str, float]:
-    """Bits per text token and per image token of ``documents`` (each starting with BOS) after their ``prefixes``."""
-    sums = {"text": 0.0, "image": 0.0}
-    counts = {"text": 0, "image": 0}
+    """Bits per text token and per image token of ``documents`` (each starting with BOS) after their ``prefixes``,
+    each with its 95 % interval (a bootstrap over documents, ``<modality>_bits_per_token_ci95``)."""
+    per_document = {"text": ([], []), "image": ([], [])}  # (bits, tokens) of each scored document
     for doc, prefix in zip(documents, prefixes):
         body = np.asarray(doc[1:], dtype=np.int64)[: max(0, max_len - len(prefix))]
         if len(body) == 0:
@@ -38,11 +38,14 @@ def main_document_bits(model, documents: Sequence[np.ndarray], prefixes: Sequenc
         logp = continuation_logprobs(model, list(map(int, prefix)), [list(map(int, body))], reuse_prefix=False)[0].numpy()
         is_image = (body >= image_range[0]) & (body < image_range[1])
         for name, mask in (("text", ~is_image), ("image", is_image)):
-            sums[name] -= float(logp[mask].sum())
-            counts[name] += int(mask.sum())
-    return {
-        f"{name}_bits_per_token": sums[name] / max(counts[name], 1) / math.log(2) for name in sums
-    } | {f"{name}_tokens": counts[name] for name in counts}
+            per_document[name][0].append(-float(logp[mask].sum()) / math.log(2))
+            per_document[name][1].append(int(mask.sum()))
+    out = {}
+    for name, (bits, tokens) in per_document.items():
+        out[f"{name}_bits_per_token"] = sum(bits) / max(sum(tokens), 1)
+        out[f"{name}_bits_per_token_ci95"] = [round(x, 4) for x in ratio_interval(bits, tokens)]
+        out[f"{name}_tokens"] = sum(tokens)
+    return out
 
 
 def defining_documents(documents) -> dict[str, int]:
