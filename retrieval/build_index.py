@@ -56,10 +56,12 @@ def main() -> None:
                                        text_tokenizer=load_text_tokenizer(paths, vocab))  # fmt: skip
     if rank == 0 and has_entities(paths):
         encoder, memory_bank = load_retriever(paths.retrieval_encoder, paths.memory_bank)
-        recall = run_entity_recall(cfg, paths, load_run_tokenizer(paths), encoder=encoder, bank=memory_bank,
-                                   documents=bank)  # fmt: skip
-        print("\n".join(recall_lines(recall)))
-        report["entity_recall"] = recall
+        tokenizer = load_run_tokenizer(paths)
+        for group in (None, "head", "tail"):
+            recall = run_entity_recall(cfg, paths, tokenizer, encoder=encoder, bank=memory_bank, documents=bank,
+                                       group=group)  # fmt: skip
+            print(f"{group or 'all'} entities:\n" + "\n".join(recall_lines(recall)))
+            report[f"entity_recall_{group}" if group else "entity_recall"] = recall
     if rank == 0:
         stage.record_timing(ranks=world, **report)
     leave_ranks(world)  # no rank reports done before rank 0's files are written

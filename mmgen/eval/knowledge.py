@@ -208,12 +208,14 @@ def entity_recall(items: list[dict], template: str, tokenizer, *, encoder, bank,
                                     text_tokenizer=tokenizer.text_tok)  # fmt: skip
 
 
-def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents) -> dict:
-    """``entity_recall`` over the run's entity items of ``eval.split`` (``eval.entity_items`` per group)."""
+def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents,
+                      group: str | None = None) -> dict:  # fmt: skip
+    """``entity_recall`` over the run's entity items of ``eval.split`` (``eval.entity_items`` per group; those of
+    ``group`` alone when given)."""
     e = cfg.eval
     chosen = pick_items(read_entities(paths.entities), e.split, e.entity_items, seed=e.seed)
-    return entity_recall([i for g in chosen for i in chosen[g]], e.t2i_template, tokenizer, encoder=encoder, bank=bank,
-                         documents=documents, seed=e.seed)  # fmt: skip
+    items = [i for g in chosen if group in (None, g) for i in chosen[g]]
+    return entity_recall(items, e.t2i_template, tokenizer, encoder=encoder, bank=bank, documents=documents, seed=e.seed)
 
 
 def recall_lines(recall: dict) -> list[str]:
