@@ -70,7 +70,7 @@ def main() -> None:
         r = cfg.retrieval
         found = retrieve_for_prompt(prompt, encoder=encoder, bank=bank, documents=bank_documents(paths),
                                     vocab=vocab, k=s.retrieve, candidates=r.candidates, max_similarity=r.max_similarity,
-                                    centred_similarity=r.centred_similarity)
+                                    centred_similarity=r.centred_similarity, text_tokenizer=tokenizer.text_tok)
         print(f"retrieved {len(found)} of {s.retrieve} document(s) from {paths.memory_bank}")
         for n, doc in enumerate(found, 1):
             text = " ".join(p if isinstance(p, str) else "[image]" for p in tokenizer.decode_parts(doc.tokens, strict=False))

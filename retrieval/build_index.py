@@ -11,9 +11,12 @@ as ``<run>/retrieval/neighbours/<split>.npy`` — never the document itself, an
 exact duplicate of it, or a near-duplicate. Under torchrun each rank embeds a
 contiguous slice of the documents (whole batches of
 ``retrieval.embed_batch_size``); rank 0 gathers them, builds the index and
-writes every file, identical to a single-process run's. In a world with named entities it ends with the recall@1/5
+writes every file, identical to a single-process run's. With a bank corpus and ``retrieval.retriever``
+hybrid (the default) it also writes the name lookup (``<run>/retrieval/bank/names/``) and each document's
+neighbours start with the bank-corpus documents it names. In a world with named entities it ends with the recall@1/5
 of each entity's defining document for the entity prompts (``eval.entity_items``
-per group of the ``eval.split`` items), next to tf-idf and random retrieval.
+per group of the ``eval.split`` items): the run's retriever, the dual encoder alone, BM25 over the bank's
+words, tf-idf over text pieces and random retrieval.
 """
 
 from datetime import timedelta
@@ -27,9 +30,9 @@ from mmgen.device import join_ranks, leave_ranks
 from mmgen.eval.knowledge import recall_lines, run_entity_recall
 from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.retrieval.encoder import DualEncoder
-from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.retrieval.query import load_retriever
 from mmgen.retrieval.neighbours import build_bank_and_neighbours
-from mmgen.tokenizers.run import load_run_tokenizer
+from mmgen.tokenizers.run import load_run_tokenizer, load_text_tokenizer
 from mmgen.tokenizers.vocab import Vocab
 
 
@@ -49,12 +52,16 @@ def main() -> None:
         return out
 
     report = build_bank_and_neighbours(encoder, vocab, bank, splits, cfg.retrieval, paths.memory_bank,
-                                       rank=rank, world=world, gather=gather if world > 1 else None)  # fmt: skip
+                                       rank=rank, world=world, gather=gather if world > 1 else None,
+                                       text_tokenizer=load_text_tokenizer(paths, vocab))  # fmt: skip
     if rank == 0 and has_entities(paths):
-        recall = run_entity_recall(cfg, paths, load_run_tokenizer(paths), encoder=encoder.cpu(),
-                                   bank=MemoryBank.load(paths.memory_bank), documents=bank)  # fmt: skip
-        print("\n".join(recall_lines(recall)))
-        report["entity_recall"] = recall
+        encoder, memory_bank = load_retriever(paths.retrieval_encoder, paths.memory_bank)
+        tokenizer = load_run_tokenizer(paths)
+        for group in (None, "head", "tail"):
+            recall = run_entity_recall(cfg, paths, tokenizer, encoder=encoder, bank=memory_bank, documents=bank,
+                                       group=group)  # fmt: skip
+            print(f"{group or 'all'} entities:\n" + "\n".join(recall_lines(recall)))
+            report[f"entity_recall_{group}" if group else "entity_recall"] = recall
     if rank == 0:
         stage.record_timing(ranks=world, **report)
     leave_ranks(world)  # no rank reports done before rank 0's files are written

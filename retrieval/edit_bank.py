@@ -44,7 +44,8 @@ def main() -> None:
     encoded = encode_bank(cfg, paths, tokenizer)
     print(f"encoded {encoded['documents_out']} bank documents into {paths.tokens('bank')}")
     splits = {split: (TokenShards(paths.tokens(split)), paths.neighbours(split)) for split in ("train", "heldout")}
-    report = build_bank_and_neighbours(encoder, tokenizer.vocab, bank_documents(paths), splits, r, paths.memory_bank)
+    report = build_bank_and_neighbours(encoder, tokenizer.vocab, bank_documents(paths), splits, r, paths.memory_bank,
+                                       text_tokenizer=tokenizer.text_tok)  # fmt: skip
     stage.record_timing(**changed, neighbours=report)
 
 

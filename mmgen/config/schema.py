@@ -362,6 +362,10 @@ class RetrievalConfig:
     """Prefix each training document with retrieved neighbours (CM3leon); needs retrieval/build_index.py."""
     neighbours: int = 2
     """Retrieved documents per training document."""
+    retriever: Literal["hybrid", "dense"] = "hybrid"
+    """'hybrid': first the bank-corpus documents a query names (whole words rare in the bank, a BM25 stage; mmgen/retrieval/name_lookup.py), then the dual encoder's nearest; 'dense': the dual encoder alone. Without a bank corpus both are the same."""
+    name_documents: int = 2
+    """hybrid: a name (a word a bank-corpus document capitalises inside a sentence) keys the bank-corpus documents that hold it when at most this many of them do."""
     candidates: int = 32
     """Nearest candidates examined per query before filtering."""
     max_similarity: float = 0.95

@@ -129,6 +129,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # retrieval
     "retrieval.neighbours": _at_least(1),
     "retrieval.candidates": _at_least(1),
+    "retrieval.name_documents": _at_least(1),
     "retrieval.query_dropout": _share(upper_open=True),
     "retrieval.retrieved_loss_weight": _at_least(0),
     "retrieval.encoder_width": _at_least(1),

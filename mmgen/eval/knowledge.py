@@ -40,6 +40,7 @@ from mmgen.retrieval.bank_documents import bank_documents
 from mmgen.retrieval.evaluation import defining_document_recall, defining_documents, main_document_bits
 from mmgen.retrieval.neighbours import load_neighbours
 from mmgen.retrieval.query import load_retriever, prompt_with_context, retrieve_for_prompt
+from mmgen.tokenizers.run import load_text_tokenizer
 
 GROUPS = ("head", "tail")
 
@@ -89,12 +90,14 @@ class Retriever:
     k: int
     seq_len: int
     """The training sequence length the context is cut to, with the prompt and what is sampled."""
+    text_tokenizer: object = None
+    """The run's text tokenizer: the hybrid retriever reads the prompt's words."""
 
     def context_for(self, prompt: list[int], vocab, max_new_tokens: int) -> list[int]:
         s = self.settings
         found = retrieve_for_prompt(prompt, encoder=self.encoder, bank=self.bank, documents=self.documents, vocab=vocab,
                                     k=self.k, candidates=s.candidates, max_similarity=s.max_similarity,
-                                    centred_similarity=s.centred_similarity)  # fmt: skip
+                                    centred_similarity=s.centred_similarity, text_tokenizer=self.text_tokenizer)  # fmt: skip
         records = [{"bank_id": f.bank_id, "tokens": f.tokens} for f in found]
         return prompt_with_context(prompt, records, vocab, seq_len=self.seq_len, max_new_tokens=max_new_tokens).tokens
 
@@ -190,25 +193,30 @@ def knowledge_metrics(t2i: dict[str, dict], captions: dict[str, dict], bits: dic
         if b["documents"]:  # a group no held-out document mentions has no figure (not NaN in metrics.json)
             for key in ("text_bits_per_token", "image_bits_per_token"):
                 metrics[f"{prefix}_{key}_{group}"] = b[key]
+                if f"{key}_ci95" in b:  # n: the documents the bootstrap resampled
+                    metrics |= {f"{prefix}_{key}_{group}_ci95": b[f"{key}_ci95"], f"{prefix}_{key}_{group}_items": b["documents"]}
     return metrics
 
 
 def entity_recall(items: list[dict], template: str, tokenizer, *, encoder, bank, documents, seed: int = 0) -> dict:
     """Recall@1/5 of each item's defining document for its text-to-image prompt (``template`` with its
-    caption), against tf-idf and random retrieval (``defining_document_recall``)."""
+    caption), against BM25, tf-idf and random retrieval (``defining_document_recall``)."""
     defining = defining_documents(documents)
     items = [i for i in items if i["entity"] in defining]
     queries = [tokenizer.encode_parts([template.format(caption=i["caption"])], eos=False) for i in items]
     return defining_document_recall(queries, [defining[i["entity"]] for i in items], encoder=encoder, bank=bank,
-                                    documents=documents, vocab=tokenizer.vocab, seed=seed)  # fmt: skip
+                                    documents=documents, vocab=tokenizer.vocab, seed=seed,
+                                    text_tokenizer=tokenizer.text_tok)  # fmt: skip
 
 
-def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents) -> dict:
-    """``entity_recall`` over the run's entity items of ``eval.split`` (``eval.entity_items`` per group)."""
+def run_entity_recall(cfg: ExperimentConfig, paths: RunPaths, tokenizer, *, encoder, bank, documents,
+                      group: str | None = None) -> dict:  # fmt: skip
+    """``entity_recall`` over the run's entity items of ``eval.split`` (``eval.entity_items`` per group; those of
+    ``group`` alone when given)."""
     e = cfg.eval
     chosen = pick_items(read_entities(paths.entities), e.split, e.entity_items, seed=e.seed)
-    return entity_recall([i for g in chosen for i in chosen[g]], e.t2i_template, tokenizer, encoder=encoder, bank=bank,
-                         documents=documents, seed=e.seed)  # fmt: skip
+    items = [i for g in chosen if group in (None, g) for i in chosen[g]]
+    return entity_recall(items, e.t2i_template, tokenizer, encoder=encoder, bank=bank, documents=documents, seed=e.seed)
 
 
 def recall_lines(recall: dict) -> list[str]:
@@ -225,7 +233,7 @@ def load_knowledge_retriever(cfg: ExperimentConfig, paths: RunPaths, device) -> 
     except FileNotFoundError:
         return None
     return Retriever(encoder, bank, bank_documents(paths), cfg.retrieval, k=cfg.retrieval.neighbours,
-                     seq_len=cfg.training.seq_len)  # fmt: skip
+                     seq_len=cfg.training.seq_len, text_tokenizer=load_text_tokenizer(paths))  # fmt: skip
 
 
 def evaluate_knowledge(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, *,

@@ -85,6 +85,8 @@ class MemoryBank:
         self.doc_ids = np.asarray(doc_ids, dtype=np.int64)
         self.spec = spec
         self.centre = None if centre is None else np.asarray(centre, dtype=np.float32)
+        self.names = None
+        """The hybrid retriever's name lookup (name_lookup.py), when query.load_retriever found one beside the index."""
         self._search_index = _maybe_gpu(index)
 
     @classmethod

@@ -5,7 +5,9 @@ shards (the memory bank), then picks neighbours for the documents of each
 split from that bank; under torchrun each rank embeds a slice and rank 0
 does the rest. A table is an int64 array [documents, k] (-1 where no candidate
 qualified), saved under ``retrieval/neighbours/<split>.npy`` with, beside it, the fingerprint of the
-tokens it was built on: the loader refuses a table built on other tokens.
+tokens it was built on: the loader refuses a table built on other tokens. Under ``retrieval.retriever``
+'hybrid', a bank with a bank corpus also gets its name lookup (name_lookup.py), saved beside the index, and
+each document's neighbours start with the bank-corpus documents it names.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from mmgen.files import reading, write_atomic
 from mmgen.retrieval.bank_documents import BankDocuments
 from mmgen.retrieval.documents import embed_documents, has_both_modalities
 from mmgen.retrieval.encoder import DualEncoder
+from mmgen.retrieval.lexical import document_texts
 from mmgen.retrieval.memory_bank import IndexSpec, MemoryBank
+from mmgen.retrieval.name_lookup import NameLookup
 from mmgen.retrieval.selection import content_hash, select_neighbours
 
 
@@ -106,6 +110,7 @@ def build_bank_and_neighbours(
     rank: int = 0,
     world: int = 1,
     gather: Gather | None = None,
+    text_tokenizer=None,
 ) -> dict[str, dict]:
     """Build the bank from ``bank_shards`` and write a neighbour table for each ``split: (shards, path)``.
 
@@ -116,6 +121,7 @@ def build_bank_and_neighbours(
     (e.g. over torch.distributed): each embeds its slice of every document set
     (the expensive part), rank 0 builds and saves the index, selects the
     neighbours and writes every file; the other ranks return an empty report.
+    ``text_tokenizer`` (the run's) reads the documents' words for the hybrid retriever's name lookup.
     """
     if gather is None:
         if world != 1:
@@ -142,6 +148,9 @@ def build_bank_and_neighbours(
     bank.save(bank_dir)
     log(f"memory bank: {len(embeddings)} documents, {multimodal.sum()} with text and image, index {cfg.index_kind} "
         f"-> {bank_dir}" + (f" (embedded on {world} ranks)" if world > 1 else ""))  # fmt: skip
+    names = build_name_lookup(bank_docs, cfg, bank_dir, vocab, text_tokenizer)
+    if names is not None:
+        log(f"name lookup: {names.index.ntotal} bank-corpus documents, {len(names.index.terms)} words -> {bank_dir}/names")
     report = {}
     for split, (shards, path) in query_splits.items():
         query_emb, query_hashes, _ = queries[split]
@@ -157,11 +166,29 @@ def build_bank_and_neighbours(
             bank, query_emb, query_ids, embeddings=embeddings, content_hashes=hashes, multimodal=multimodal,
             query_hashes=query_hashes, k=cfg.neighbours, candidates=cfg.candidates, max_similarity=cfg.max_similarity,
             clean_queries=clean_emb, centre=bank.centre if cfg.centred_similarity else None,
+            named=None if names is None else names.named_in_documents(shards, vocab, text_tokenizer, cfg.neighbours),
         )
         filled = float((table >= 0).mean()) if table.size else 0.0
         info = {"split": split, "bank": bank_dir, "bank_documents": len(bank_docs), "k": cfg.neighbours, "filled": filled, "query_dropout": cfg.query_dropout,
-                "max_similarity": cfg.max_similarity, "centred_similarity": cfg.centred_similarity, "documents": n}
+                "max_similarity": cfg.max_similarity, "centred_similarity": cfg.centred_similarity, "documents": n,
+                "retriever": "dense" if names is None else "hybrid"}
         save_neighbours(path, table, info, shards)
         log(f"{split}: neighbours for {n} documents, {filled:.1%} of slots filled -> {path}")
         report[split] = info
     return report
+
+
+def build_name_lookup(bank_docs: BankDocuments, cfg: RetrievalConfig, bank_dir: str, vocab,
+                      text_tokenizer) -> NameLookup | None:  # fmt: skip
+    """The hybrid retriever's name lookup over the bank corpus, saved in ``bank_dir``; None (and any old one
+    removed) under 'dense' or for a bank of training documents alone, where it would name nothing."""
+    NameLookup.remove(bank_dir)
+    if cfg.retriever != "hybrid" or len(bank_docs.parts) < 2:
+        return None
+    if text_tokenizer is None:
+        raise ValueError("the hybrid retriever's name lookup needs the run's text tokenizer")
+    corpus = BankDocuments(bank_docs.parts[1:])
+    names = NameLookup.build(document_texts(corpus, vocab, text_tokenizer), bank_docs.offset_of(bank_docs.parts[1]),
+                             name_documents=cfg.name_documents)  # fmt: skip
+    names.save(bank_dir)
+    return names

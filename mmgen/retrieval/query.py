@@ -3,7 +3,9 @@
 ``retrieve_for_prompt`` embeds a prompt's tokens (its text and any images) with
 the run's dual encoder, searches the bank of retrieval/build_index.py and keeps
 candidates as training's selection does: both modalities, no exact duplicate of
-the prompt, not too similar to the prompt or to a neighbour already kept. The
+the prompt, not too similar to the prompt or to a neighbour already kept. A bank
+built with the hybrid retriever puts the bank-corpus documents the prompt names
+first (name_lookup.py), as training's neighbour tables do. The
 bank's ids index the training token shards it was built over, so the retrieved
 documents are read from there and can be put before the prompt with
 ``retrieved_prefix`` exactly like a training document's neighbours.
@@ -23,7 +25,9 @@ from mmgen.config.paths import StaleInputError
 from mmgen.retrieval.augment import body, fit_retrieved, retrieved_prefix
 from mmgen.retrieval.documents import embed_documents, has_both_modalities, split_document
 from mmgen.retrieval.encoder import DualEncoder
+from mmgen.retrieval.lexical import document_texts
 from mmgen.retrieval.memory_bank import MemoryBank
+from mmgen.retrieval.name_lookup import NameLookup
 from mmgen.retrieval.selection import centred, choose_neighbours, content_hash
 
 
@@ -38,7 +42,8 @@ class Retrieved:
 
 
 def load_retriever(encoder_dir: str, bank_dir: str, *, device="cpu") -> tuple[DualEncoder, MemoryBank]:
-    """The run's encoder and memory bank; a clear error naming what is missing."""
+    """The run's encoder and memory bank (with its name lookup as ``bank.names`` when it was built hybrid);
+    a clear error naming what is missing."""
     missing = []
     for folder, name in ((encoder_dir, "encoder.json"), (bank_dir, "index.faiss")):
         fs, root = fsspec.core.url_to_fs(folder)
@@ -47,7 +52,9 @@ def load_retriever(encoder_dir: str, bank_dir: str, *, device="cpu") -> tuple[Du
     if missing:
         raise FileNotFoundError(f"missing {', '.join(missing)} (run retrieval/train_encoder.py and "
                                 f"retrieval/build_index.py first)")  # fmt: skip
-    return DualEncoder.load(encoder_dir, device=device), MemoryBank.load(bank_dir)
+    bank = MemoryBank.load(bank_dir)
+    bank.names = NameLookup.load(bank_dir)
+    return DualEncoder.load(encoder_dir, device=device), bank
 
 
 def retrieve_for_prompt(
@@ -61,12 +68,14 @@ def retrieve_for_prompt(
     candidates: int = 32,
     max_similarity: float = 0.95,
     centred_similarity: bool = True,
+    text_tokenizer=None,
 ) -> list[Retrieved]:
     """Up to ``k`` bank documents for the prompt, most similar first.
 
     ``documents`` is what the bank was built over (the training ``TokenShards``):
     ``documents[bank_id]`` is a token sequence. ``centred_similarity`` measures
     the near-duplicate tests around the bank's mean vector, as training does.
+    A bank with a name lookup (``bank.names``) needs the run's ``text_tokenizer`` to read the prompt's words.
     """
     if k <= 0:
         return []
@@ -78,10 +87,15 @@ def retrieve_for_prompt(
     if len(text) == 0 and len(grids) == 0:
         # a user's empty sample.prompt: a one-line error from the CLI, not a traceback
         raise ConfigError("the prompt holds no text and no image to retrieve documents with")
+    named: list[int] = []
+    names = bank.names
+    if names is not None:
+        if text_tokenizer is None:
+            raise ValueError("this memory bank has a name lookup: retrieve_for_prompt needs the run's text tokenizer")
+        named = [int(j) for j in names.named(document_texts([prompt], vocab, text_tokenizer), k)[0] if j >= 0]
     query = embed_documents(encoder, [prompt], vocab)
-    sims, ids = bank.search(query, max(candidates, k))
-    found = ids[0] >= 0
-    sims, ids = sims[0][found], ids[0][found]
+    _, dense = bank.search(query, max(candidates, k))
+    ids = np.array(named + [int(j) for j in dense[0] if j >= 0 and int(j) not in named], dtype=np.int64)
     docs = [documents[int(j)] for j in ids]
     # the diversity rule needs the candidates' vectors, which an approximate index need not keep: embed them again
     embeddings = embed_documents(encoder, docs, vocab) if docs else np.zeros((0, encoder.dim), np.float32)
@@ -91,9 +105,10 @@ def retrieve_for_prompt(
         (around @ centred(query, centre)[0])[None], np.arange(len(ids))[None], np.array([-2]), embeddings=around,
         content_hashes=np.array([content_hash(d) for d in docs], dtype=np.int64),
         multimodal=has_both_modalities(docs, vocab), query_hashes=np.array([content_hash(prompt)]),
-        k=k, max_similarity=max_similarity,
+        k=k, max_similarity=max_similarity, named=np.arange(len(named))[None],
     )[0]
-    return [Retrieved(bank_id=int(ids[j]), similarity=float(sims[j]), tokens=docs[j]) for j in local if j >= 0]
+    similarity = embeddings @ query[0]
+    return [Retrieved(bank_id=int(ids[j]), similarity=float(similarity[j]), tokens=docs[j]) for j in local if j >= 0]
 
 
 @dataclass

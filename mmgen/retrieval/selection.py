@@ -1,6 +1,8 @@
 """CM3leon's choice of retrieved documents for each training document.
 
-From the bank's nearest candidates, keep a candidate only if it
+The hybrid retriever's named documents (name_lookup.py: the bank-corpus documents the query names) come
+first, under the absolute rules alone: what a query names is never a near-duplicate to avoid, it is the
+knowledge asked for. Then, from the bank's nearest candidates, keep a candidate only if it
 - is not the query itself nor an exact duplicate of it (same token content),
 - holds both text and an image,
 - is not too similar to the query (a near-duplicate teaches nothing), and
@@ -41,6 +43,7 @@ def select_neighbours(
     max_similarity: float = 0.95,
     clean_queries: np.ndarray | None = None,
     centre: np.ndarray | None = None,
+    named: np.ndarray | None = None,
 ) -> np.ndarray:
     """Neighbour document ids [Q, k] (-1 where none qualified).
 
@@ -50,6 +53,7 @@ def select_neighbours(
     near-duplicate test (default: ``queries``), ``query_ids`` their ids in the bank
     (-2 for queries from outside it) and ``query_hashes`` their content hashes.
     ``centre`` (the bank's mean embedding) makes the similarity tests centred.
+    ``named`` [Q, m] are the bank ids each query names (-1 padded), taken before the dense candidates.
     """
     _, ids = bank.search(queries, candidates + 1)
     around = centred(embeddings, centre)
@@ -59,7 +63,8 @@ def select_neighbours(
         rows = slice(start, start + 4096)
         sims[rows] = np.einsum("qd,qkd->qk", clean[rows], around[np.clip(ids[rows], 0, None)])
     return choose_neighbours(sims, ids, query_ids, embeddings=around, content_hashes=content_hashes,
-                             multimodal=multimodal, query_hashes=query_hashes, k=k, max_similarity=max_similarity)  # fmt: skip
+                             multimodal=multimodal, query_hashes=query_hashes, k=k, max_similarity=max_similarity,
+                             named=named)  # fmt: skip
 
 
 def centred(vectors: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
@@ -81,28 +86,37 @@ def choose_neighbours(
     query_hashes: np.ndarray,
     k: int = 2,
     max_similarity: float = 0.95,
+    named: np.ndarray | None = None,
 ) -> np.ndarray:
     """The filtering half of ``select_neighbours`` over candidates ``ids`` [Q, C] (best first).
 
     ``sims`` [Q, C] are the similarities the near-duplicate test reads; candidate
     ids index ``embeddings`` (the vectors of the diversity test), ``content_hashes``
-    and ``multimodal``.
+    and ``multimodal``. ``named`` [Q, m] (bank ids, -1 padded) come first, tested by the absolute rules only.
     """
     out = np.full((len(ids), k), -1, dtype=np.int64)
     for q, (row_sims, row_ids) in enumerate(progress_bar(zip(sims, ids), desc="choose neighbours", total=len(ids),
                                                          unit="document")):
         me = query_ids[q]
+
+        def allowed(cand) -> bool:
+            return not (cand < 0 or cand == me or cand in chosen or content_hashes[cand] == query_hashes[q]
+                        or not multimodal[cand])  # fmt: skip
+
         chosen: list[int] = []
+        for cand in () if named is None else named[q]:
+            if len(chosen) < k and allowed(cand):
+                chosen.append(int(cand))
         for sim, cand in zip(row_sims, row_ids):
-            if cand < 0 or cand == me or content_hashes[cand] == query_hashes[q] or not multimodal[cand]:
+            if len(chosen) == k:
+                break
+            if not allowed(cand):
                 continue
             if sim > max_similarity:
                 continue
             if chosen and float(np.max(embeddings[chosen] @ embeddings[cand])) > max_similarity:
                 continue
             chosen.append(int(cand))
-            if len(chosen) == k:
-                break
         out[q, : len(chosen)] = chosen
     return out
 
