@@ -51,6 +51,12 @@ def demo() -> ExperimentConfig:
     cfg.data.condition_dropout = 0.1
     # temperature 0.7 and guidance 2 scored best of seven settings on 200 validation prompts (BENCHMARKS)
     cfg.eval.sft_cfg_scales = [1.0, 2.0]
+    # the sample stage draws with the same settings, from a prompt in the world's own form (unguided, the
+    # former "a red circle" drew an empty background: most of an image's codes are background)
+    cfg.sample.prompt = "Here is a drawing. Draw a large red circle in the center, on a white background."
+    cfg.sample.temperature = 0.7
+    cfg.sample.cfg_scale = 2.0
+    cfg.sample.num_samples = 4
     return cfg
 
 
