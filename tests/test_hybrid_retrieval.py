@@ -3,10 +3,15 @@ named documents and the dense candidates are merged (tests/test_memory_edits.py 
 
 from __future__ import annotations
 
-import numpy as np
+import json
 
+import numpy as np
+import pytest
+
+from mmgen.config.paths import StaleInputError
+from mmgen.files import CorruptFileError
 from mmgen.retrieval.evaluation import hybrid_ranking
-from mmgen.retrieval.lexical import LexicalIndex, proper_nouns, words
+from mmgen.retrieval.lexical import FILES, LexicalIndex, proper_nouns, words
 from mmgen.retrieval.name_lookup import NameLookup
 from mmgen.retrieval.selection import choose_neighbours
 
@@ -36,7 +41,24 @@ def test_bm25_ranks_a_rare_word_above_the_common_words_a_query_shares():
     assert ids[0, 0] == 0  # the rare word and the template
     assert list(ids[0]).index(4) < list(ids[0]).index(3)  # the rare word alone outweighs three common ones
     assert list(scores[0]) == sorted(scores[0], reverse=True)
-    assert index.idf[index.terms["zorbel"]] > index.idf[index.terms["draw"]] > index.idf[index.terms["a"]]
+    # one word of the same document: the rarer the word, the more it counts (its idf)
+    alone = index.scores(["zorbel", "draw", "a"])[:, 0]
+    assert alone[0] > alone[1] > alone[2] > 0  # a word in every document still counts a little (Lucene's idf)
+
+
+def test_bm25_is_lucenes_form_with_the_given_k1_and_b():
+    index = LexicalIndex.build(["kobu kobu x", "y"], k1=0.9, b=0.4)
+    idf = np.log(1 + (2 - 1 + 0.5) / (1 + 0.5))  # kobu: in 1 of 2 documents
+    tf, length, mean_length = 2, 3, 2
+    expected = idf * tf / (tf + 0.9 * (1 - 0.4 + 0.4 * length / mean_length))
+    assert np.isclose(index.scores(["kobu"])[0, 0], expected, rtol=1e-6)
+    assert np.array_equal(index.scores(["kobu kobu Kobu"]), index.scores(["kobu"]))  # a query counts a word once
+
+
+def test_bm25_over_no_words_finds_nothing():
+    for texts in ([], ["", "!"]):
+        scores, ids = LexicalIndex.build(texts).search(["a red circle"], 2)
+        assert (ids == -1).all() and (scores == 0).all()
 
 
 def test_bm25_gives_no_result_for_a_document_sharing_no_word():
@@ -56,9 +78,33 @@ def test_bm25_saturates_term_frequency_and_normalises_length():
 def test_a_lexical_index_survives_save_and_load(tmp_path):
     index = LexicalIndex.build(DEFINITIONS)
     index.save(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FILES)  # no temporary file left behind
     again = LexicalIndex.load(str(tmp_path))
-    assert again.terms == index.terms and np.allclose(again.scores(["red kobu"]), index.scores(["red kobu"]))
+    assert again.terms == index.terms and np.array_equal(again.scores(["red kobu"]), index.scores(["red kobu"]))
+    assert np.array_equal(again.document_frequency, index.document_frequency)
     assert LexicalIndex.load(str(tmp_path / "missing")) is None
+
+
+def test_a_lexical_index_saved_before_bm25s_asks_for_a_rebuild(tmp_path):
+    # a bank whose name lookup mmgen's own BM25 wrote: its terms and a .npz of postings beside the lookup's record
+    folder = tmp_path / "names"
+    folder.mkdir()
+    (folder / "lexical_terms.json").write_text(json.dumps({"k1": 1.2, "b": 0.75, "terms": {"kobu": 0}}))
+    np.savez(folder / "lexical_postings.npz", indptr=np.array([0, 1]), columns=np.array([0]),
+             weights=np.array([1.0], dtype=np.float32), idf=np.array([0.7], dtype=np.float32))  # fmt: skip
+    (folder / "lookup.json").write_text(json.dumps({"offset": 0, "names": ["kobu"]}))
+    with pytest.raises(StaleInputError, match="older mmgen.*rerun retrieval/build_index.py"):
+        LexicalIndex.load(str(folder))
+    with pytest.raises(StaleInputError, match="older mmgen"):
+        NameLookup.load(str(tmp_path))
+
+
+def test_a_torn_lexical_index_is_a_clear_error(tmp_path):
+    LexicalIndex.build(DEFINITIONS).save(str(tmp_path))
+    data = tmp_path / FILES[0]
+    data.write_bytes(data.read_bytes()[:20])
+    with pytest.raises(CorruptFileError, match="not a readable bm25s index"):
+        LexicalIndex.load(str(tmp_path))
 
 
 def test_name_lookup_keys_on_defined_names_only():

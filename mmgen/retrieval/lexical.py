@@ -1,32 +1,46 @@
-"""The memory bank's lexical stage: BM25 over whole words.
+"""The memory bank's lexical stage: BM25 over whole words, scored by bm25s.
 
 A dense encoder sees a made-up name ("Zorbel") as a few subword fragments it shares with other names, and
 has never seen most names at all; a lexical index over whole words sees one rare term, whose inverse
 document frequency makes it outweigh every template word a query shares with the bank. Words are runs of
 letters and digits, lower-cased, read from a document's text (its pieces decoded; images carry no words).
 
-Scores are Okapi BM25 (``k1`` saturates a term's frequency, ``b`` normalises by document length). The
-index is a sparse matrix [documents, terms] of each posting's BM25 weight, so a block of queries is scored
-against the whole bank in one sparse product; ``save`` and ``load`` keep it beside the FAISS index.
+The words are this module's (``words``: the name lookup reads names with the same rule); the index and its
+scores are bm25s's Okapi BM25 in Lucene's form (idf ``log(1 + (N - df + 0.5) / (df + 0.5))``, positive even
+for a word in most documents; ``k1`` saturates a term's frequency, ``b`` normalises by document length),
+a sparse words × documents matrix of each posting's weight. What stays here is what bm25s does not do the
+project's way: a query counts each of its words once, a document that shares no word with a query is no
+result, ties go to the lower row id (a search is reproducible), and ``save``/``load`` go through fsspec with
+atomic writes beside the FAISS index (bm25s's own files: .npy arrays and JSON, nothing pickled).
 """
 
 from __future__ import annotations
 
-import io
-import json
+import logging
+import os
 import posixpath
 import re
+import tempfile
 import warnings
 from typing import Sequence
 
+import bm25s
 import fsspec
 import numpy as np
-import torch
 
-from mmgen.files import write_atomic
+from mmgen.config.paths import StaleInputError
+from mmgen.files import reading, write_atomic
+
+# bm25s sets its own logger to DEBUG; its notes ("Building index from IDs") are not for a stage's console
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 _WORD = re.compile(r"[^\W_]+")
-FILES = ("lexical_terms.json", "lexical_postings.npz")
+PARAMETERS = "params.index.json"
+"""bm25s's record of the index (k1, b, method, number of documents); written last, it marks a complete index."""
+FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json", PARAMETERS)
+"""What ``BM25.save`` writes for a Lucene index without a corpus."""
+OLD_FILES = ("lexical_terms.json", "lexical_postings.npz")
+"""An index saved by mmgen's own BM25, before bm25s: not read, the bank is rebuilt."""
 
 
 def words(text: str) -> list[str]:
@@ -55,66 +69,39 @@ def document_texts(documents, vocab, text_tokenizer) -> list[str]:
 class LexicalIndex:
     """BM25 over the bank's documents: ``search(texts, k)`` → (scores [Q, k], row ids [Q, k], -1 where none)."""
 
-    def __init__(self, terms: dict[str, int], indptr: np.ndarray, columns: np.ndarray, weights: np.ndarray,
-                 idf: np.ndarray, *, k1: float, b: float):  # fmt: skip
-        self.terms = terms
-        self.idf = np.asarray(idf, dtype=np.float32)
-        self.k1, self.b = k1, b
-        self.indptr = np.asarray(indptr, dtype=np.int64)
-        self.columns = np.asarray(columns, dtype=np.int64)
-        self.weights = np.asarray(weights, dtype=np.float32)
-        self.ntotal = len(self.indptr) - 1
-        # rows are documents: (documents × terms) @ (terms × queries) scores a block of queries at once
-        with warnings.catch_warnings():  # torch calls its CSR tensors beta; this product is all they do here
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            self._matrix = torch.sparse_csr_tensor(torch.from_numpy(self.indptr), torch.from_numpy(self.columns),
-                                                   torch.from_numpy(self.weights), size=(self.ntotal, max(len(terms), 1)),
-                                                   check_invariants=True)  # fmt: skip
+    def __init__(self, bm25: bm25s.BM25):
+        self.bm25 = bm25
+        self.terms: dict[str, int] = bm25.vocab_dict
+        """Each word of the bank and its column in the index."""
+        self.ntotal = int(bm25.scores["num_docs"])
+
+    @property
+    def document_frequency(self) -> np.ndarray:
+        """[terms]: how many documents hold each word (the postings of its column)."""
+        return np.diff(self.bm25.scores["indptr"])
 
     @classmethod
     def build(cls, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> "LexicalIndex":
         terms: dict[str, int] = {}
-        rows = []
-        for text in texts:
-            counts: dict[int, int] = {}
-            for word in words(text):
-                term = terms.setdefault(word, len(terms))
-                counts[term] = counts.get(term, 0) + 1
-            rows.append(counts)
-        n = len(rows)
-        lengths = np.array([sum(r.values()) for r in rows], dtype=np.float64)
-        mean_length = max(float(lengths.mean()) if n else 0.0, 1.0)
-        df = np.zeros(len(terms), dtype=np.float64)
-        for r in rows:
-            df[list(r)] += 1
-        # BM25's idf, kept positive (Lucene's form): a word in most documents still counts a little
-        idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
-        indptr, columns, weights = [0], [], []
-        for r, length in zip(rows, lengths):
-            term_ids = np.fromiter(r, dtype=np.int64, count=len(r))
-            tf = np.fromiter(r.values(), dtype=np.float64, count=len(r))
-            order = np.argsort(term_ids)
-            term_ids, tf = term_ids[order], tf[order]
-            norm = k1 * (1.0 - b + b * length / mean_length)
-            columns.append(term_ids)
-            weights.append(idf[term_ids] * tf * (k1 + 1.0) / (tf + norm))
-            indptr.append(indptr[-1] + len(r))
-        cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-        return cls(terms, np.array(indptr), cat(columns, np.int64), cat(weights, np.float32), idf, k1=k1, b=b)
-
-    def query_matrix(self, texts: Sequence[str]) -> torch.Tensor:
-        """[terms, Q]: 1 for each known word of each query (a word the bank never holds cannot match)."""
-        out = torch.zeros(max(len(self.terms), 1), len(texts))
-        for q, text in enumerate(texts):
-            known = [self.terms[w] for w in set(words(text)) if w in self.terms]
-            out[known, q] = 1.0
-        return out
+        # word ids in order of first use, not bm25s's (a set's order, which changes with the hash seed)
+        ids = [[terms.setdefault(word, len(terms)) for word in words(text)] for text in texts]
+        bm25 = bm25s.BM25(k1=k1, b=b, method="lucene")
+        with warnings.catch_warnings():
+            # a bank without a word (none, or only images) has no postings: the mean length bm25s takes of it
+            # (NaN, with a warning) weighs nothing
+            warnings.simplefilter("ignore", RuntimeWarning)
+            bm25.index((ids, terms), create_empty_token=False, show_progress=False)
+        return cls(bm25)
 
     def scores(self, texts: Sequence[str]) -> np.ndarray:
-        """BM25 score of every bank document for each query [Q, documents]."""
-        if self.ntotal == 0:
-            return np.zeros((len(texts), 0), dtype=np.float32)
-        return (self._matrix @ self.query_matrix(texts)).T.contiguous().numpy()
+        """BM25 score of every bank document for each query [Q, documents]; each word of a query counts once and
+        a word the bank never holds cannot match."""
+        out = np.zeros((len(texts), self.ntotal), dtype=np.float32)
+        for q, text in enumerate(texts):
+            known = [self.terms[w] for w in dict.fromkeys(words(text)) if w in self.terms]
+            if known and self.ntotal:
+                out[q] = self.bm25.get_scores_from_ids(known)
+        return out
 
     def search(self, texts: Sequence[str], k: int, *, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of each query, best first: (scores, row ids); a document that shares no
@@ -137,22 +124,30 @@ class LexicalIndex:
         return out_scores, out_ids
 
     def save(self, folder: str) -> None:
+        """bm25s's files in ``folder`` (any fsspec URL), each written atomically, its parameters last."""
         fs, root = fsspec.core.url_to_fs(folder)
-        buf = io.BytesIO()
-        np.savez(buf, indptr=self.indptr, columns=self.columns, weights=self.weights, idf=self.idf)
-        record = {"k1": self.k1, "b": self.b, "terms": self.terms}
-        write_atomic(posixpath.join(root, FILES[1]), buf.getvalue(), fs)
-        write_atomic(posixpath.join(root, FILES[0]), json.dumps(record), fs)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.bm25.save(tmp, show_progress=False)
+            for name in FILES:
+                with open(os.path.join(tmp, name), "rb") as f:
+                    write_atomic(posixpath.join(root, name), f.read(), fs)
 
     @classmethod
     def load(cls, folder: str) -> "LexicalIndex | None":
-        """The index saved in ``folder``, or None when it holds none (a bank built dense-only)."""
+        """The index saved in ``folder``, or None when it holds none (a bank built dense-only); a
+        ``StaleInputError`` for one saved by mmgen's own BM25 before bm25s, a ``CorruptFileError`` for a torn one."""
         fs, root = fsspec.core.url_to_fs(folder)
-        if not all(fs.exists(posixpath.join(root, name)) for name in FILES):
+        if not fs.exists(posixpath.join(root, PARAMETERS)):
+            if any(fs.exists(posixpath.join(root, name)) for name in OLD_FILES):
+                raise StaleInputError(f"{folder} holds a lexical index saved by an older mmgen (its own BM25, before "
+                                      f"bm25s): rerun retrieval/build_index.py to rebuild the memory bank")  # fmt: skip
             return None
-        with fs.open(posixpath.join(root, FILES[0]), "r") as f:
-            record = json.load(f)
-        with fs.open(posixpath.join(root, FILES[1]), "rb") as f:
-            arrays = np.load(io.BytesIO(f.read()), allow_pickle=False)
-            parts = {name: arrays[name] for name in ("indptr", "columns", "weights", "idf")}
-        return cls(record["terms"], k1=record["k1"], b=record["b"], **parts)
+        # bm25s reads a local folder: bring the files over from wherever the bank lives
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in FILES:
+                with fs.open(posixpath.join(root, name), "rb") as f, open(os.path.join(tmp, name), "wb") as out:
+                    out.write(f.read())
+            with reading(folder, "bm25s index"):
+                bm25 = bm25s.BM25.load(tmp, mmap=False, allow_pickle=False, show_progress=False)
+                bm25.scores["num_docs"] = int(bm25.scores["num_docs"])
+                return cls(bm25)

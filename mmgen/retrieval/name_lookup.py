@@ -13,7 +13,7 @@ step. So the lookup keys on the names a query holds:
   held by at most ``name_documents`` bank-corpus documents (a name defined once; one that many of them use
   is a poor key);
 - a query names the documents that hold one of its words that is a name, in any case, ranked by BM25 over
-  the bank corpus on those words alone (``LexicalIndex``).
+  the bank corpus on those words alone (``LexicalIndex``, bm25s).
 
 ``retrieve_for_prompt`` and the neighbour tables put them first, then fill the remaining slots with the
 dual encoder's nearest documents; a query that names nothing (an entity-free document) gets the dense
@@ -50,7 +50,7 @@ class NameLookup:
     def build(cls, texts: Sequence[str], offset: int, *, name_documents: int = 2) -> "NameLookup":
         """From the text of each bank-corpus document; the first is bank id ``offset``."""
         index = LexicalIndex.build(texts)
-        holding = np.bincount(index.columns, minlength=len(index.terms))  # postings per word: documents holding it
+        holding = index.document_frequency
         capitalised = set().union(*map(proper_nouns, texts)) if texts else set()
         names = sorted(w for w in capitalised if w in index.terms and holding[index.terms[w]] <= name_documents)
         return cls(index, offset=offset, names=names)
