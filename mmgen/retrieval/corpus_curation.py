@@ -33,7 +33,7 @@ from mmgen.config.schema import CurateConfig
 from mmgen.data.concepts import balance_by_concept, concept_counts, match_concepts
 from mmgen.data.curation import merge_texts
 from mmgen.data.document import Document
-from mmgen.eval.attributes import attribute_score, caption_scene
+from mmgen.eval.attributes import caption_states_scene
 from mmgen.generation.captioning import caption_images
 from mmgen.retrieval.curation import (alignment_scores, assign_images_to_sentences, balance_by_cluster, repeats_earlier,
                                       score_threshold)
@@ -296,7 +296,7 @@ class Pipeline:
             kind = self._noise.get(id(doc.images[0]))
             if kind is not None:  # the world's ground truth: is the new caption right, and did the filter take it?
                 truth = self.record.ground_truth[kind]
-                right = _states_scene(caption, doc.image_metadata[0])
+                right = caption_states_scene(caption, doc.image_metadata[0])
                 truth["recaption_correct"] += int(right)
                 truth["recaptioned"] += int(accepted)
                 truth["recaptioned_correct"] += int(accepted and right)
@@ -355,15 +355,6 @@ class Pipeline:
                 if kind is not None:
                     self.record.ground_truth.setdefault(kind, Counter())["in_output"] += 1
         self.record.ground_truth = {k: dict(v) for k, v in sorted(self.record.ground_truth.items())}
-
-
-def _states_scene(caption: str, scene: dict[str, Any]) -> bool:
-    """Whether ``caption``, read by the world's caption parser, states every attribute of the ground-truth
-    ``scene`` and no shape it does not hold (False for metadata that is not a scene)."""
-    if not isinstance(scene.get("shapes"), list) or "background" not in scene:
-        return False
-    right, total = attribute_score(scene, caption_scene(caption))
-    return right == total
 
 
 def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: int, seed: int = 0) -> Captioner:
