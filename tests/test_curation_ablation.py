@@ -15,6 +15,7 @@ from mmgen.data.shapes_world import describe_scene, random_scene, render_scene, 
 from mmgen.data.token_shards import TokenShardWriter
 from mmgen.data.world_noise import CONCEPTS, WorldNoise, concept_counts, concept_groups, concept_probabilities
 from mmgen.eval.curation_ablation import TASKS, arm_metrics, comparisons, markdown_tables, recaption_figures
+from mmgen.eval.curation_thresholds import document_thresholds, grid, recaption_thresholds
 from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import Transformer
 from mmgen.tokenizers.image import ImageTokenizer
@@ -133,3 +134,15 @@ def test_the_benchmark_names_an_unknown_arm_in_one_error_line(tmp_path):
     status, stderr = run_stage("benchmarks/curation_ablation.py", tmp_path, "--arms", "raw,balanced", small=False)
     assert_one_error_line(status, stderr, "balanced", "raw, filtered, curated")
     assert not (tmp_path / "curation_ablation").exists()
+
+
+def test_markdown_tables_show_the_threshold_sweeps_with_the_choice():
+    record = {"clip_threshold": 0.7, "clip_scores": [0.9, 0.62, 0.66, 0.3, 0.5], "clip_kinds": ["clean"] * 3 + ["misaligned"] * 2}
+    captions = recaption_thresholds([0.75, 0.85], [False, True], removed=4, right_total=1, thresholds=grid(0.7, 0.9))
+    result = {"split": "heldout", "groups": {}, "training_tokens_each": 1_000, "arms": {"raw": _arm(0.5, 1_000)},
+              "thresholds": {"documents": document_thresholds(record, grid(0.4, 0.8)), "recaption": {**captions, "used": 0.7}}}
+    tables = markdown_tables(result)
+    assert "(3 clean, 2 misaligned or uninformative); chosen: 0.51" in tables
+    assert "| 0.70 | 33.3% [" in tables and "| 0.51 | 100.0% [" in tables and "| 0.45 |" in tables and "| 0.46 |" not in tables
+    assert "(1 right); chosen: 0.76" in tables
+    assert "| 0.76 | 1 (25.0% [" in tables and "| 100.0% [" in tables

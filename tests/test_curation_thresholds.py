@@ -9,7 +9,7 @@ from PIL import Image
 
 from mmgen.data.document import Document
 from mmgen.data.shapes_world import describe_scene
-from mmgen.eval.curation_thresholds import (balanced_threshold, document_thresholds, grid, recaption_thresholds,
+from mmgen.eval.curation_thresholds import (best_threshold, document_thresholds, grid, recaption_thresholds,
                                             recaptioned_pairs, sweep)
 
 
@@ -19,10 +19,15 @@ def test_the_sweep_counts_good_kept_and_bad_removed_and_the_choice_balances_them
     rows = sweep(scores, good, [0.45, 0.55, 0.65, 0.85])
     assert [(r["good_kept"], r["bad_removed"]) for r in rows] == [(4, 3), (3, 3), (2, 3), (1, 4)]
     assert rows[1]["good_kept_share"] == 0.75 and rows[1]["youden"] == pytest.approx(0.5)
-    lo, hi = rows[1]["good_kept_ci95"]
+    assert rows[3]["f1"] == pytest.approx(2 * 1 / (1 + 4))  # 1 item kept, right; 4 good items
+    # with good items rare, J keeps a bad item for the last good one; F1 cuts it
+    # (J 0.625 against 0.5; F1 0.57 against 0.67)
+    rare = sweep([0.9, 0.5, 0.6, 0.55, 0.52, 0.45, 0.4, 0.3, 0.2, 0.1], [True] * 2 + [False] * 8, [0.5, 0.62])
+    assert best_threshold(rare, "youden")["threshold"] == 0.5 and best_threshold(rare, "f1")["threshold"] == 0.62
+    lo, hi = rows[1]["good_kept_share_ci95"]
     assert lo < 0.75 < hi
-    assert balanced_threshold(rows)["threshold"] == 0.45  # J: 0.75, 0.5, 0.25, 0.25
-    assert balanced_threshold(sweep(scores, good, [0.1, 0.15]))["threshold"] == 0.1  # equals: the lowest
+    assert best_threshold(rows)["threshold"] == 0.45  # J: 0.75, 0.5, 0.25, 0.25
+    assert best_threshold(sweep(scores, good, [0.1, 0.15]))["threshold"] == 0.1  # equals: the lowest
     assert grid(0.4, 0.5) == [0.4, 0.41, 0.42, 0.43, 0.44, 0.45, 0.46, 0.47, 0.48, 0.49, 0.5]
 
 

@@ -127,8 +127,9 @@ def markdown_tables(result: dict) -> str:
 
 
 def _interval(row: dict, key: str) -> str:
+    """'12.2% [10.4%, 14.1%]', or '–' for a share of nothing."""
     lo, hi = row[f"{key}_ci95"]
-    return f"{row[key]:.1%} [{lo:.1%}, {hi:.1%}]"
+    return "–" if row[key] != row[key] else f"{row[key]:.1%} [{lo:.1%}, {hi:.1%}]"
 
 
 def _shown(sweep: dict, every: float = 0.05) -> list[dict]:
@@ -143,19 +144,19 @@ def _threshold_tables(thresholds: dict) -> list[str]:
     if "documents" in thresholds:
         d = thresholds["documents"]
         lines += ["", f"Document images of the training split ({d['good']:,} clean, {d['bad']:,} misaligned or "
-                  f"uninformative); chosen: {d['chosen']['threshold']:.2f} (the best sum of the two shares).", "",
-                  "| threshold | clean kept | corrupted removed | sum less one |", "|---|---|---|---|"]  # fmt: skip
+                  f"uninformative); chosen: {d['chosen']['threshold']:.2f} (the best sum of the two shares, Youden's J).", "",
+                  "| threshold | clean kept | corrupted removed | J |", "|---|---|---|---|"]  # fmt: skip
         for r in _shown(d):
             lines.append(f"| {r['threshold']:.2f} | {_interval(r, 'good_kept_share')} | "
                          f"{_interval(r, 'bad_removed_share')} | {r['youden']:.3f} |")
     if "recaption" in thresholds:
         c = thresholds["recaption"]
         lines += ["", f"Generated captions of the {c['removed']:,} removed training pairs ({c['right']:,} right); "
-                  f"chosen: {c['chosen']['threshold']:.2f} (the best sum of right kept and wrong removed).", "",
+                  f"chosen: {c['chosen']['threshold']:.2f} (the best F1 of right captions).", "",
                   "| threshold | accepted (of removed) | accepted and right (of removed) | right among accepted | "
-                  "right kept | wrong removed |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "right kept | wrong removed | F1 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in _shown(c):
             lines.append(f"| {r['threshold']:.2f} | {r['accepted']:,} ({_interval(r, 'accepted_share')}) | "
                          f"{r['accepted_right']:,} ({_interval(r, 'accepted_right_share')}) | {_interval(r, 'precision')} | "
-                         f"{_interval(r, 'good_kept_share')} | {_interval(r, 'bad_removed_share')} |")
+                         f"{_interval(r, 'good_kept_share')} | {_interval(r, 'bad_removed_share')} | {r['f1']:.3f} |")
     return lines
