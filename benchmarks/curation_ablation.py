@@ -28,8 +28,8 @@ The models are scored on the ``eval.split`` scenes (held-out by default; validat
 bits per token, caption, text-to-image and classification accuracy, each with items and a 95 % interval, overall
 and on one-shape scenes of the 6 most and the 6 least common concepts of the training caption pairs (by their
 scenes' ground truth). From the training split's ground truth (never the held-out one), the sweeps of
-``mmgen.eval.curation_thresholds``: the document-image threshold (``curate.clip_threshold_documents``) and the
-generated-caption one (``curate.recaption_threshold``) with the best sum of items rightly kept and rightly removed.
+``mmgen.eval.curation_thresholds``: the document-image threshold (``curate.clip_threshold_documents``) with the
+best Youden's J, and the generated-caption one (``curate.recaption_threshold``) with the best F1 of right captions.
 Writes ``curation_ablation.json`` and ``curation_ablation.md`` (the tables). A finished arm (its last checkpoint,
 its curated corpus, its tokens) is not redone; delete its folder to redo it.
 """
