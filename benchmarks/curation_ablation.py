@@ -1,14 +1,16 @@
 """DataComp's experiment on the noisy shapes world: raw against curated training data at the same token budget,
-scored on clean held-out scenes; and CapFilt's recaptioning, measured.
+scored on clean held-out scenes; an arm with the filter alone, to tell balancing's share; CapFilt's
+recaptioning, measured; and the thresholds the training split's ground truth would choose.
 
-    python benchmarks/curation_ablation.py --config demo --processes 1 \\
+    python benchmarks/curation_ablation.py --config demo --processes 1 --arms raw,filtered,curated \\
         --world.noise_misaligned 0.3 --world.noise_uninformative 0.1 --world.noise_near_duplicates 0.05 \\
         --world.concept_tail 1.0 --curate.concepts world --curate.concept_cap 600
 
-Every override goes to every stage. First the stages the run folder lacks are run as usual (data/make_world.py,
-tokenizers/train_text.py, tokenizers/train_image.py, tokenizers/encode.py, retrieval/train_encoder.py), so the
-tokenizers and the dual encoder are trained once, on the raw corpus, and shared. Then, in
-``<run>/curation_ablation/``:
+``--arms`` (default ``raw,curated``) names the arms to train and compare, of ``raw``, ``filtered`` and ``curated``;
+every other override goes to every stage. First the stages the run folder lacks are run as usual
+(data/make_world.py, tokenizers/train_text.py, tokenizers/train_image.py, tokenizers/encode.py,
+retrieval/train_encoder.py), so the tokenizers and the dual encoder are trained once, on the raw corpus, and
+shared. Then, in ``<run>/curation_ablation/``:
 
 - ``raw/``: pretraining on the run's token shards, the noisy corpus as it is;
 - ``curated/``: the training documents and caption pairs curated by ``curate_corpus`` (data/curate.py's call;
@@ -16,17 +18,23 @@ tokenizers and the dual encoder are trained once, on the raw corpus, and shared.
   (``curate.concepts``, ``curate.concept_cap``) on the pairs only, since a document names many concepts;
   encoded with the run's tokenizers and mixed by ``world.pretrain_caption_share`` like the raw arm; then
   pretraining with the same steps, batch and sequence length, so the same number of tokens;
-- ``recaptioned/``: the caption pairs curated again with recaptioning by the raw arm's model (CapFilt), to
-  measure it; no model trains on them.
+- ``filtered/``: as ``curated/`` without concept balancing: the same curated documents
+  (``curated/corpus/documents``) and the caption pairs after the CLIP-score filter alone, so it differs from
+  the curated arm by balancing only;
+- ``recaptioned/`` (with the raw arm): the caption pairs curated again with recaptioning by the raw arm's model
+  (CapFilt), to measure it; no model trains on them.
 
-Both models are scored on the ``eval.split`` scenes (held-out by default; validation while choosing settings):
+The models are scored on the ``eval.split`` scenes (held-out by default; validation while choosing settings):
 bits per token, caption, text-to-image and classification accuracy, each with items and a 95 % interval, overall
 and on one-shape scenes of the 6 most and the 6 least common concepts of the training caption pairs (by their
-scenes' ground truth). Writes
-``curation_ablation.json`` and ``curation_ablation.md`` (the tables). A finished arm (its last checkpoint, its
-curated corpus, its tokens) is not redone; delete its folder to redo it.
+scenes' ground truth). From the training split's ground truth (never the held-out one), the sweeps of
+``mmgen.eval.curation_thresholds``: the document-image threshold (``curate.clip_threshold_documents``) with the
+best Youden's J, and the generated-caption one (``curate.recaption_threshold``) with the best F1 of right captions.
+Writes ``curation_ablation.json`` and ``curation_ablation.md`` (the tables). A finished arm (its last checkpoint,
+its curated corpus, its tokens) is not redone; delete its folder to redo it.
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -38,14 +46,18 @@ from mmgen.cli import fail, run_cli, start_stage
 from mmgen.config import ConfigError, ExperimentConfig, RunPaths
 from mmgen.data.world_noise import concept_counts, concept_groups
 from mmgen.device import generation_device
+from mmgen.data.corpus import open_corpus
 from mmgen.eval.curation_ablation import arm_metrics, markdown_tables, recaption_figures
+from mmgen.eval.curation_thresholds import document_thresholds, grid, recaption_thresholds, recaptioned_pairs
 from mmgen.eval.summary import read_json
 from mmgen.files import read_jsonl, write_atomic, write_json
 from mmgen.model.checkpoint import checkpoint_steps, load_trained_model
 from mmgen.retrieval.curate_stage import curate_corpus
+from mmgen.retrieval.embedder import load_embedder
 from mmgen.tokenizers.run import load_run_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("raw", "filtered", "curated")
 PREREQUISITES = (  # (stage script, the output that shows it ran)
     ("data/make_world.py", lambda p: p.caption_pairs("train")),
     ("tokenizers/train_text.py", lambda p: p.text_tokenizer),
@@ -114,10 +126,53 @@ def evaluated(cfg: ExperimentConfig, paths: RunPaths, arm: Path, tokenizer, grou
     return result
 
 
+def chosen_arms(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The ``--arms`` named (in ``ARMS``' order) and the rest of the command line, the stages' overrides."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--arms", default="raw,curated")
+    known, rest = parser.parse_known_args(argv)
+    arms = [a.strip() for a in known.arms.split(",") if a.strip()]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown or not arms:
+        raise ConfigError(f"--arms {known.arms!r}: name one or more of {', '.join(ARMS)} (unknown: {', '.join(unknown) or 'none'})")
+    return [a for a in ARMS if a in arms], rest
+
+
+def train_arm(cfg: ExperimentConfig, paths: RunPaths, arm: Path, overrides: list[str], documents: str, pairs: str) -> None:
+    """Encode ``documents`` and caption ``pairs`` mixed like the raw arm, then pretrain ``arm`` on them."""
+    share = cfg.world.pretrain_caption_share
+    if not os.path.exists(arm / "tokens" / "train" / "manifest.json"):
+        run_stage("tokenizers/encode.py", overrides, "--output_dir", str(arm), "--data.train_corpus",
+                  f"{documents},{pairs}", "--data.train_weights", f"{1 - share},{share}",
+                  "--data.heldout_corpus", paths.corpus_split("heldout"))  # fmt: skip
+    pretrain(cfg, arm, overrides)
+
+
+def threshold_sweeps(cfg: ExperimentConfig, paths: RunPaths, top: Path) -> dict:
+    """The document-image and generated-caption sweeps, from the curation records and the recaptioned pairs the
+    run has (the training split)."""
+    sweeps = {}
+    documents = top / "curated" / "curate" / "documents" / "curation.json"
+    if documents.exists():
+        sweeps["documents"] = document_thresholds(read_json(str(documents)), grid(0.40, 0.80))
+    record = top / "recaptioned" / "curate" / "captions" / "curation.json"
+    if record.exists():
+        rec = read_json(str(record))
+        used = next(s["settings"]["threshold"] for s in rec["steps"] if s["step"] == "recaption")
+        figures = recaption_figures(rec["ground_truth"])["all"]
+        options = dataclasses.replace(cfg.data, dedup_documents=False, dedup_images=False)  # every pair written
+        docs = list(open_corpus(str(top / "recaptioned" / "corpus" / "captions"), "captions", options=options))
+        scores, right = recaptioned_pairs(docs, load_embedder(paths.retrieval_encoder, paths))
+        sweeps["recaption"] = {**recaption_thresholds(scores, right, removed=figures["removed"],
+                                                      right_total=figures["recaption_correct"],
+                                                      thresholds=grid(used, 0.95)), "used": used}  # fmt: skip
+    return sweeps
+
+
 def main() -> None:
-    stage = start_stage("curation_ablation", __doc__)
+    names, overrides = chosen_arms(sys.argv[1:])
+    stage = start_stage("curation_ablation", __doc__, argv=overrides)
     cfg, paths = stage.cfg, stage.paths
-    overrides = sys.argv[1:]
     share = cfg.world.pretrain_caption_share
     if cfg.data.train_corpus or not 0 < share < 1:
         raise ConfigError("the ablation curates the run's shapes world: leave data.train_corpus empty and set "
@@ -126,34 +181,41 @@ def main() -> None:
         if not os.path.exists(output(paths)):
             run_stage(script, overrides)
     top = Path(cfg.run_dir) / "curation_ablation"
-    raw, curated, recaptioned = top / "raw", top / "curated", top / "recaptioned"
-    for arm in (raw, curated, recaptioned):
+    arms = {name: top / name for name in names}
+    recaptioned = top / "recaptioned"
+    for arm in (*arms.values(), recaptioned):
         arm.mkdir(parents=True, exist_ok=True)
         link(arm, "tokenizers", f"{paths.root}/tokenizers")
-    link(raw, "tokens", f"{paths.root}/tokens")
-    link(recaptioned, "pretrain", str(raw / "pretrain"))  # recaptioning uses the raw arm's model
 
-    pretrain(cfg, raw, overrides)
-    documents = curated_corpus(cfg, paths, curated, "documents", paths.corpus_split("train"), concepts="")
-    pairs = curated_corpus(cfg, paths, curated, "captions", paths.caption_pairs("train"), concepts=cfg.curate.concepts)
-    if not os.path.exists(curated / "tokens" / "train" / "manifest.json"):
-        run_stage("tokenizers/encode.py", overrides, "--output_dir", str(curated), "--data.train_corpus",
-                  f"{documents},{pairs}", "--data.train_weights", f"{1 - share},{share}",
-                  "--data.heldout_corpus", paths.corpus_split("heldout"))  # fmt: skip
-    pretrain(cfg, curated, overrides)
-    recaption = curated_corpus(cfg, paths, recaptioned, "captions", paths.caption_pairs("train"), concepts="",
-                               recaption=True)  # fmt: skip
-    print(f"recaptioned caption pairs: {recaption}")
+    if "raw" in arms:
+        link(arms["raw"], "tokens", f"{paths.root}/tokens")
+        pretrain(cfg, arms["raw"], overrides)
+    curation = {}
+    if {"filtered", "curated"} & set(arms):  # both arms train on the same filtered documents, kept in curated/
+        documents = curated_corpus(cfg, paths, top / "curated", "documents", paths.corpus_split("train"), concepts="")
+        curation["documents"] = top / "curated" / "curate" / "documents"
+    for name, concepts in (("filtered", ""), ("curated", cfg.curate.concepts)):
+        if name in arms:
+            pairs = curated_corpus(cfg, paths, arms[name], "captions", paths.caption_pairs("train"), concepts=concepts)
+            curation[f"{name} captions"] = arms[name] / "curate" / "captions"
+            train_arm(cfg, paths, arms[name], overrides, documents, pairs)
+    result: dict = {}
+    if "raw" in arms:  # recaptioning uses the raw arm's model
+        link(recaptioned, "pretrain", str(arms["raw"] / "pretrain"))
+        recaption = curated_corpus(cfg, paths, recaptioned, "captions", paths.caption_pairs("train"), concepts="",
+                                   recaption=True)  # fmt: skip
+        print(f"recaptioned caption pairs: {recaption}")
+        truth = read_json(str(recaptioned / "curate" / "captions" / "curation.json"))["ground_truth"]
+        result["recaption"] = recaption_figures(truth)
 
     tokenizer = load_run_tokenizer(paths, generation_device())
     groups = concept_groups(concept_counts(record['metadata'] for record in read_jsonl(paths.caption_pairs('train'))))
-    arms = {name: evaluated(cfg, paths, arm, tokenizer, groups) for name, arm in (("raw", raw), ("curated", curated))}
-    truth = read_json(str(recaptioned / "curate" / "captions" / "curation.json"))["ground_truth"]
-    result = {"split": cfg.eval.split, "groups": groups, "arms": arms, "recaption": recaption_figures(truth),
+    result = {"split": cfg.eval.split, "groups": groups,
+              "arms": {name: evaluated(cfg, paths, arm, tokenizer, groups) for name, arm in arms.items()}, **result,
+              "thresholds": threshold_sweeps(cfg, paths, top),
               "training_tokens_each": cfg.training.steps * cfg.training.local_batch_size * cfg.training.seq_len
               * cfg.processes, "curate": dataclasses.asdict(cfg.curate),
-              "curation": {name: read_json(str(curated / "curate" / name / "curation.json"))["steps"]
-                           for name in ("documents", "captions")}}  # fmt: skip
+              "curation": {name: read_json(str(folder / "curation.json"))["steps"] for name, folder in curation.items()}}  # fmt: skip
     tables = markdown_tables(result)
     write_json(str(top / "curation_ablation.json"), result)
     write_atomic(str(top / "curation_ablation.md"), tables)

@@ -9,7 +9,9 @@ curate.* steps (mmgen/retrieval/corpus_curation.py) and writes the kept document
 curate.output, a folder written under a temporary name and renamed; the report goes to <run>/curate/
 (report.html, curation.json, the plots). Steps that embed use the run's dual encoder
 (retrieval/train_encoder.py first; curate.encoder names another, or a local CLIP folder) and tokenizers;
-recaptioning uses the run's pretrained decoder.
+recaptioning uses the run's pretrained decoder. The CLIP-score filter has a threshold per corpus kind:
+curate.clip_threshold for caption pairs and ImageFolder, curate.clip_threshold_documents for interleaved
+documents (OBELICS, MMC4), and curate.recaption_threshold for the decoder's own captions.
 """
 
 from mmgen.cli import run_cli, start_stage

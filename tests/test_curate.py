@@ -84,6 +84,16 @@ def test_interleaved_documents_lose_the_image_and_keep_their_text():
     assert dict(p.record.steps[0].images_removed) == {"clip_score": 1}
 
 
+def test_interleaved_documents_have_their_own_threshold():
+    """A sentence naming two colours scores 0.71 with a one-colour image: under the pairs' 0.8 it removes a
+    caption pair, and a document image only below the documents' threshold."""
+    doc = Document(parts=["It is red and green.", solid("red")], image_metadata=[{}])
+    assert pipeline("obelics", clip_threshold_documents=0.6).run([doc])[0].images
+    assert not pipeline("obelics", clip_threshold_documents=0.75).run([doc])[0].images
+    p = pipeline("captions", clip_threshold_documents=0.6)
+    assert p.run([pair("red", "red and green")]) == [] and p.record.steps[0].settings == {"threshold": 0.8}
+
+
 def scene_pair(colour: str, caption: str, noise: str, shape: str = "square") -> Document:
     """A pair whose metadata is a shapes-world scene of one large ``colour`` ``shape`` in the center."""
     scene = {"background": "white", "shapes": [{"shape": shape, "color": colour, "size": "large", "position": "center"}]}
@@ -94,7 +104,7 @@ def test_recaption_keeps_new_captions_the_filter_passes():
     docs = [scene_pair("red", "IMG_0042.jpg", "uninformative"), scene_pair("blue", "a red thing", "misaligned"),
             pair("green", "green"), scene_pair("red", "click here", "uninformative", shape="circle")]  # fmt: skip
     right = describe_scene(docs[0].image_metadata[0])  # 'a large red square in the center, on a white background'
-    p = pipeline(recaption=True, captioner=lambda images: [right, "a green circle", right])
+    p = pipeline(recaption=True, recaption_threshold=0.8, captioner=lambda images: [right, "a green circle", right])
     kept = p.run(docs)
     assert [d.texts[0] for d in kept] == ["green", right, right]
     assert kept[1].image_metadata[0]["recaptioned_from"] == "IMG_0042.jpg"
@@ -108,6 +118,17 @@ def test_recaption_keeps_new_captions_the_filter_passes():
     assert {k: truth["misaligned"][k] for k in ("recaption_correct", "recaptioned", "recaptioned_correct")} == \
         {"recaption_correct": 0, "recaptioned": 0, "recaptioned_correct": 0}
     json.dumps(p.record.to_dict())  # curation.json takes the record as it is (plain ints, not numpy's)
+
+
+def test_generated_captions_need_the_recaption_threshold():
+    """A new caption naming two colours (cosine 0.71 with a one-colour image) is kept under a recaption threshold
+    of 0.6 and not under 0.8, whatever the pairs' own threshold."""
+    docs = [pair("blue", "click here", "uninformative")]
+    for threshold, added in ((0.6, 1), (0.8, 0)):
+        p = pipeline(clip_threshold=0.65, recaption=True, recaption_threshold=threshold,
+                     captioner=lambda images: ["blue and green"])  # fmt: skip
+        assert len(p.run(docs)) == added
+        assert p.record.steps[1].settings == {"threshold": threshold}
 
 
 def test_concept_balancing_caps_the_head_and_spares_the_tail():

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from bad_inputs import assert_one_error_line, run_stage
 from corpus_helpers import joint_tokenizer
 from mmgen.config import RunPaths, resolve_config
 from mmgen.config.schema import ModelConfig, WorldConfig
 from mmgen.data.shapes_world import describe_scene, random_scene, render_scene, scene_split
 from mmgen.data.token_shards import TokenShardWriter
 from mmgen.data.world_noise import CONCEPTS, WorldNoise, concept_counts, concept_groups, concept_probabilities
-from mmgen.eval.curation_ablation import TASKS, arm_metrics, markdown_tables, recaption_figures
+from mmgen.eval.curation_ablation import TASKS, arm_metrics, comparisons, markdown_tables, recaption_figures
+from mmgen.eval.curation_thresholds import document_thresholds, grid, recaption_thresholds
 from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import Transformer
 from mmgen.tokenizers.image import ImageTokenizer
@@ -111,3 +113,36 @@ def test_markdown_tables_say_whether_the_curated_arm_beats_the_raw_one():
     assert "| misaligned | 40 | 12 (30.0% [" in tables
     result["arms"]["curated"] = _arm(0.51, 500)
     assert "| caption | 0.500 [0.480, 0.520], n = 300 | 0.510 [0.490, 0.530], n = 300 | within the intervals |" in markdown_tables(result)
+
+
+def test_a_filter_only_arm_is_compared_with_raw_and_with_the_curated_arm():
+    assert comparisons(["raw", "curated"]) == [("curated", "raw")]
+    assert comparisons(["raw", "filtered", "curated"]) == [("filtered", "raw"), ("curated", "raw"), ("curated", "filtered")]
+    assert comparisons(["filtered", "curated"]) == [("curated", "filtered")]
+    result = {"split": "heldout", "groups": {"tail": ["green triangle"]}, "training_tokens_each": 1_000,
+              "arms": {"raw": _arm(0.50, 1_000), "filtered": _arm(0.60, 700), "curated": _arm(0.53, 500)}}
+    tables = markdown_tables(result)
+    assert "| raw | filtered | curated | filtered above raw's interval | curated above raw's interval | " \
+           "curated above filtered's interval |" in tables
+    # balancing's own effect is the last column: here the curated arm is below the filter-only one
+    assert "| tail concepts: caption | 0.500 [0.480, 0.520], n = 300 | 0.600 [0.580, 0.620], n = 300 | " \
+           "0.530 [0.510, 0.550], n = 300 | yes | within the intervals | no (worse) |" in tables
+    assert "| filtered | 10 | 20 | 700 | 1.43 |" in tables
+
+
+def test_the_benchmark_names_an_unknown_arm_in_one_error_line(tmp_path):
+    status, stderr = run_stage("benchmarks/curation_ablation.py", tmp_path, "--arms", "raw,balanced", small=False)
+    assert_one_error_line(status, stderr, "balanced", "raw, filtered, curated")
+    assert not (tmp_path / "curation_ablation").exists()
+
+
+def test_markdown_tables_show_the_threshold_sweeps_with_the_choice():
+    record = {"clip_threshold": 0.7, "clip_scores": [0.9, 0.62, 0.66, 0.3, 0.5], "clip_kinds": ["clean"] * 3 + ["misaligned"] * 2}
+    captions = recaption_thresholds([0.75, 0.85], [False, True], removed=4, right_total=1, thresholds=grid(0.7, 0.9))
+    result = {"split": "heldout", "groups": {}, "training_tokens_each": 1_000, "arms": {"raw": _arm(0.5, 1_000)},
+              "thresholds": {"documents": document_thresholds(record, grid(0.4, 0.8)), "recaption": {**captions, "used": 0.7}}}
+    tables = markdown_tables(result)
+    assert "(3 clean, 2 misaligned or uninformative); chosen: 0.51" in tables
+    assert "| 0.70 | 33.3% [" in tables and "| 0.51 | 100.0% [" in tables and "| 0.45 |" in tables and "| 0.46 |" not in tables
+    assert "(1 right); chosen: 0.76" in tables
+    assert "| 0.76 | 1 (25.0% [" in tables and "| 100.0% [" in tables

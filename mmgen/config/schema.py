@@ -412,6 +412,8 @@ class CurateConfig:
     """CLIP-score filter: keep images whose cosine with their text is at least clip_threshold, or the best clip_keep_fraction (DataComp)."""
     clip_threshold: float = 0.7
     """Cosine an image needs with its best-matching sentence under clip_filter 'threshold' (0.7 kept 96 % of clean and removed 94 % of misaligned pairs of a noisy shapes world, docs/BENCHMARKS.md)."""
+    clip_threshold_documents: float = 0.64
+    """clip_threshold for the images of interleaved documents (OBELICS, MMC4), scored against their document's best-matching sentence: narration matches an image less well than a caption does, so 0.7 removed 35 % of a noisy shapes world's clean document images; 0.64 keeps 82 % of them and removes 86 % of the misaligned and uninformative ones (the best sum of the two on that world's training split, docs/BENCHMARKS.md)."""
     clip_keep_fraction: float = 0.7
     """Share of scored images kept under clip_filter 'top_fraction'."""
     near_duplicate_similarity: float = 0.0
@@ -419,7 +421,9 @@ class CurateConfig:
     assign_images: bool = True
     """Place images that arrive without a sentence (MMC4 image_info without matched_text_index) by embedding similarity."""
     recaption: bool = False
-    """CapFilt: caption the images of pairs the CLIP filter removed with the run's pretrained decoder, and keep a new caption the filter would pass."""
+    """CapFilt: caption the images of pairs the CLIP filter removed with the run's pretrained decoder, and keep a new caption that scores at least recaption_threshold."""
+    recaption_threshold: float = 0.82
+    """Cosine a generated caption needs with its image to be kept: stricter than clip_threshold, since a model's near-miss caption scores far higher than unrelated alt text (at 0.7 a weak decoder's accepted captions were 9 % right; 0.82, the best F1 of right captions on a noisy shapes world's training split, kept 80 % of the right ones and 4.6 % of the wrong ones; docs/BENCHMARKS.md)."""
     concepts: str = ""
     """Concept balancing (MetaCLIP): a file of one concept per line, or 'world' (the shapes world's colour-shape combinations); empty: off."""
     concept_cap: int = 100

@@ -142,6 +142,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     # curation
     "curate.clip_keep_fraction": ((lambda v: 0 < v <= 1), "in (0, 1]"),
     "curate.clip_threshold": ((lambda v: -1 <= v <= 1), "in [-1, 1]"),
+    "curate.clip_threshold_documents": ((lambda v: -1 <= v <= 1), "in [-1, 1]"),
+    "curate.recaption_threshold": ((lambda v: -1 <= v <= 1), "in [-1, 1]"),
     "curate.near_duplicate_similarity": _share(),
     "curate.concept_cap": _at_least(1),
     "curate.clusters": _at_least(0),

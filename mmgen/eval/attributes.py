@@ -52,6 +52,15 @@ def attribute_score(truth: dict, stated: dict) -> tuple[int, int]:
     return best + background, total
 
 
+def caption_states_scene(caption: str, scene: dict) -> bool:
+    """Whether ``caption`` states every attribute of the ground-truth ``scene`` and no shape it does not hold
+    (False for metadata that is not a scene): a caption that is simply right."""
+    if not isinstance(scene.get("shapes"), list) or "background" not in scene:
+        return False
+    right, total = attribute_score(scene, caption_scene(caption))
+    return right == total
+
+
 def attribute_accuracy(truths: Sequence[dict], stated: Sequence[dict]) -> float:
     """Share of all true attributes stated correctly (pooled over items)."""
     scores = [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]

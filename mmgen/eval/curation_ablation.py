@@ -82,29 +82,40 @@ def _beats(a: dict, b: dict, key: str) -> str:
     return "yes" if blo > ahi else "no (worse)" if bhi < alo else "within the intervals"
 
 
+def comparisons(arms: Sequence[str]) -> list[tuple[str, str]]:
+    """(arm, the arm it is compared with): each curated arm with the raw one, and the curated arm with the
+    filter-only one, which differ by concept balancing alone."""
+    pairs = [(name, "raw") for name in arms if name != "raw" and "raw" in arms]
+    return pairs + ([("curated", "filtered")] if {"curated", "filtered"} <= set(arms) else [])
+
+
 def markdown_tables(result: dict) -> str:
-    """The benchmark's tables in markdown: the arms' corpora, their accuracies overall and per concept group,
-    and recaptioning."""
-    raw, cur = result["arms"]["raw"], result["arms"]["curated"]
+    """The benchmark's tables in markdown: the arms' corpora, their accuracies overall and per concept group
+    with each comparison of ``comparisons``, the thresholds chosen on the ground truth, and recaptioning."""
+    arms = result["arms"]
+    versus = comparisons(list(arms))
     lines = [f"Training tokens per arm: {result['training_tokens_each']:,}; held-out {result['split']} scenes.", "",
              "| arm | documents | caption pairs | training tokens in the corpus | passes over it |", "|---|---|---|---|---|"]
-    for name, arm in result["arms"].items():
+    for name, arm in arms.items():
         c = arm["corpus"]
         lines.append(f"| {name} | {c['documents']:,} | {c['caption_pairs']:,} | {c['tokens']:,} | "
                      f"{result['training_tokens_each'] / max(c['tokens'], 1):.2f} |")
-    lines += ["", "| accuracy (value [95 % interval], items) | raw | curated | curated above raw's interval |",
-              "|---|---|---|---|"]
+    lines += ["", "| accuracy (value [95 % interval], items) | " + " | ".join(arms) + " | "
+              + " | ".join(f"{a} above {b}'s interval" for a, b in versus) + " |",
+              "|---|" + "---|" * (len(arms) + len(versus))]  # fmt: skip
     for group in ("", *result["groups"]):
         label = f"{group} concepts: " if group else ""
         for key, name in TASKS:
             k = f"{group}_{key}" if group else key
-            lines.append(f"| {label}{name} | {interval_text(raw['metrics'], k)} | {interval_text(cur['metrics'], k)} | "
-                         f"{_beats(raw['metrics'], cur['metrics'], k)} |")
+            cells = [interval_text(arm["metrics"], k) for arm in arms.values()]
+            cells += [_beats(arms[b]["metrics"], arms[a]["metrics"], k) for a, b in versus]
+            lines.append(f"| {label}{name} | " + " | ".join(cells) + " |")
     for key in ("text_bits_per_token", "image_bits_per_token"):
-        lines.append(f"| held-out {key.replace('_', ' ')} (lower is better) | {raw['metrics'][key]:.4f} | "
-                     f"{cur['metrics'][key]:.4f} | |")
+        lines.append(f"| held-out {key.replace('_', ' ')} (lower is better) | "
+                     + " | ".join(f"{arm['metrics'][key]:.4f}" for arm in arms.values()) + " |" + " |" * len(versus))
     groups = "; ".join(f"{g}: {', '.join(c)}" for g, c in result["groups"].items())
     lines += ["", f"Concept groups (one-shape scenes of these concepts only): {groups}."]
+    lines += _threshold_tables(result.get("thresholds", {}))
     if result.get("recaption"):
         lines += ["", "| removed by the CLIP filter | images | new caption right | accepted by the filter | "
                   "accepted and right | accepted but wrong |", "|---|---|---|---|---|---|"]
@@ -113,3 +124,39 @@ def markdown_tables(result: dict) -> str:
                          f"{_share(f, 'recaptioned_correct')} | {f['recaptioned_wrong']:,} "
                          f"({f['recaptioned_wrong_share']:.1%}) |")
     return "\n".join(lines) + "\n"
+
+
+def _interval(row: dict, key: str) -> str:
+    """'12.2% [10.4%, 14.1%]', or '–' for a share of nothing."""
+    lo, hi = row[f"{key}_ci95"]
+    return "–" if row[key] != row[key] else f"{row[key]:.1%} [{lo:.1%}, {hi:.1%}]"
+
+
+def _shown(sweep: dict, every: float = 0.05) -> list[dict]:
+    """The rows a table shows: every ``every`` of the sweep, the threshold used and the one chosen."""
+    marks = {round(sweep["chosen"]["threshold"], 4), round(float(sweep.get("used", -9)), 4)}
+    return [r for r in sweep["rows"] if r["threshold"] in marks or abs(r["threshold"] / every - round(r["threshold"] / every)) < 1e-6]
+
+
+def _threshold_tables(thresholds: dict) -> list[str]:
+    """The document-image and generated-caption threshold sweeps (``mmgen.eval.curation_thresholds``)."""
+    lines: list[str] = []
+    if "documents" in thresholds:
+        d = thresholds["documents"]
+        lines += ["", f"Document images of the training split ({d['good']:,} clean, {d['bad']:,} misaligned or "
+                  f"uninformative); chosen: {d['chosen']['threshold']:.2f} (the best sum of the two shares, Youden's J).", "",
+                  "| threshold | clean kept | corrupted removed | J |", "|---|---|---|---|"]  # fmt: skip
+        for r in _shown(d):
+            lines.append(f"| {r['threshold']:.2f} | {_interval(r, 'good_kept_share')} | "
+                         f"{_interval(r, 'bad_removed_share')} | {r['youden']:.3f} |")
+    if "recaption" in thresholds:
+        c = thresholds["recaption"]
+        lines += ["", f"Generated captions of the {c['removed']:,} removed training pairs ({c['right']:,} right); "
+                  f"chosen: {c['chosen']['threshold']:.2f} (the best F1 of right captions).", "",
+                  "| threshold | accepted (of removed) | accepted and right (of removed) | right among accepted | "
+                  "right kept | wrong removed | F1 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in _shown(c):
+            lines.append(f"| {r['threshold']:.2f} | {r['accepted']:,} ({_interval(r, 'accepted_share')}) | "
+                         f"{r['accepted_right']:,} ({_interval(r, 'accepted_right_share')}) | {_interval(r, 'precision')} | "
+                         f"{_interval(r, 'good_kept_share')} | {_interval(r, 'bad_removed_share')} | {r['f1']:.3f} |")
+    return lines

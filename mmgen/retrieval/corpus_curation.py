@@ -6,9 +6,11 @@ Steps, in order, each optional and each recorded (documents in and out, removals
 2. ``assign``: MMC4 images that arrive without a sentence are placed before their best-matching one;
 3. ``near_duplicates``: an image almost equal (embedding cosine) to an earlier kept one is removed;
 4. ``clip_score``: each image is scored against its document's best-matching sentence (for a caption pair,
-   its caption) and removed below the threshold, or outside the best fraction (DataComp);
+   its caption) and removed below the threshold (``clip_threshold`` for pairs, ``clip_threshold_documents``
+   for interleaved documents, whose narration matches an image less well), or outside the best fraction
+   (DataComp);
 5. ``recaption`` (BLIP's CapFilt): the images of caption pairs step 4 removed are captioned by the trained
-   decoder, and a new caption that passes step 4's threshold makes the pair again;
+   decoder, and a new caption that scores at least ``recaption_threshold`` makes the pair again;
 6. ``concepts``: MetaCLIP's balancing of the texts against a concept list (``mmgen.data.concepts``);
 7. ``clusters``: at most ``cluster_cap`` documents per FAISS k-means cluster of image embeddings.
 
@@ -31,7 +33,7 @@ from mmgen.config.schema import CurateConfig
 from mmgen.data.concepts import balance_by_concept, concept_counts, match_concepts
 from mmgen.data.curation import merge_texts
 from mmgen.data.document import Document
-from mmgen.eval.attributes import attribute_score, caption_scene
+from mmgen.eval.attributes import caption_states_scene
 from mmgen.generation.captioning import caption_images
 from mmgen.retrieval.curation import (alignment_scores, assign_images_to_sentences, balance_by_cluster, repeats_earlier,
                                       score_threshold)
@@ -262,7 +264,8 @@ class Pipeline:
 
     def clip_score(self, docs: list[Document]) -> tuple[list[Document], list[Document]]:
         c = self.cfg
-        settings = ({"threshold": c.clip_threshold} if c.clip_filter == "threshold" else {"keep_fraction": c.clip_keep_fraction})
+        threshold = c.clip_threshold if self.kind in PAIR_KINDS else c.clip_threshold_documents
+        settings = {"threshold": threshold} if c.clip_filter == "threshold" else {"keep_fraction": c.clip_keep_fraction}
         step = self._step("clip_score", settings, docs)
         images, scores = self._image_scores(docs)
         threshold = score_threshold(scores, **settings)
@@ -279,7 +282,8 @@ class Pipeline:
         return self._drop_images(docs, drop, "clip_score", step)
 
     def recaption(self, removed: list[Document]) -> list[Document]:
-        step = self._step("recaption", {"threshold": self.record.clip_threshold}, removed)
+        threshold = self.cfg.recaption_threshold
+        step = self._step("recaption", {"threshold": threshold}, removed)
         if not removed:
             return []
         images = [doc.images[0] for doc in removed]
@@ -288,11 +292,11 @@ class Pipeline:
         self.record.recaption_scores = scores.tolist()
         out = []
         for doc, caption, score in zip(removed, captions, scores):
-            accepted = bool(caption) and float(score) >= self.record.clip_threshold
+            accepted = bool(caption) and float(score) >= threshold
             kind = self._noise.get(id(doc.images[0]))
             if kind is not None:  # the world's ground truth: is the new caption right, and did the filter take it?
                 truth = self.record.ground_truth[kind]
-                right = _states_scene(caption, doc.image_metadata[0])
+                right = caption_states_scene(caption, doc.image_metadata[0])
                 truth["recaption_correct"] += int(right)
                 truth["recaptioned"] += int(accepted)
                 truth["recaptioned_correct"] += int(accepted and right)
@@ -351,15 +355,6 @@ class Pipeline:
                 if kind is not None:
                     self.record.ground_truth.setdefault(kind, Counter())["in_output"] += 1
         self.record.ground_truth = {k: dict(v) for k, v in sorted(self.record.ground_truth.items())}
-
-
-def _states_scene(caption: str, scene: dict[str, Any]) -> bool:
-    """Whether ``caption``, read by the world's caption parser, states every attribute of the ground-truth
-    ``scene`` and no shape it does not hold (False for metadata that is not a scene)."""
-    if not isinstance(scene.get("shapes"), list) or "background" not in scene:
-        return False
-    right, total = attribute_score(scene, caption_scene(caption))
-    return right == total
 
 
 def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: int, seed: int = 0) -> Captioner:
