@@ -6,19 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from image_distribution import T2I, T2I_PROMPT, TINY, exact_image_distribution, image_test_p_values, peaked_decoder
+from test_sampler import HW, I0, T0, VOCAB
+from test_sampler import PROMPTS as SAMPLER_PROMPTS
 
 from mmgen.generation.sampler import CachedDecoding, SamplingParams, sample
-from mmgen.tokenizers.vocab import Vocab
 
-VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 3))
-HW = VOCAB.grid[0] * VOCAB.grid[1]
-T0, I0 = VOCAB.text_range[0], VOCAB.image_range[0]
-PROMPTS = [
-    [VOCAB.bos, T0 + 1, T0 + 2, T0 + 3],
-    [VOCAB.bos],
-    [VOCAB.bos, T0 + 4, VOCAB.boi, *range(I0, I0 + HW), VOCAB.eoi, T0 + 5],
-    [VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3],  # ends inside an image
-]
+PROMPTS = SAMPLER_PROMPTS + [[VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3]]  # the last ends inside an image
 SETTINGS = [
     dict(temperature=0.0),
     dict(temperature=1.0, top_k=5, repetition_penalty=1.3),
