@@ -82,3 +82,13 @@ def test_inductor_whole_step_samples_as_eager(model):
     for options in (SETTINGS[0], SETTINGS[3]):
         params = SamplingParams(max_new_tokens=HW + 4, max_images=1, seed=5, eos_stops=False, **options)
         assert sample(model, VOCAB, PROMPTS, params, compile=True) == sample(model, VOCAB, PROMPTS, params)
+
+
+def test_prompts_of_similar_lengths_share_a_compilation(model):
+    """The cache's length is one of the graph's shapes; it is rounded up, so a longer prompt compiles nothing
+    new."""
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, max_images=0)
+    counter = GraphCounter()
+    for prompt in ([VOCAB.bos], [VOCAB.bos, T0 + 1, T0 + 2, T0 + 3, T0 + 4]):
+        assert sample(model, VOCAB, [prompt], params, compile=counter) == sample(model, VOCAB, [prompt], params)
+    assert len(counter.graphs) == 1

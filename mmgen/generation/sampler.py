@@ -36,6 +36,12 @@ row then decodes at its own cache slots (see mmgen/model/kv_cache.py). How the
 next logits are computed is a ``Decoding``: ``CachedDecoding`` is the fast path;
 the tests hold a reference that recomputes the whole sequence every step and
 check that both sample the same tokens.
+
+``compile`` turns each step after the first into one compiled graph
+(``_whole_step``: feed, forward, mask, guidance, processors, draw, grammar) of
+static shapes, the draw's random numbers fed in from the seed's generator. It is
+compiled once per model, batch size and cache length (longest prompt +
+``max_new_tokens``, rounded up to a multiple of ``_COMPILED_CACHE_MULTIPLE``).
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ from mmgen.generation.logits_processors import repetition_penalty as penalise_re
 from mmgen.progress import progress_bar
 
 _DONE_CHECK_EVERY = 8
+_COMPILED_CACHE_MULTIPLE = 64
 _PROGRESS_EVERY = 32
 
 
@@ -199,8 +206,12 @@ def sample(
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     device = next(model.parameters()).device
     streams = [list(map(int, p)) for p in prompts] + guidance_streams(prompts, vocab, params)
-    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens + params.jacobi_window, device)
-    whole_step = bool(compile) and not params.jacobi_window and (decoding is None or isinstance(decoding, CachedDecoding))
+    # compiled: the cache's length (one of the graph's shapes) rounded up, so that prompts of similar lengths
+    # share a compilation (slots past the last written one are never attended to)
+    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens + params.jacobi_window, device,
+                                    multiple=_COMPILED_CACHE_MULTIPLE if compile else 1)
+    whole_step = (bool(compile) and not params.jacobi_window
+                  and (decoding is None or isinstance(decoding, CachedDecoding)))
     decoding = decoding or CachedDecoding(model, compile=compile if not whole_step else False)
     was_training = model.training
     model.eval()
@@ -236,10 +247,13 @@ def guidance_streams(prompts: list[list[int]], vocab, params: SamplingParams) ->
     return streams
 
 
-def _right_padded(streams: list[list[int]], pad: int, room: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[rows, longest + room] token buffer holding each stream at its start, and the streams' lengths."""
+def _right_padded(streams: list[list[int]], pad: int, room: int, device, *,
+                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, longest + room rounded up to ``multiple``] token buffer holding each stream at its start, and the
+    streams' lengths."""
     lengths = torch.tensor([len(s) for s in streams], device=device)
-    seq = torch.full((len(streams), int(lengths.max()) + room), pad, dtype=torch.long, device=device)
+    width = -(-(int(lengths.max()) + room) // multiple) * multiple
+    seq = torch.full((len(streams), width), pad, dtype=torch.long, device=device)
     for r, stream in enumerate(streams):
         seq[r, : len(stream)] = torch.tensor(stream, dtype=torch.long)
     return seq, lengths
