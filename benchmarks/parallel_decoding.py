@@ -77,10 +77,8 @@ def jacobi_figures(bench: BenchConfig, run_dir: str | None, *, window: int, imag
                            cfg_scale=e.t2i_cfg_scale, max_images=1, eos_stops=False)
     fast = dataclasses.replace(plain, jacobi_window=window)
     totals = {name: [0, 0.0, 0.0] for name in ("plain", "jacobi")}  # passes, wall, CPU seconds
-    compiled_model = torch.compile(model, dynamic=False) if compile else model
-
     def decoding_for(params):  # (plain and compiled: its whole step is compiled around the eager model)
-        return CachedDecoding(compiled_model if params.jacobi_window else model)
+        return CachedDecoding(model, compile=compile and bool(params.jacobi_window))
 
     with torch.inference_mode():
         for params in (plain, fast) if compile else (fast,):  # warm-up
