@@ -3,8 +3,8 @@
     python benchmarks/generation.py [--dim 256 --layers 4 --batch 4 --new-tokens 132 --labels 3,6,16]
 
 1. Decode tokens/s of ``sample`` (KV cache, batch of prompts): eager vs
-   ``torch.compile`` of the one-token step (compile time reported apart, not
-   in the rate), and the uncached full-forward reference.
+   the whole decode step compiled as one graph (compile time reported apart,
+   not in the rate), and the uncached full-forward reference.
 2. Classification images/s for N labels, both directions, with and without
    prefix KV reuse.
 The model has random weights (throughput does not depend on training) and the

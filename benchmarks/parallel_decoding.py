@@ -51,7 +51,9 @@ def t2i_prompts(tokenizer, cfg, count: int, *, seed: int) -> tuple[list[dict], l
 
 
 def jacobi_figures(bench: BenchConfig, run_dir: str | None, *, window: int, images: int,
-                   accuracy_prompts: int) -> list[Figure]:
+                   accuracy_prompts: int, compile: bool = False) -> list[Figure]:
+    """With ``compile`` both samplers run compiled (plain: its whole step as one graph; Jacobi: the model's
+    forward, its windows vary in width), the compilation in the warm-up calls."""
     if run_dir:
         model, tokenizer, cfg, step = trained_run(run_dir)
         vocab = tokenizer.vocab
@@ -75,27 +77,32 @@ def jacobi_figures(bench: BenchConfig, run_dir: str | None, *, window: int, imag
                            cfg_scale=e.t2i_cfg_scale, max_images=1, eos_stops=False)
     fast = dataclasses.replace(plain, jacobi_window=window)
     totals = {name: [0, 0.0, 0.0] for name in ("plain", "jacobi")}  # passes, wall, CPU seconds
+    def decoding_for(params):  # (plain and compiled: its whole step is compiled around the eager model)
+        return CachedDecoding(model, compile=compile and bool(params.jacobi_window))
+
     with torch.inference_mode():
-        sample(model, vocab, prompts[:1], fast)  # warm-up
+        for params in (plain, fast) if compile else (fast,):  # warm-up
+            sample(model, vocab, prompts[:1], params, decoding=decoding_for(params), compile=compile)
         for seed, prompt in enumerate(prompts):
             for name, params in (("plain", plain), ("jacobi", fast)):
-                decoding = CachedDecoding(model)
+                decoding = decoding_for(params)
                 wall, cpu = time.perf_counter(), time.process_time()
-                sample(model, vocab, [prompt], dataclasses.replace(params, seed=seed), decoding=decoding)
+                sample(model, vocab, [prompt], dataclasses.replace(params, seed=seed), decoding=decoding,
+                       compile=compile)
                 totals[name][0] += decoding.forward_passes
                 totals[name][1] += time.perf_counter() - wall
                 totals[name][2] += time.process_time() - cpu
     (p_passes, p_wall, p_cpu), (j_passes, j_wall, j_cpu) = totals["plain"], totals["jacobi"]
     n = len(prompts)
     setting = (f"{what}, {h}x{w} codes, CFG {e.t2i_cfg_scale:g}, temperature {e.t2i_temperature:g}, "
-               f"Jacobi window {window}")
+               f"Jacobi window {window}{', both compiled' if compile else ''}")
     figures = [
         Figure("4 image", f"{setting}: forward passes per image", j_passes / n, "passes", "plain sampling",
                p_passes / n, note=f"batch 1, {n} prompts", lower_is_better=True),
-        Figure("4 image", "Jacobi: seconds per image", j_cpu / n, "CPU-s/image", "plain sampling", p_cpu / n,
+        Figure("4 image", f"Jacobi{' compiled' if compile else ''}: seconds per image", j_cpu / n, "CPU-s/image", "plain sampling", p_cpu / n,
                lower_is_better=True, note=f"wall {j_wall / n:.3g} vs {p_wall / n:.3g} s/image ({p_wall / j_wall:.2f}x); batch 1"),
     ]
-    if tokenizer is not None and accuracy_prompts:
+    if tokenizer is not None and accuracy_prompts and not compile:
         figures += _accuracy_figures(model, tokenizer, cfg, window, accuracy_prompts)
     return figures
 

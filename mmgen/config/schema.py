@@ -284,7 +284,7 @@ class SampleConfig:
     cdk_alpha: float = 0.1
     """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
     compile: bool = False
-    """torch.compile the decode step."""
+    """torch.compile the whole decode step (model, modality mask, guidance, draw) as one graph; with Jacobi decoding the model's forward alone. The first call compiles (minutes on a CPU)."""
     jacobi_window: int = 0
     """Speculative Jacobi decoding: image codes guessed this far ahead and checked in the same forward pass, which keeps the sampling distribution exact (greedy: the same tokens) in fewer passes; 0 off."""
     prompt_sep: bool = False

@@ -82,14 +82,24 @@ def sampling_probs(logits: torch.Tensor, *, temperature: float, top_k: int = 0, 
     return top_p_filter(top_k_filter(logits / temperature, top_k), top_p).softmax(dim=-1)
 
 
-def race(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def race(weights: torch.Tensor, generator: torch.Generator | None = None, *,
+         times: torch.Tensor | None = None) -> torch.Tensor:
     """One index per row of ``weights`` [..., V] (non-negative, not necessarily normalised), drawn with
     probability proportional to its weight.
 
-    Exponential race (argmax w/E, E ~ Exp(1)) equals multinomial sampling without a host sync.
+    Exponential race (argmax w/E, E ~ Exp(1)) equals multinomial sampling without a host sync. ``times``
+    (``race_times`` of the same shape) are the E drawn beforehand: a compiled graph then holds no random
+    op, and draws with them exactly what the generator would have drawn in their place.
     """
-    times = torch.empty_like(weights).exponential_(1.0, generator=generator)
+    if times is None:
+        times = race_times(weights.shape, generator, device=weights.device, dtype=weights.dtype)
     return (weights / times).argmax(dim=-1)
+
+
+def race_times(shape, generator: torch.Generator | None = None, *, device=None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Exp(1) times for ``race`` over weights of ``shape``, from ``generator``."""
+    return torch.empty(shape, device=device, dtype=dtype).exponential_(1.0, generator=generator)
 
 
 def repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -36,11 +36,18 @@ row then decodes at its own cache slots (see mmgen/model/kv_cache.py). How the
 next logits are computed is a ``Decoding``: ``CachedDecoding`` is the fast path;
 the tests hold a reference that recomputes the whole sequence every step and
 check that both sample the same tokens.
+
+``compile`` turns each step after the first into one compiled graph
+(``_whole_step``: feed, forward, mask, guidance, processors, draw, grammar) of
+static shapes, the draw's random numbers fed in from the seed's generator. It is
+compiled once per model, batch size and cache length (longest prompt +
+``max_new_tokens``, rounded up to a multiple of ``_COMPILED_CACHE_MULTIPLE``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -59,12 +66,15 @@ from mmgen.generation.logits_processors import (
     contrastive_top_k,
     guide,
     modality_mask_table,
+    race,
+    race_times,
     sampling_probs,
 )
 from mmgen.generation.logits_processors import repetition_penalty as penalise_repeats
 from mmgen.progress import progress_bar
 
 _DONE_CHECK_EVERY = 8
+_COMPILED_CACHE_MULTIPLE = 64
 _PROGRESS_EVERY = 32
 
 
@@ -133,12 +143,13 @@ class CachedDecoding:
     """The fast path: the prompts go into the model's static KV cache at once, then a window per row a step
     (one token, or with Jacobi decoding the decided token and the guesses after it).
 
-    ``compile`` compiles the decode step with torch.compile (one graph per window width).
+    ``compile`` (True or a torch.compile backend) compiles the model's forward alone (one graph per window
+    width); ``sample(..., compile=...)`` without Jacobi decoding compiles the whole step instead.
     """
 
-    def __init__(self, model, *, compile: bool = False):
+    def __init__(self, model, *, compile: bool | str | Callable = False):
         self.model = model
-        self.decode = torch.compile(model, dynamic=False) if compile else model
+        self.decode = torch.compile(model, backend=_backend(compile), dynamic=False) if compile else model
         self.forward_passes = 0  # prefill included: what speculative decoding saves
 
     @contextmanager
@@ -157,8 +168,13 @@ class CachedDecoding:
         return self.model(prompts, input_pos=positions)[rows, prompt_len - 1].float()
 
     def step(self, seq: torch.Tensor, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        slots = slot[:, None] + torch.arange(fed.shape[1], device=fed.device)
         self.forward_passes += 1
+        return self.logits(fed, slot)
+
+    def logits(self, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """``step`` without counting the pass: a compiled whole step calls this, and its loop counts (a counter
+        changed inside a graph would be a constant baked into it, recompiled every step)."""
+        slots = slot[:, None] + torch.arange(fed.shape[1], device=fed.device)
         return self.decode(fed, input_pos=slots).float()
 
 
@@ -169,7 +185,7 @@ def sample(
     prompts: list[list[int]],
     params: SamplingParams,
     *,
-    compile: bool = False,
+    compile: bool | str | Callable = False,
     progress: Callable[[int, int], None] | None = None,
     decoding: Decoding | None = None,
 ) -> list[list[int]]:
@@ -177,7 +193,12 @@ def sample(
 
     ``model`` is a ``mmgen.model.Transformer`` (evaluated here, its mode restored
     after); ``vocab`` provides pad, eos, boi, eoi, size, text_range, image_range
-    and grid. ``decoding`` defaults to ``CachedDecoding(model, compile=compile)``.
+    and grid. ``decoding`` defaults to ``CachedDecoding(model)``. ``compile`` (True: inductor, or a
+    torch.compile backend) compiles the whole decode step — feeding the decided tokens, the model's forward
+    on the KV cache, the modality mask, guidance, the processors, the draw and the grammar's bookkeeping —
+    as one graph (``_whole_step``) when ``decoding`` is a ``CachedDecoding`` and Jacobi decoding is off; with
+    Jacobi decoding (windows of varying width) it compiles the model's forward alone. The first call pays
+    the compilation (minutes on a CPU); later calls with the same model, params and batch shape reuse it.
     ``progress(step, max_new_tokens)`` is called every ``_PROGRESS_EVERY`` steps
     (it gets no tensors, so it adds no host sync).
     """
@@ -185,12 +206,20 @@ def sample(
         raise ValueError("every prompt needs at least one token (e.g. BOS)")
     device = next(model.parameters()).device
     streams = [list(map(int, p)) for p in prompts] + guidance_streams(prompts, vocab, params)
-    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens + params.jacobi_window, device)
-    decoding = decoding or CachedDecoding(model, compile=compile)
+    # compiled: the cache's length (one of the graph's shapes) rounded up, so that prompts of similar lengths
+    # share a compilation (slots past the last written one are never attended to)
+    seq, prompt_len = _right_padded(streams, vocab.pad, params.max_new_tokens + params.jacobi_window, device,
+                                    multiple=_COMPILED_CACHE_MULTIPLE if compile else 1)
+    whole_step = (bool(compile) and not params.jacobi_window
+                  and (decoding is None or isinstance(decoding, CachedDecoding)))
+    decoding = decoding or CachedDecoding(model, compile=compile if not whole_step else False)
     was_training = model.training
     model.eval()
     try:
         with decoding.open(len(streams), seq.shape[1]):
+            if whole_step:
+                return _decode_whole_steps(decoding, vocab, prompts, params, seq, prompt_len, progress,
+                                           _backend(compile))
             return _decode(decoding, vocab, prompts, params, seq, prompt_len, progress)
     finally:
         model.train(was_training)
@@ -218,10 +247,13 @@ def guidance_streams(prompts: list[list[int]], vocab, params: SamplingParams) ->
     return streams
 
 
-def _right_padded(streams: list[list[int]], pad: int, room: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """[rows, longest + room] token buffer holding each stream at its start, and the streams' lengths."""
+def _right_padded(streams: list[list[int]], pad: int, room: int, device, *,
+                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, longest + room rounded up to ``multiple``] token buffer holding each stream at its start, and the
+    streams' lengths."""
     lengths = torch.tensor([len(s) for s in streams], device=device)
-    seq = torch.full((len(streams), int(lengths.max()) + room), pad, dtype=torch.long, device=device)
+    width = -(-(int(lengths.max()) + room) // multiple) * multiple
+    seq = torch.full((len(streams), width), pad, dtype=torch.long, device=device)
     for r, stream in enumerate(streams):
         seq[r, : len(stream)] = torch.tensor(stream, dtype=torch.long)
     return seq, lengths
@@ -253,22 +285,12 @@ def _decode(decoding: Decoding, vocab, prompts, params: SamplingParams, seq, row
                 break
             if progress is not None:
                 progress(int(grammar.n_out.max()), params.max_new_tokens)
-        else:
-            if step == params.max_new_tokens:
-                break
-            if step % _DONE_CHECK_EVERY == 0 and bool(grammar.done.all()):
-                break
-            if progress is not None and step % _PROGRESS_EVERY == 0:
-                progress(step, params.max_new_tokens)
-        # the decided prefix grows by the fed token (where it counted) and the accepted drafts
-        accepted = (verdict.count - 1).repeat(n_rows // B)
-        row_len = row_len + fed_counts + accepted
-        # every conditional row takes the decided token; a guidance row only an image token (see the module doc)
-        last = verdict.tokens.gather(1, verdict.count[:, None] - 1)[:, 0].repeat(n_rows // B)
-        image_token = (last == vocab.boi) | (last == vocab.eoi) | vocab.is_image(last)
-        # (a finished prompt's rows stay where they are)
-        fed_counts = ((is_cond | image_token) & ~grammar.done.repeat(n_rows // B)).long()
-        window = torch.where(fed_counts.bool(), last, vocab.pad)[:, None]
+        elif _one_token_loop_ends(step, grammar, params, progress):
+            break
+        # the decided prefix also grows by the accepted drafts
+        row_len = row_len + (verdict.count - 1).repeat(n_rows // B)
+        last = verdict.tokens.gather(1, verdict.count[:, None] - 1)[:, 0]
+        row_len, fed_counts, window = _next_window(vocab, grammar.done, last, row_len, fed_counts, is_cond)
         drafts = None
         if params.jacobi_window and bool((state == IMAGE).any()):
             drafts = jacobi.next_drafts(target, probs, verdict.count, params.jacobi_window, generator)
@@ -277,6 +299,93 @@ def _decode(decoding: Decoding, vocab, prompts, params: SamplingParams, seq, row
         seq[rows[:, None], slots] = window
         logits = decoding.step(seq, window, row_len)
     return grammar.samples()
+
+
+def _one_token_loop_ends(step: int, grammar: _Grammar, params: SamplingParams, progress) -> bool:
+    """After ``step`` one-token steps: whether the loop ends (the budget, or every prompt done — a host sync
+    only every ``_DONE_CHECK_EVERY`` steps); reports progress every ``_PROGRESS_EVERY``."""
+    if step == params.max_new_tokens:
+        return True
+    if step % _DONE_CHECK_EVERY == 0 and bool(grammar.done.all()):
+        return True
+    if progress is not None and step % _PROGRESS_EVERY == 0:
+        progress(step, params.max_new_tokens)
+    return False
+
+
+def _next_window(vocab, done, last, row_len, fed_counts, is_cond):
+    """What every row is fed after its prompt decided ``last`` [B]: (its decided prefix's new length, whether
+    the fed token counts in it, the one-token window [rows, 1]). ``row_len`` grows by the token fed before
+    (where it counted); every conditional row takes the decided token, a guidance row only an image token
+    (see the module doc), and a finished prompt's rows stay where they are."""
+    copies = row_len.shape[0] // done.shape[0]
+    row_len = row_len + fed_counts
+    last = last.repeat(copies)
+    image_token = (last == vocab.boi) | (last == vocab.eoi) | vocab.is_image(last)
+    fed_counts = ((is_cond | image_token) & ~done.repeat(copies)).long()
+    return row_len, fed_counts, torch.where(fed_counts.bool(), last, vocab.pad)[:, None]
+
+
+def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: SamplingParams, seq, row_len, progress,
+                        backend) -> list[list[int]]:
+    """``_decode`` without Jacobi decoding, each step after the first one compiled graph (``_whole_step``).
+
+    The same tokens as ``_decode`` for a seed, up to the compiler's float rounding: the draw's random
+    numbers (``race_times``) come from the same generator in the same order, drawn outside the graph and
+    fed to it, so the graph holds no random op and its shapes never change (no recompiles across steps);
+    the only host sync is the loop's check for the end (``_one_token_loop_ends``). The KV cache holds the
+    tokens, so ``seq`` is not written.
+    """
+    B = len(prompts)
+    grammar = _Grammar(prompts, vocab, params, seq.device)
+    is_cond = torch.arange(seq.shape[0], device=seq.device) < B
+    generator = torch.Generator(device=seq.device).manual_seed(params.seed)
+    logits = decoding.prefill(seq[:, : int(row_len.max())], row_len)[:, None]
+
+    def times():
+        if params.temperature <= 0:
+            return None
+        return race_times((B, logits.shape[-1]), generator, device=seq.device)
+
+    last = _decide(logits, grammar, params, times())
+    fed_counts = torch.zeros_like(row_len)
+    whole_step = _compiled_whole_step(backend)
+    for step in itertools.count(1):
+        if _one_token_loop_ends(step, grammar, params, progress):
+            break
+        last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len, fed_counts,
+                                               is_cond, times())
+        decoding.forward_passes += 1
+    return grammar.samples()
+
+
+def _whole_step(forward, grammar: _Grammar, params: SamplingParams, vocab, last, row_len, fed_counts, is_cond,
+                times):
+    """One decode step: feed every row its token, run the model on the KV cache, decide and record each
+    prompt's next token. Returns (the decided tokens [B], the rows' decided lengths, whether each fed token
+    counted)."""
+    row_len, fed_counts, window = _next_window(vocab, grammar.done, last, row_len, fed_counts, is_cond)
+    return _decide(forward(window, row_len), grammar, params, times), row_len, fed_counts
+
+
+@functools.cache
+def _compiled_whole_step(backend):
+    # fullgraph: a graph break would split the step and bring the dispatch back; static shapes throughout
+    return torch.compile(_whole_step, backend=backend, fullgraph=True, dynamic=False)
+
+
+def _backend(compile) -> str | Callable:
+    """``compile``'s torch.compile backend: True is inductor's."""
+    return "inductor" if compile is True else compile
+
+
+def _decide(logits, grammar: _Grammar, params: SamplingParams, times) -> torch.Tensor:
+    """Each prompt's next token [B] from one-token logits [rows, 1, V], recorded in ``grammar``: as
+    ``jacobi.verify`` decides it without drafts, its race run on ``times`` (None: greedy)."""
+    target, probs = _target(logits, grammar.state(), grammar, params)
+    last = target[:, 0].argmax(dim=-1) if probs is None else race(probs[:, 0], times=times)
+    grammar.record(last[:, None], torch.ones_like(last))
+    return last
 
 
 class _Grammar:

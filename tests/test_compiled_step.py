@@ -1,0 +1,94 @@
+"""``sample(..., compile=...)`` compiles the whole decode step as one graph: compiled once per call's settings
+(never per step), without random ops or host syncs in it, and sampling what eager sampling samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from image_distribution import T2I, T2I_PROMPT, TINY, exact_image_distribution, image_test_p_values, peaked_decoder
+from test_sampler import HW, I0, T0, VOCAB
+from test_sampler import PROMPTS as SAMPLER_PROMPTS
+
+from mmgen.generation.sampler import CachedDecoding, SamplingParams, sample
+
+PROMPTS = SAMPLER_PROMPTS + [[VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3]]  # the last ends inside an image
+SETTINGS = [
+    dict(temperature=0.0),
+    dict(temperature=1.0, top_k=5, repetition_penalty=1.3),
+    dict(temperature=0.7, top_p=0.8, force_image=True),
+    dict(temperature=1.0, cfg_scale=3.0, image_cfg_scale=1.5),
+    dict(temperature=0.0, cdk_k=4),
+]
+
+
+class GraphCounter:
+    """A torch.compile backend that runs the captured graph as it is (no code generation, so fast) and keeps
+    every graph it was given: one per compilation."""
+
+    def __init__(self):
+        self.graphs: list[torch.fx.GraphModule] = []
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs):
+        self.graphs.append(graph)
+        return graph.forward
+
+
+@pytest.mark.parametrize("options", SETTINGS)
+def test_whole_step_is_one_graph_compiled_once_and_samples_as_eager(model, options):
+    params = SamplingParams(max_new_tokens=2 * (HW + 2) + 6, max_images=2, seed=3, eos_stops=False, **options)
+    eager_decoding, compiled_decoding = CachedDecoding(model), CachedDecoding(model)
+    eager = sample(model, VOCAB, PROMPTS, params, decoding=eager_decoding)
+    counter = GraphCounter()
+    compiled = sample(model, VOCAB, PROMPTS, params, compile=counter, decoding=compiled_decoding)
+    assert compiled == eager
+    assert any(VOCAB.boi in o for o in compiled)  # images too, so the mask and guidance ran in the graph
+    assert compiled_decoding.forward_passes == eager_decoding.forward_passes == params.max_new_tokens
+    # one graph for all 21 compiled steps; a second call with the same settings compiles nothing
+    assert len(counter.graphs) == 1
+    assert sample(model, VOCAB, PROMPTS, params, compile=counter) == eager
+    assert len(counter.graphs) == 1
+    graph = counter.graphs[0]
+    # the whole step is in it: the model's attention and the draw's argmax, with no random op and no
+    # tensor turned into a Python number (a host sync)
+    called = [str(node.target) for node in graph.graph.nodes if node.op in ("call_function", "call_method")]
+    assert any("scaled_dot_product_attention" in c for c in called) and any("argmax" in c for c in called)
+    random_ops = [c for c in called if "exponential" in c or "rand" in c or "multinomial" in c]
+    assert not random_ops and "item" not in called and "tolist" not in called, called
+
+
+def test_compiled_samples_stop_at_eos_and_report_progress(model):
+    params = SamplingParams(max_new_tokens=40, temperature=1.0, max_images=1, seed=11)
+    seen: list[int] = []
+    eager = sample(model, VOCAB, PROMPTS, params)
+    compiled = sample(model, VOCAB, PROMPTS, params, compile=GraphCounter(), progress=lambda s, n: seen.append(s))
+    assert compiled == eager
+    assert any(o and o[-1] == VOCAB.eos and len(o) < params.max_new_tokens for o in compiled)
+    assert seen == [32] or all(len(o) < 32 for o in compiled)  # progress every 32 steps, unless all ended first
+
+
+def test_compiled_step_samples_the_exact_distribution():
+    """3,000 guided top-k images of 6 codes from the compiled step against the exact distribution (Pearson
+    tests on the 729 grids and on each position), as tests/test_jacobi.py tests plain and Jacobi sampling."""
+    model = peaked_decoder()
+    outs = sample(model, TINY, [T2I_PROMPT] * 3000, T2I, compile=GraphCounter())
+    p_values = image_test_p_values(outs, exact_image_distribution(model))
+    assert min(p_values) > 1e-3, p_values
+
+
+@pytest.mark.slow
+def test_inductor_whole_step_samples_as_eager(model):
+    """The default backend (inductor, generated C++): greedy and sampled tokens as eager's (the same random
+    times; a float rounding could only flip a near-tie, which this seeded model does not have)."""
+    for options in (SETTINGS[0], SETTINGS[3]):
+        params = SamplingParams(max_new_tokens=HW + 4, max_images=1, seed=5, eos_stops=False, **options)
+        assert sample(model, VOCAB, PROMPTS, params, compile=True) == sample(model, VOCAB, PROMPTS, params)
+
+
+def test_prompts_of_similar_lengths_share_a_compilation(model):
+    """The cache's length is one of the graph's shapes; it is rounded up, so a longer prompt compiles nothing
+    new."""
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, max_images=0)
+    counter = GraphCounter()
+    for prompt in ([VOCAB.bos], [VOCAB.bos, T0 + 1, T0 + 2, T0 + 3, T0 + 4]):
+        assert sample(model, VOCAB, [prompt], params, compile=counter) == sample(model, VOCAB, [prompt], params)
+    assert len(counter.graphs) == 1
