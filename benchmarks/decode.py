@@ -20,7 +20,7 @@ import torch
 
 from configs import BenchConfig
 from figures import Figure
-from train_step_vs_hf import build_models
+from hf_reference import build_models
 
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model import Transformer

@@ -37,11 +37,11 @@ import statistics
 import time
 
 import torch
+from hf_reference import build_models
 
 import mmgen.train  # noqa: F401  (CPU compat layer before torchtitan loads)
 from mmgen.config.schema import ModelConfig, TrainingConfig
 from mmgen.data.packing import IGNORE_INDEX
-from mmgen.interop.hf_chameleon import hf_config_from_model, hf_state_to_mmgen
 from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
 from mmgen.train.components import ModalityLoss
@@ -80,26 +80,6 @@ def args_config(args) -> tuple[ModelConfig, Vocab]:
         norm_placement="swin" if args.swin else "pre", max_seq_len=args.seq,
     )
     return cfg, vocab
-
-
-def build_models(cfg: ModelConfig, vocab: Vocab, *, seed: int = 0):
-    """(mmgen model, Hugging Face Chameleon) with the same weights: the reference built at random, then imported."""
-    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
-
-    hf_cfg = hf_config_from_model(cfg, vocab)
-    # The VQ-VAE is not part of either model's work here; keep it tiny.
-    hf_cfg["vq_config"] = dict(embed_dim=4, num_embeddings=16, latent_channels=4, resolution=16,
-                               base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1)
-    torch.manual_seed(seed)
-    hf = ChameleonForConditionalGeneration(ChameleonConfig(**hf_cfg))
-    with torch.no_grad():  # random norms too, so the equality check below covers them
-        for name, p in hf.named_parameters():
-            if "norm" in name and "vqmodel" not in name:
-                p.add_(0.1 * torch.randn_like(p))
-    theirs = hf.state_dict()
-    model = Transformer(cfg, vocab.size)
-    model.load_state_dict(hf_state_to_mmgen(theirs.__getitem__, cfg))
-    return model, hf
 
 
 def packed(batch: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ import torch
 
 from configs import BenchConfig
 from figures import Figure
-from train_step_vs_hf import alternate, build_models, check_same_function, mmgen_step, packed, reference_step
+from hf_reference import build_models
+from train_step_vs_hf import alternate, check_same_function, mmgen_step, packed, reference_step
 
 from mmgen.device import compute_dtype, machine_peak_flops
 
