@@ -75,6 +75,10 @@ from mmgen.progress import progress_bar
 
 _DONE_CHECK_EVERY = 8
 _COMPILED_CACHE_MULTIPLE = 64
+_COMPILED_VARIANTS = 64
+"""How many graphs of the whole step one process may compile: one per model configuration, sampling settings
+and batch shape. Dynamo's default limit, 8, is reached by a report that samples with a few settings and batch
+sizes, and with ``fullgraph`` reaching it is an error, not a fall-back to eager."""
 _PROGRESS_EVERY = 32
 
 
@@ -350,12 +354,14 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
     last = _decide(logits, grammar, params, times())
     fed_counts = torch.zeros_like(row_len)
     whole_step = _compiled_whole_step(backend)
-    for step in itertools.count(1):
-        if _one_token_loop_ends(step, grammar, params, progress):
-            break
-        last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len, fed_counts,
-                                               is_cond, times())
-        decoding.forward_passes += 1
+    limit = max(torch._dynamo.config.recompile_limit, _COMPILED_VARIANTS)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        for step in itertools.count(1):
+            if _one_token_loop_ends(step, grammar, params, progress):
+                break
+            last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len,
+                                                   fed_counts, is_cond, times())
+            decoding.forward_passes += 1
     return grammar.samples()
 
 
