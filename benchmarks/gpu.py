@@ -99,7 +99,7 @@ def flex_against_sdpa() -> dict:
     batch = packed_batch(vocab, rows, seq_len, torch.Generator().manual_seed(0))
     out = {"config": f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, vocabulary {vocab.size:,}; "
                      f"batch {rows} x {seq_len:,} tokens of packed documents"}
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # a float32 check
     results = {}
     for name, model in (("sdpa", sdpa), ("flex", flex)):
         model.zero_grad()
@@ -114,7 +114,7 @@ def flex_against_sdpa() -> dict:
                                                           logits_s.abs().max().item()]
     out["float32 layer-0 wq gradient relative difference"] = ((grad_s - grad_f).norm() / grad_s.norm()).item()
     out["equal within tolerance"] = bool(torch.allclose(logits_s, logits_f, atol=2e-3, rtol=2e-3))
-    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     tokens = batch[0].numel()
     for name, model in (("sdpa", sdpa), ("flex", flex)):
         def step():
