@@ -95,7 +95,7 @@ def flex_against_sdpa() -> dict:
     sdpa.init_weights()
     flex = Transformer(dataclasses.replace(cfg, attention_backend=FLEX), vocab.size).to(DEVICE)
     flex.load_state_dict(sdpa.state_dict())
-    rows, seq_len = (1, 1024) if TINY else (4, 2048)
+    rows, seq_len = (1, 256) if TINY else (4, 2048)
     batch = packed_batch(vocab, rows, seq_len, torch.Generator().manual_seed(0))
     out = {"config": f"dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, vocabulary {vocab.size:,}; "
                      f"batch {rows} x {seq_len:,} tokens of packed documents"}
@@ -121,7 +121,7 @@ def flex_against_sdpa() -> dict:
             with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
                 loss = loss_of(model, *batch)
             loss.backward()
-        out[f"bf16 eager fwd+bwd tokens/s, {name}"] = tokens / mean_seconds(step, repeats=10, warmup=2)
+        out[f"bf16 eager fwd+bwd tokens/s, {name}"] = tokens / mean_seconds(step, repeats=2 if TINY else 10, warmup=1 if TINY else 2)
     return out
 
 
