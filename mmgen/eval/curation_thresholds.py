@@ -57,7 +57,6 @@ def grid(low: float, high: float, step: float = 0.01) -> list[float]:
     return [round(float(t), 4) for t in np.arange(low, high + step / 2, step)]
 
 
-
 CLEAN_KINDS = ("clean", "near_duplicate")
 """Injected kinds whose image and text agree: a filter should keep them."""
 

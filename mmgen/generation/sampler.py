@@ -46,6 +46,7 @@ compiled once per model, batch size and cache length (longest prompt +
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -76,9 +77,10 @@ from mmgen.progress import progress_bar
 _DONE_CHECK_EVERY = 8
 _COMPILED_CACHE_MULTIPLE = 64
 _COMPILED_VARIANTS = 64
-"""How many graphs of the whole step one process may compile: one per model configuration, sampling settings
-and batch shape. Dynamo's default limit, 8, is reached by a report that samples with a few settings and batch
-sizes, and with ``fullgraph`` reaching it is an error, not a fall-back to eager."""
+"""How many graphs of one compiled function a process may keep: one per model configuration, sampling settings
+and batch shape (and per window width with Jacobi decoding). Dynamo's default limit, 8, is reached by a report
+that samples with a few settings and batch sizes; past it the whole step (``fullgraph``) fails and the model's
+forward silently runs eager."""
 _PROGRESS_EVERY = 32
 
 
@@ -220,7 +222,7 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with decoding.open(len(streams), seq.shape[1]):
+        with decoding.open(len(streams), seq.shape[1]), _room_to_compile(compile):
             if whole_step:
                 return _decode_whole_steps(decoding, vocab, prompts, params, seq, prompt_len, progress,
                                            _backend(compile))
@@ -354,14 +356,12 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
     last = _decide(logits, grammar, params, times())
     fed_counts = torch.zeros_like(row_len)
     whole_step = _compiled_whole_step(backend)
-    limit = max(torch._dynamo.config.recompile_limit, _COMPILED_VARIANTS)
-    with torch._dynamo.config.patch(recompile_limit=limit):
-        for step in itertools.count(1):
-            if _one_token_loop_ends(step, grammar, params, progress):
-                break
-            last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len,
-                                                   fed_counts, is_cond, times())
-            decoding.forward_passes += 1
+    for step in itertools.count(1):
+        if _one_token_loop_ends(step, grammar, params, progress):
+            break
+        last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len, fed_counts,
+                                               is_cond, times())
+        decoding.forward_passes += 1
     return grammar.samples()
 
 
@@ -378,6 +378,14 @@ def _whole_step(forward, grammar: _Grammar, params: SamplingParams, vocab, last,
 def _compiled_whole_step(backend):
     # fullgraph: a graph break would split the step and bring the dispatch back; static shapes throughout
     return torch.compile(_whole_step, backend=backend, fullgraph=True, dynamic=False)
+
+
+def _room_to_compile(compile) -> AbstractContextManager:
+    """``_COMPILED_VARIANTS`` graphs per compiled function while a compiled sample runs (eager: nothing, and
+    dynamo stays unimported)."""
+    if not compile:
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, _COMPILED_VARIANTS))
 
 
 def _backend(compile) -> str | Callable:
