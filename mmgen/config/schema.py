@@ -80,6 +80,8 @@ class DataConfig:
     """Share of pretraining documents in CM3's causal-masked form (a span moved to the end behind a sentinel)."""
     cm3_image_share: float = field(default=0.5, metadata=LOADER_FIELD)
     """Of CM3-masked documents, the share whose masked span is a whole image (the rest mask a text span)."""
+    cm3_text_cue: int = field(default=0, metadata=LOADER_FIELD)
+    """Text CM3 spans: repeat up to this many text tokens from just before the hole after the closing sentinel, so the moved span continues its own left context (mmgen/data/objectives.py); 0: CM3's form. Infilling prompts use the same cue."""
     condition_dropout: float = field(default=0.0, metadata=LOADER_FIELD)
     """Share of pretraining documents whose text before one image is removed (trains the unconditional stream of CFG)."""
     corpus_kind: Literal["auto", "obelics", "mmc4", "captions", "imagefolder"] = "auto"

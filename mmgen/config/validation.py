@@ -52,6 +52,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.encode_batch_size": _at_least(1),
     "data.cm3_rate": _share(),
     "data.cm3_image_share": _share(),
+    "data.cm3_text_cue": _at_least(0),
     "data.condition_dropout": _share(),
     "data.network_timeout": _positive(),
     "data.network_retries": _at_least(0),

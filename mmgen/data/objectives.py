@@ -9,6 +9,14 @@ comes before *and after* it. The span is a whole image (BOI … EOI) or a run of
 text tokens. At sampling time the prompt ``BOS A <infill_0> C <infill_0>``
 asks for the missing span. Each transform's choice is seeded by the
 document's index (see ``mmgen.data.transforms``).
+
+A text span can carry a cue (``data.cm3_text_cue``): the last few text tokens
+before the hole, repeated after the closing sentinel,
+``BOS A1 A2 <infill_0> C <infill_0> A2 B EOS``. The moved span then continues
+its own left context instead of first having to find the hole, which run L's
+small model had barely learnt from its ~10 k text spans (docs/BENCHMARKS.md,
+"Text infilling"). The cue repeats what the prompt holds anyway: no information
+is added, only where it sits.
 """
 
 from __future__ import annotations
@@ -34,11 +42,25 @@ def text_spans(ids: np.ndarray, text_range: tuple[int, int]) -> list[tuple[int, 
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
-def cm3_transform(ids: np.ndarray, span: tuple[int, int], *, sentinel: int, eos: int) -> np.ndarray:
-    """Move ``ids[span]`` to the end behind ``sentinel``, leaving ``sentinel`` in its place."""
+def cm3_transform(ids: np.ndarray, span: tuple[int, int], *, sentinel: int, eos: int, cue: int = 0) -> np.ndarray:
+    """Move ``ids[span]`` to the end behind ``sentinel``, leaving ``sentinel`` in its place; the ``cue`` tokens
+    before the hole are repeated between the closing sentinel and the span (see ``cue_length``)."""
     start, stop = span
     body = ids[:-1] if len(ids) and ids[-1] == eos else ids
-    return np.concatenate([body[:start], [sentinel], body[stop:], [sentinel], ids[start:stop], [eos]]).astype(np.int64)
+    lead = ids[start - cue : start] if cue > 0 else ids[:0]
+    return np.concatenate([body[:start], [sentinel], body[stop:], [sentinel], lead, ids[start:stop], [eos]]).astype(np.int64)
+
+
+def cue_length(ids: np.ndarray, span: tuple[int, int], vocab, text_cue: int) -> int:
+    """How many tokens before a text span its cue repeats: up to ``text_cue``, text of the same run only (an
+    image or BOS before the hole ends the cue); 0 for an image span."""
+    start = span[0]
+    if text_cue <= 0 or not vocab.is_text(int(ids[start])):
+        return 0
+    n = 0
+    while n < min(text_cue, start) and vocab.is_text(int(ids[start - 1 - n])):
+        n += 1
+    return n
 
 
 def choose_span(ids: np.ndarray, vocab, rng: np.random.Generator, *, image_share: float, max_text_fraction: float = 0.5) -> tuple[int, int] | None:
@@ -57,11 +79,12 @@ def choose_span(ids: np.ndarray, vocab, rng: np.random.Generator, *, image_share
 class CM3Masking(DocumentTransform):
     """A ``rate`` share of documents (chosen per document) in CM3 form."""
 
-    def __init__(self, vocab, *, rate: float, image_share: float, seed: int):
+    def __init__(self, vocab, *, rate: float, image_share: float, seed: int, text_cue: int = 0):
         self.vocab = vocab
         self.rate = rate
         self.image_share = image_share
         self.seed = seed
+        self.text_cue = text_cue
         self.sentinel = vocab.special("infill_0")
 
     def __call__(self, document: TrainingDocument) -> TrainingDocument:
@@ -71,7 +94,9 @@ class CM3Masking(DocumentTransform):
         span = choose_span(document.tokens, self.vocab, rng, image_share=self.image_share)
         if span is None:
             return document
-        return document.with_tokens(cm3_transform(document.tokens, span, sentinel=self.sentinel, eos=self.vocab.eos))
+        cue = cue_length(document.tokens, span, self.vocab, self.text_cue)
+        return document.with_tokens(cm3_transform(document.tokens, span, sentinel=self.sentinel, eos=self.vocab.eos,
+                                                  cue=cue))
 
 
 def drop_condition(ids: np.ndarray, vocab, rng: np.random.Generator) -> np.ndarray:

@@ -7,12 +7,18 @@ original's attributes found in the infill, with a permutation chance level
 measured on the same infills.
 
 Text: a seeded random text span is cut out (the same span choice as CM3
-training) and infilled greedily. Reported: the share of spans reproduced
-exactly and a character-level similarity to the truth, for the infill as the
-model ends it and cut to the span's true length, against a left-context
-baseline — the same model continuing the text before the hole for exactly the
-span's length, i.e. what plain causal decoding gets without the right-hand
-context.
+training) and infilled greedily. The left-context baseline is the same model
+continuing the text before the hole, i.e. what plain causal decoding gets
+without the right-hand context. It cannot know where the span ends, so it is
+read at the span's true length; the like-for-like comparison reads the infill
+at that length too (``text_exact`` against ``text_exact_left_context``): both
+are decoded the same way, past any EOS, and read as their first n text tokens
+for a span of n. ``text_exact_own_end`` also asks the infill to end the span
+itself (EOS), which the baseline is never asked. ``text_span_bits`` and
+``text_span_bits_left_context`` score the true span, token by token, from the
+CM3 prompt and from the left context alone: the infill sees strictly more, so a
+model that has learnt to infill needs fewer bits. Also reported: a
+character-level similarity to the truth for each reading.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from mmgen.data.objectives import choose_span, image_spans
 from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, permutation_chance
 from mmgen.eval.intervals import wilson_interval, with_interval
+from mmgen.eval.likelihood import grouped_continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.infill import infill_prompt
 from mmgen.generation.sampler import SamplingParams, sample_in_batches
@@ -53,10 +60,25 @@ def _masked_view(tokenizer, ids: np.ndarray, span: tuple[int, int]) -> str:
     return f"{_readable(tokenizer, ids[: span[0]])} [___] {_readable(tokenizer, ids[span[1] :])}".strip()
 
 
+def _span_bits(model, vocab, prompts: list[list[int]], spans: list[list[int]], batch_size: int, desc: str) -> float:
+    """Bits per token of each span after its prompt, over all spans' tokens."""
+    logps = grouped_continuation_logprobs(model, [(p, [s]) for p, s in zip(prompts, spans)], pad_id=vocab.pad,
+                                          batch_size=batch_size, desc=desc)  # fmt: skip
+    return float(-sum(float(lp[0].sum()) for lp in logps) / (np.log(2) * sum(len(s) for s in spans)))
+
+
+def _first_text(out: Sequence[int], eos: int, n: int | None = None) -> list[int]:
+    """A text sample's tokens up to its first EOS, or (``n``) its first n tokens other than EOS."""
+    if n is None:
+        return list(out[: out.index(eos)]) if eos in out else list(out)
+    return [t for t in out if t != eos][:n]
+
+
 @torch.inference_mode()
 def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temperature: float = 0.7,
-                top_k: int = 0, batch_size: int = 16, examples: int = 12) -> dict:
-    """Image and text infilling on the first ``documents`` held-out documents that allow each."""
+                top_k: int = 0, batch_size: int = 16, examples: int = 12, text_cue: int = 0) -> dict:
+    """Image and text infilling on the first ``documents`` documents of ``shards`` (token-id sequences) that allow
+    each; ``text_cue`` is the ``data.cm3_text_cue`` the model was trained with."""
     vocab = tokenizer.vocab
     h, w = vocab.grid
     rng = np.random.default_rng(seed)
@@ -79,7 +101,7 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
     result: dict = {"documents": {"image": len(image_items), "text": len(text_items)}}
 
     if image_items:
-        outs = batched([infill_prompt(ids, span, vocab) for ids, span in image_items], "infill images",
+        outs = batched([infill_prompt(ids, span, vocab, text_cue) for ids, span in image_items], "infill images",
                        max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
                        max_images=1, eos_stops=False)
         grids = [_grid(vocab, o) for o in outs]
@@ -101,18 +123,17 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
 
     if text_items:
         lengths = [stop - start for _, (start, stop) in text_items]
-        infills = batched([infill_prompt(ids, span, vocab) for ids, span in text_items], "infill text",
-                          max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0)
-        # the baseline gets the span's true length: it only lacks the context after the hole
-        lefts = batched([ids[: span[0]].tolist() for ids, span in text_items], "left-context baseline",
-                        max_new_tokens=max(lengths), temperature=0.0, max_images=0, eos_stops=False)
-        lefts = [o[:n] for o, n in zip(lefts, lengths)]
+        prompts = [infill_prompt(ids, span, vocab, text_cue) for ids, span in text_items]
+        lefts = [ids[: span[0]].tolist() for ids, span in text_items]
+        # both decoded alike, past EOS, so that each can be read at the span's true length
+        decode = dict(max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0, eos_stops=False)
+        infills = batched(prompts, "infill text", **decode)
+        continued = batched(lefts, "left-context baseline", **decode)
         truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]
-        spans = [[t for t in o if t != vocab.eos] for o in infills]
-        filled = [_text(tokenizer, o).strip() for o in spans]
-        # cut to the true length too: the fair comparison with the baseline, which is given that length
-        filled_cut = [_text(tokenizer, o[:n]).strip() for o, n in zip(spans, lengths)]
-        left = [_text(tokenizer, o).strip() for o in lefts]
+        filled = [_text(tokenizer, _first_text(o, vocab.eos)).strip() for o in infills]
+        filled_cut = [_text(tokenizer, _first_text(o, vocab.eos, n)).strip() for o, n in zip(infills, lengths)]
+        left = [_text(tokenizer, _first_text(o, vocab.eos, n)).strip() for o, n in zip(continued, lengths)]
+        true_spans = [ids[slice(*span)].tolist() for ids, span in text_items]
 
         def similarity(guesses):
             return float(np.mean([difflib.SequenceMatcher(None, g, t).ratio() for g, t in zip(guesses, truths)]))
@@ -121,15 +142,19 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
             right = sum(g == t for g, t in zip(guesses, truths))
             return with_interval(name, right / len(truths), wilson_interval(right, len(truths)), len(truths))
 
-        result |= exact("text_exact", filled) | exact("text_exact_true_length", filled_cut)
-        result |= exact("text_exact_left_context", left)
+        result |= exact("text_exact", filled_cut) | exact("text_exact_left_context", left)
+        result |= exact("text_exact_own_end", filled)
         result |= {
-            "text_similarity": similarity(filled),
-            "text_similarity_true_length": similarity(filled_cut),
+            "text_similarity": similarity(filled_cut),
             "text_similarity_left_context": similarity(left),
+            "text_similarity_own_end": similarity(filled),
+            "text_span_bits": _span_bits(model, vocab, prompts, true_spans, batch_size, "score spans (CM3)"),
+            "text_span_bits_left_context": _span_bits(model, vocab, lefts, true_spans, batch_size,
+                                                      "score spans (left context)"),
             "text_examples": [
-                {"context": _masked_view(tokenizer, ids, span), "truth": t, "infilled": f, "left_context": g}
-                for (ids, span), t, f, g in list(zip(text_items, truths, filled, left))[:examples]
+                {"context": _masked_view(tokenizer, ids, span), "truth": t, "infilled": f, "left_context": g,
+                 "infilled_own_end": e}
+                for (ids, span), t, f, g, e in list(zip(text_items, truths, filled_cut, left, filled))[:examples]
             ],
         }
     return result

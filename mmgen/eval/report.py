@@ -34,7 +34,7 @@ from mmgen.eval.infill_eval import infill_eval
 from mmgen.data.entities import has_entities
 from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
 from mmgen.eval.likelihood import bits_per_token
-from mmgen.eval.shapes_eval import shapes_accuracies
+from mmgen.eval.shapes_eval import shapes_accuracies, world_documents
 from mmgen.eval.summary import read_json
 from mmgen.files import write_atomic
 from mmgen.progress import print_above
@@ -67,9 +67,11 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
     caption, t2i, classes = shown["caption"], shown["t2i"], shown["classes"]
     infills = None
     if cfg.data.cm3_rate > 0 and e.infill_documents > 0:
+        # while settings are chosen (split 'validation'), documents of the world's validation split, not held-out ones
+        documents = shards if e.split == "heldout" else world_documents(tokenizer, world, e.infill_documents, e.split)
         infills = timed("infilling", lambda: infill_eval(
-            model, tokenizer, shards, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
-            top_k=e.t2i_top_k, batch_size=e.batch_size))
+            model, tokenizer, documents, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
+            top_k=e.t2i_top_k, batch_size=e.batch_size, text_cue=cfg.data.cm3_text_cue))
         metrics.update({f"infill_{k}": v for k, v in infills.items()
                         if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
     knowledge = None
@@ -128,16 +130,22 @@ def _sft_table(paths: RunPaths) -> str:
 def _infill_section(infills: dict) -> str:
     """CM3 infilling: figures, then infilled images beside the originals and infilled text spans beside the truth."""
     rows = "".join(f"<tr><td>{H.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in infills.items() if isinstance(v, float))
-    body = ["<h2>Infilling (CM3)</h2><p>Each held-out document loses one image or one text span, and the model fills "
-            "the hole from both sides. Text is compared with the same model continuing the left context alone.</p>",
+    body = ["<h2>Infilling (CM3)</h2><p>Each evaluation document loses one image or one text span, and the model "
+            "fills the hole from both sides. Text is compared with the same model continuing the left context alone, "
+            "like with like: the continuation cannot know where the span ends, so both are read at the span's true "
+            "length (<code>text_exact</code> against <code>text_exact_left_context</code>); "
+            "<code>text_exact_own_end</code> also asks the infill to end the span itself. "
+            "<code>text_span_bits</code> scores the true span from both sides, <code>text_span_bits_left_context</code> "
+            "from the left alone: a model that has learnt to infill needs fewer bits with more context.</p>",
             f"<table>{rows}</table><div class='grid'>"]
     for item in infills.get("image_examples", []):
         body.append(f"<div class='card'>{H.img_tag(item['infilled'])} {H.img_tag(item['original'], width=40)}<br>"
                     f"{H.escape(item['context'])}</div>")
-    body.append("</div><table><tr><th>document with hole</th><th>truth</th><th>infilled</th><th>left context only</th></tr>")
+    body.append("</div><table><tr><th>document with hole</th><th>truth</th><th>infilled (true length)</th>"
+                "<th>left context only (true length)</th><th>infilled, ended by the model</th></tr>")
+    columns = ("context", "truth", "infilled", "left_context", "infilled_own_end")
     for item in infills.get("text_examples", []):
-        body.append("<tr>" + "".join(f"<td>{H.escape(item[k])}</td>" for k in ("context", "truth", "infilled", "left_context"))
-                    + "</tr>")
+        body.append("<tr>" + "".join(f"<td>{H.escape(item[k])}</td>" for k in columns) + "</tr>")
     body.append("</table>")
     return "".join(body)
 

@@ -17,7 +17,9 @@ import torch
 from PIL import Image
 
 from mmgen.config.schema import EvalConfig, WorldConfig
-from mmgen.data.shapes_world import COLORS, SHAPES, describe_scene, random_scene, render_scene, scene_split
+from mmgen.data.document import Document
+from mmgen.data.shapes_world import (COLORS, SHAPES, describe_scene, random_document, random_scene, render_scene,
+                                     scene_split, split_rng)
 from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
                                    permutation_chance)
 from mmgen.eval.classify import classify_both_ways
@@ -46,6 +48,16 @@ def eval_scenes(count: int, world: WorldConfig, *, seed: int, max_shapes: int | 
             continue
         scenes.append({"background": scene["background"], "shapes": [{k: s[k] for k in _KEYS} for s in scene["shapes"]]})
     return scenes
+
+
+def world_documents(tokenizer, world: WorldConfig, count: int, split: str) -> list[np.ndarray]:
+    """The first ``count`` documents of the world's ``split`` (its own random stream, as ``data/make_world.py``
+    would write them, without training's noise), token ids encoded like the corpus: the validation split's
+    documents, which no stage writes, for choosing settings without touching held-out ones."""
+    rng = split_rng(world.seed, split, "documents")
+    docs = [Document(parts=[item if isinstance(item, str) else render_scene(item, world.image_size)
+                            for item in random_document(rng, world, split)]) for _ in range(count)]  # fmt: skip
+    return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_documents(docs)]
 
 
 def _untimed(name: str, fn: Callable[[], Any]) -> Any:

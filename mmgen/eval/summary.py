@@ -123,8 +123,8 @@ _LABELS = {
     "classify_color_accuracy_image_given_label": "classify colour, image | label",
     "classify_color_accuracy_label_given_image": "classify colour, label | image",
     "infill_image_accuracy": "CM3 image infilling",
-    "infill_text_exact": "CM3 text infilling, exact",
-    "infill_text_exact_left_context": "  left-context baseline",
+    "infill_text_exact": "CM3 text infill (true length)",
+    "infill_text_exact_left_context": "  left context (true length)",
     "vqa_accuracy": "visual QA",
 }
 _STAGE_NAMES = {"world": "world", "train_text": "text tokenizer", "train_image": "VQ-VAE", "encode": "encode",

@@ -58,6 +58,8 @@ class PackedDataLoader(BaseDataLoader):
         """Share of documents in CM3's causal-masked form."""
         cm3_image_share: float = 0.5
         """Share of CM3 spans that are whole images."""
+        cm3_text_cue: int = 0
+        """Text tokens before a text CM3 hole repeated after the closing sentinel (0: none)."""
         condition_dropout: float = 0.0
         """Share of documents whose caption before one image is removed (CFG training)."""
 
@@ -115,7 +117,8 @@ def document_transforms(config: PackedDataLoader.Config, shards: TokenShards, se
     if config.condition_dropout > 0:
         transforms.append(ConditionDropout(vocab, rate=config.condition_dropout, seed=config.seed))
     if config.cm3_rate > 0:
-        transforms.append(CM3Masking(vocab, rate=config.cm3_rate, image_share=config.cm3_image_share, seed=config.seed))
+        transforms.append(CM3Masking(vocab, rate=config.cm3_rate, image_share=config.cm3_image_share, seed=config.seed,
+                                     text_cue=config.cm3_text_cue))
     if config.neighbours_path:
         bos, eos, sep = config.specials
         bank = BankDocuments([shards] + ([TokenShards(config.bank_tokens_dir)] if config.bank_tokens_dir else []))

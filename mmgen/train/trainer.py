@@ -198,6 +198,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
         vocab_path=paths.vocab,
         cm3_rate=cfg.data.cm3_rate,
         cm3_image_share=cfg.data.cm3_image_share,
+        cm3_text_cue=cfg.data.cm3_text_cue,
         condition_dropout=cfg.data.condition_dropout,
     )
     image_start, image_stop = vocab.image_range
