@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 
 import mmgen.train  # noqa: F401  (CPU compat before torchtitan)
@@ -140,3 +141,23 @@ def test_trainer_hands_loss_weights_to_the_loss_and_adds_up_its_modality_sums():
     trainer.model_parts[0].logits.grad[0, 0, 0] = float("nan")
     trainer._step_if_finite(lambda: stepped.append(trainer.step))
     assert stepped == [1] and trainer.modality_sums.tolist()[1] == 3 and trainer.nonfinite.skipped == 1
+
+
+def test_loader_carries_the_cm3_text_cue_to_its_transform(tmp_path):
+    from mmgen.data.transforms import TrainingDocument
+    from mmgen.tokenizers.vocab import Vocab
+    from mmgen.train.components import PackedDataLoader, document_transforms
+
+    vocab = Vocab.build(text_vocab_size=20, codebook_size=8, grid=(1, 2))
+    vocab.save(str(tmp_path / "vocab.json"))
+    config = PackedDataLoader.Config(vocab_path=str(tmp_path / "vocab.json"), cm3_rate=1.0, cm3_image_share=0.0,
+                                     cm3_text_cue=2)  # fmt: skip
+    (cm3,) = document_transforms(config, None, seq_len=48)
+    text = [vocab.text_to_id(i) for i in range(1, 13)]
+    sentinel = vocab.special("infill_0")
+    for index in range(10):
+        out = cm3(TrainingDocument(index, np.array([vocab.bos, *text, vocab.eos]))).tokens.tolist()
+        hole, closing = out.index(sentinel), len(out) - 1 - out[::-1].index(sentinel)
+        cue = out[closing + 1 : closing + 1 + min(2, hole - 1)]
+        assert cue == out[hole - len(cue) : hole]  # the text before the hole, again after the closing sentinel
+        assert out[closing + 1 + len(cue) : -1] == text[hole - 1 : hole - 1 + len(out) - closing - 2 - len(cue)]
