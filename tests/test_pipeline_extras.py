@@ -167,12 +167,14 @@ def test_cm3_model_infills_a_whole_image(run):
 
 @pytest.mark.slow
 def test_report_infills_held_out_images_and_text_spans(run):
-    """The report's CM3 section, from the CM3-trained debug model (debug is too small to score well: shapes only)."""
-    stage("eval/report.py", run, "--data.cm3_rate", "0.5", "--eval.infill_documents", "3")
+    """The report's CM3 section, from the CM3-trained debug model (debug is too small to score well: shapes only);
+    its prompts with a text cue (the debug model was trained without: only the prompts' path is checked)."""
+    stage("eval/report.py", run, "--data.cm3_rate", "0.5", "--data.cm3_text_cue", "2", "--eval.infill_documents", "3")
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     for key in ("infill_image_accuracy", "infill_image_chance", "infill_text_exact", "infill_text_exact_left_context",
-                "infill_text_similarity", "infill_text_similarity_left_context"):
+                "infill_text_exact_own_end", "infill_text_similarity", "infill_text_similarity_left_context"):
         assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["infill_text_span_bits"] > 0 and metrics["infill_text_span_bits_left_context"] > 0
     assert metrics["infill_image_incomplete"] == 0  # every infilled image is a whole h·w grid
     page = (run / "eval" / "report.html").read_text()
     assert "Infilling (CM3)" in page and page.count("[___]") >= 3

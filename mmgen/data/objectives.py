@@ -48,7 +48,8 @@ def cm3_transform(ids: np.ndarray, span: tuple[int, int], *, sentinel: int, eos:
     start, stop = span
     body = ids[:-1] if len(ids) and ids[-1] == eos else ids
     lead = ids[start - cue : start] if cue > 0 else ids[:0]
-    return np.concatenate([body[:start], [sentinel], body[stop:], [sentinel], lead, ids[start:stop], [eos]]).astype(np.int64)
+    moved = [sentinel, *lead, *ids[start:stop], eos]
+    return np.concatenate([body[:start], [sentinel], body[stop:], moved]).astype(np.int64)
 
 
 def cue_length(ids: np.ndarray, span: tuple[int, int], vocab, text_cue: int) -> int:
