@@ -12,26 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmgen.config import ConfigError, RunPaths, load_config
-from mmgen.config.schema import WorldConfig
 from mmgen.data.sft_tasks import SHORT_ANSWER, vqa_example
 from mmgen.data.shapes_world import describe_scene, generate_world, parse_caption, render_scene, scene_split
+from world_helpers import files_of, world_cfg
 
 QA = dict(qa_share=0.8, qa_per_image=3, qa_question_first=0.5)
 NOISE = dict(noise_misaligned=0.2, noise_uninformative=0.2)
 QUESTION = r"((?:What|How|Where|Is) [^?.]*\?) " + re.escape(SHORT_ANSWER)
 ANSWER = r"([a-z]+(?: [a-z]+)?)\."
-
-
-def world_cfg(**overrides) -> WorldConfig:
-    cfg = WorldConfig(train_documents=60, heldout_documents=8, train_caption_pairs=6, heldout_caption_pairs=4,
-                      documents_per_shard=30, max_images_per_document=3)  # fmt: skip
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
-def files_of(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def rows_of(root: Path, split: str = "train") -> list[dict]:
