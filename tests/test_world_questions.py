@@ -92,6 +92,8 @@ def test_questions_parse_back_to_the_right_answers_and_take_nothing_away(worlds)
                 images, questions = images + 1, questions + len(pairs)
                 asked |= {r["asked"] for r in records}
                 assert len(pairs) <= QA["qa_per_image"] and len({q for q, _ in pairs}) == len(pairs)
+                # no answer is given away by another question about the image ("the red object" after "red.")
+                assert not any(re.search(rf"\b{a}\b", q) for q, _ in pairs for p, a in pairs if p != q)
                 # no text described the image before it: its answers are only in the picture
                 assert parse_caption(re.split(r"(?<=[.:])\s+", texts[k - 1])[-1]) == []
         assert texts == plain["texts"] and metas == json.loads(plain["metadata"])  # without them: the plain world

@@ -24,7 +24,11 @@ Where the questions go, and why there:
   documents, with or without questions (``scene_split``).
 - From its own random stream: with the option on, the documents hold the same scenes and sentences as
   without it, plus the questions.
-- An answer ends its sentence with a full stop, so sentence-level tools (the world's noise) keep it whole.
+- No answer can be read from the other questions about the same image: a question that names an answer given
+  before it ("What shape is the red object?" after "What color is the circle? red."), or whose answer an earlier
+  question names, is not asked.
+- An answer ends its sentence with a full stop, so sentence-level tools (the world's noise) keep it whole; the
+  noise corrupts captions, never answers.
 
 Ground truth: the metadata of an image with questions carries ``qa``, one record per question (its kind,
 question, answer, and whether it was asked before or after the image).
@@ -32,11 +36,30 @@ question, answer, and whether it was asked before or after the image).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from mmgen.config.schema import WorldConfig
 from mmgen.data.sft_tasks import vqa_prompt, vqa_questions
 from mmgen.data.shapes_world import Scene, split_rng
+
+
+def _names(text: str, answer: str) -> bool:
+    return re.search(rf"\b{re.escape(answer)}\b", text) is not None
+
+
+def independent_questions(pool: list[tuple[str, str, str]], order: np.ndarray, limit: int) -> list[tuple[str, str, str]]:
+    """Up to ``limit`` (kind, question, answer) of ``pool``, taken in ``order``, none of whose answers another one's
+    question names."""
+    chosen: list[tuple[str, str, str]] = []
+    for i in order:
+        _, question, answer = pool[int(i)]
+        if not any(_names(question, a) or _names(q, answer) for _, q, a in chosen):
+            chosen.append(pool[int(i)])
+        if len(chosen) == limit:
+            break
+    return chosen
 
 
 class WorldQuestions:
@@ -55,13 +78,12 @@ class WorldQuestions:
         if not self.active or self.rng.random() >= self.cfg.qa_share:
             return [], scene, []
         pool = vqa_questions(scene)
-        picked = self.rng.choice(len(pool), size=min(self.cfg.qa_per_image, len(pool)), replace=False)
+        picked = independent_questions(pool, self.rng.permutation(len(pool)), self.cfg.qa_per_image)
         first_before = bool(self.rng.random() < self.cfg.qa_question_first)
         before: list[str] = []
         after: list[str] = []
         records = []
-        for n, i in enumerate(picked):
-            kind, question, answer = pool[int(i)]
+        for n, (kind, question, answer) in enumerate(picked):
             asked_before = n == 0 and first_before
             if asked_before:
                 before.append(vqa_prompt(question))
