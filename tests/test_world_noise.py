@@ -11,24 +11,12 @@ import pytest
 from PIL import Image
 
 from mmgen.config import ConfigError, RunPaths, load_config
-from mmgen.config.schema import WorldConfig
 from mmgen.data.obelics import read_obelics
 from mmgen.data.shapes_world import describe_scene, generate_world, parse_caption, render_scene
 from mmgen.data.world_noise import CONCEPTS, UNINFORMATIVE, concept_probabilities
+from world_helpers import files_of, world_cfg
 
 NOISY = dict(noise_misaligned=0.25, noise_uninformative=0.15, noise_near_duplicates=0.1)
-
-
-def world_cfg(**overrides) -> WorldConfig:
-    cfg = WorldConfig(train_documents=40, heldout_documents=6, train_caption_pairs=160, heldout_caption_pairs=6,
-                      documents_per_shard=40, max_images_per_document=3)  # fmt: skip
-    for key, value in overrides.items():
-        setattr(cfg, key, value)
-    return cfg
-
-
-def files_of(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def pairs_of(root: Path, split: str = "train") -> list[dict]:

@@ -52,6 +52,12 @@ class WorldConfig:
     """Share of documents and caption pairs (train and held-out) that use an entity by name, when there are entities."""
     entity_zipf: float = 1.1
     """Long-tail exponent: the entity of rank r is used with probability proportional to r^-entity_zipf."""
+    qa_share: float = 0.0
+    """Training split only: share of document images shown before any text describes them that get questions and answers about them, in the SFT VQA task's words (mmgen/data/world_questions.py); 0: none."""
+    qa_per_image: int = 2
+    """Questions asked about each such image (fewer when its scene allows fewer)."""
+    qa_question_first: float = 1.0
+    """Of those images, the share whose first question comes before the image, in the SFT prompt's order (question, image, answer); the other questions follow the image."""
 
 
 LOADER_FIELD = {"read_by": "loader"}

@@ -40,6 +40,11 @@ class SFTExample:
     """Ground truth for scoring: the scene, the question kind and its answer."""
 
 
+def vqa_prompt(question: str) -> str:
+    """A question as the VQA task asks it: the question, then the short-answer instruction."""
+    return f"{question} {SHORT_ANSWER}"
+
+
 def vqa_questions(scene: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(question kind, question, answer) pairs answerable from the scene alone (unambiguous references only)."""
     shapes = scene["shapes"]
@@ -85,7 +90,7 @@ def vqa_example(image: Image.Image, scene: dict[str, Any], rng: np.random.Genera
     if not questions:
         return None
     kind, question, answer = questions[int(rng.integers(len(questions)))]
-    return SFTExample("vqa", f"{question} {SHORT_ANSWER}", image, answer, {"scene": scene, "kind": kind, "answer": answer})
+    return SFTExample("vqa", vqa_prompt(question), image, answer, {"scene": scene, "kind": kind, "answer": answer})
 
 
 def task_examples(

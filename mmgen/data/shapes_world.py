@@ -13,6 +13,8 @@ Notable choices:
 - Half of the images are described before they appear (text → image) and half after (image → text); later
   images in a document are often edits of the previous one, narrated ("Then the small red circle ... moves
   to the center."), so the text depends on more than one image.
+- Optionally (``world.qa_share``, mmgen/data/world_questions.py), training images shown before their caption
+  also get questions and short answers about them, in the SFT VQA task's words.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from mmgen.progress import progress_bar
 
 if TYPE_CHECKING:
     from mmgen.data.world_noise import WorldNoise
+    from mmgen.data.world_questions import WorldQuestions
 
 SHAPES = ("circle", "square", "triangle")
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -265,9 +268,10 @@ def _edit(rng: np.random.Generator, scene: Scene, cfg: WorldConfig) -> tuple[str
 
 
 def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "train",
-                    noise: WorldNoise | None = None) -> list[str | Scene]:  # fmt: skip
+                    noise: WorldNoise | None = None, questions: WorldQuestions | None = None) -> list[str | Scene]:  # fmt: skip
     """Narration and scenes in reading order; adjacent text is merged, scenes belong to ``split``; ``noise``
-    skews the concepts of fresh scenes (mmgen/data/world_noise.py)."""
+    skews the concepts of fresh scenes (mmgen/data/world_noise.py); ``questions`` asks about fresh scenes
+    shown before their caption (mmgen/data/world_questions.py)."""
     from mmgen.data import entities  # entities build on this module's geometry, so it is imported here
 
     if entities.uses_entity(rng, cfg):
@@ -297,7 +301,8 @@ def random_document(rng: np.random.Generator, cfg: WorldConfig, split: str = "tr
         if rng.random() < 0.5:
             items += [f"{opener} {pick(_BEFORE).format(c=describe_scene(scene))}", scene]
         else:
-            items += [opener, scene, pick(_AFTER).format(c=describe_scene(scene))]
+            before, shown, after = questions.ask(scene) if questions is not None else ([], scene, [])
+            items += [opener, *before, shown, *after, pick(_AFTER).format(c=describe_scene(scene))]
         previous = scene
     merged: list[str | Scene] = []
     for item in items:
@@ -324,7 +329,7 @@ def document_row(items: list[str | Scene], image_size: int, general_metadata: di
 # ----- writing a world -----
 
 _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
-_STREAM_IDS = {"documents": 0, "captions": 1}
+_STREAM_IDS = {"documents": 0, "captions": 1, "questions": 2}
 
 
 def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
@@ -341,7 +346,8 @@ def split_rng(seed: int, split: str, stream: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_IDS[split], _STREAM_IDS[stream]]))
 
 
-def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noise: WorldNoise) -> dict[str, int]:
+def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noise: WorldNoise,
+                     questions: WorldQuestions) -> dict[str, int]:  # fmt: skip
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     for stale in fs.glob(posixpath.join(root, "shard-*.parquet")):
@@ -353,7 +359,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noi
         for start in range(0, count, per_shard):
             rows = []
             for doc_id in range(start, min(count, start + per_shard)):
-                items = noise.document(random_document(rng, cfg, split, noise))
+                items = noise.document(random_document(rng, cfg, split, noise, questions))
                 images += sum(not isinstance(item, str) for item in items)
                 general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
                 rows.append(document_row(items, cfg.image_size, general))
@@ -361,7 +367,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noi
             write_parquet_shard(rows, posixpath.join(out_dir, f"shard-{shards:05d}.parquet"))
             shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards,
-            **noise.summary("document_images")}
+            **noise.summary("document_images"), **questions.summary()}
 
 
 def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: str, noise: WorldNoise) -> dict[str, int]:
@@ -391,6 +397,7 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
 def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     """Write both splits (OBELICS shards and caption pairs) and return what was written."""
     from mmgen.data.world_noise import WorldNoise  # builds on this module's scenes, so it is imported here
+    from mmgen.data.world_questions import WorldQuestions  # likewise
 
     check_world_config(cfg)  # before writing anything
     counts: dict[str, int] = {}
@@ -398,7 +405,8 @@ def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
         ("train", cfg.train_documents, cfg.train_caption_pairs),
         ("heldout", cfg.heldout_documents, cfg.heldout_caption_pairs),
     ):
-        counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"))
+        counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"),
+                                   WorldQuestions(cfg, split))
         counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"))
     # the bank defines every entity, entities.json records their uses in what was just written (none: both removed)
     from mmgen.data.entities import write_entity_files
