@@ -1,4 +1,4 @@
-"""Generate the shapes world (OBELICS shards and caption pairs, train and held-out) into the run folder.
+"""Generate the shapes world into the run folder: train and held-out documents; train, held-out and validation captions.
 
     python data/make_world.py --config demo [--world.seed 1 ...]
 """

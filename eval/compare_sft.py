@@ -1,6 +1,7 @@
 """Score the pretrained and the fine-tuned checkpoints side by side on the same held-out SFT prompts.
 
     python eval/compare_sft.py --config demo
+    python eval/compare_sft.py --config demo --eval.split validation --eval.sft_cfg_scales 1,2,3
 
 Every fine-tuning run of the run folder (a folder named ``sft*`` holding a
 ``model.json``, e.g. ``sft`` and ``sft_lora``) is scored next to the pretrained
@@ -8,13 +9,15 @@ checkpoint.
 
 Captioning and text-to-image attribute accuracy (text-to-image unguided and
 with classifier-free guidance), visual QA accuracy, each with its chance
-level; writes ``<run>/eval/sft_metrics.json``.
+level; writes ``<run>/eval/sft_metrics.json``. With ``--eval.split validation``
+(for choosing settings: guidance scale, SFT mixture, pretraining options) it
+scores the validation SFT prompts instead and writes
+``<run>/eval/sft_metrics_validation.json``, leaving the held-out figures alone.
 """
 
 from mmgen.cli import run_cli, start_stage
-from mmgen.data.token_shards import TokenShards
 from mmgen.device import generation_device
-from mmgen.eval.sft_eval import fine_tuning_runs, lora_trainable_share, sft_eval
+from mmgen.eval.sft_eval import fine_tuning_runs, lora_trainable_share, sft_eval, sft_prompts
 from mmgen.files import write_json
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -23,14 +26,15 @@ from mmgen.tokenizers.run import load_run_tokenizer
 def main() -> None:
     stage = start_stage("compare_sft", __doc__)
     cfg, paths = stage.cfg, stage.paths
+    split = cfg.eval.split
+    shards = sft_prompts(paths, split, cfg.name)
     device = generation_device()
     tokenizer = load_run_tokenizer(paths, device)
-    shards = TokenShards(paths.tokens("sft-heldout"))
     runs = {"pretrained": paths.pretrain_dir, **fine_tuning_runs(paths)}
     results = {}
     for name, folder in runs.items():
         model, step = load_trained_model(folder, device=device)
-        print(f"scoring {name} (step {step}) on {len(shards)} held-out SFT prompts")
+        print(f"scoring {name} (step {step}) on {len(shards)} {split} SFT prompts")
         results[name] = {"step": step, **sft_eval(model, tokenizer, shards, seed=cfg.sample.seed,
                                                          per_task=cfg.eval.sft_prompts,
                                                          cfg_scales=cfg.eval.sft_cfg_scales,
@@ -44,9 +48,9 @@ def main() -> None:
     print(f"\n{'metric':<26}" + "".join(f"{n:>14}" for n in results))
     for key in keys:
         print(f"{key:<26}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results.values()))
-    write_json(paths.sft_metrics, results)
-    print(f"wrote {paths.sft_metrics}")
-    stage.record_timing()
+    write_json(paths.sft_split_metrics(split), results)
+    print(f"wrote {paths.sft_split_metrics(split)}")
+    stage.record_timing(split=split)
 
 
 if __name__ == "__main__":

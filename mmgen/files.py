@@ -81,6 +81,12 @@ def write_json(path: str, obj: Any, *, indent: int | None = 2) -> None:
     write_atomic(path, json.dumps(obj, indent=indent) + "\n")
 
 
+def exists(path: str) -> bool:
+    """Whether a file or folder is at ``path`` (any fsspec URL)."""
+    fs, local = fsspec.core.url_to_fs(path)
+    return fs.exists(local)
+
+
 def read_jsonl(path: str) -> list[Any]:
     """The records of an append-only JSONL log; a torn last line (a write cut off by a kill) is left out."""
     fs, local = fsspec.core.url_to_fs(path)

@@ -2,9 +2,11 @@
 
     python tokenizers/encode_sft.py --config demo [--sft.tasks caption=1,t2i=1,vqa=1]
 
-Writes ``<run>/tokens/sft-{train,heldout}``: one sequence per example,
+Writes ``<run>/tokens/sft-{train,heldout,validation}``: one sequence per example,
 ``BOS task instruction SEP input SEP output EOS``, with the position where the
-loss starts, the task, and the ground truth in each example's metadata.
+loss starts, the task, and the ground truth in each example's metadata. The
+validation prompts are for choosing settings (``eval/compare_sft.py --eval.split
+validation``); a world made before it wrote validation caption pairs gets none.
 """
 
 import torch
@@ -13,6 +15,7 @@ from mmgen.cli import run_cli, start_stage
 from mmgen.config import ConfigError
 from mmgen.data.sft_tasks import task_examples
 from mmgen.data.token_shards import TokenShardWriter
+from mmgen.files import exists
 from mmgen.progress import progress_bar
 from mmgen.retrieval.pairs import read_caption_pairs
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -37,11 +40,16 @@ def main() -> None:
     tokenizer = load_run_tokenizer(paths)
     vocab = tokenizer.vocab
     summary = {}
-    for split in ("train", "heldout"):
-        pairs = read_caption_pairs(paths.caption_pairs(split), limit=cfg.sft.train_pairs if split == "train" else 0)
-        # held-out prompts carry no condition dropout: they measure the conditional model
+    for seed_offset, split in enumerate(("train", "heldout", "validation")):
+        source = paths.caption_pairs(split)
+        if split == "validation" and not exists(source):
+            print(f"sft-validation: skipped, no {source} (worlds made before validation caption pairs have none; "
+                  "README.md, 'Choosing SFT settings', says how to add them)")
+            continue
+        pairs = read_caption_pairs(source, limit=cfg.sft.train_pairs if split == "train" else 0)
+        # held-out and validation prompts carry no condition dropout: they measure the conditional model
         examples = task_examples(pairs, weights, condition_dropout=cfg.sft.condition_dropout if split == "train" else 0.0,
-                                 seed=cfg.sft.seed + (split == "heldout"))
+                                 seed=cfg.sft.seed + seed_offset)
         writer = TokenShardWriter(paths.tokens(f"sft-{split}"), vocab_size=vocab.size, tokens_per_shard=cfg.data.tokens_per_shard)
         counts: dict[str, int] = {}
         with progress_bar(desc=f"sft-{split}", total=len(examples), unit="example") as bar:

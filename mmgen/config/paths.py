@@ -129,8 +129,13 @@ class RunPaths:
 
     @property
     def sft_metrics(self) -> str:
-        """eval/compare_sft.py's figures of the pretrained and every fine-tuned checkpoint."""
+        """eval/compare_sft.py's figures of the pretrained and every fine-tuned checkpoint (held-out SFT prompts)."""
         return self._join("eval", "sft_metrics.json")
+
+    def sft_split_metrics(self, split: str) -> str:
+        """eval/compare_sft.py's figures on the SFT prompts of ``split`` ('heldout' or 'validation'): the
+        validation ones, for choosing settings, never overwrite the held-out ones a run reports."""
+        return self.sft_metrics if split == "heldout" else self._join("eval", f"sft_metrics_{split}.json")
 
     @property
     def classify_dir(self) -> str:

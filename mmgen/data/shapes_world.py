@@ -395,7 +395,8 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
 
 
 def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
-    """Write both splits (OBELICS shards and caption pairs) and return what was written."""
+    """Write the train and held-out splits (OBELICS shards and caption pairs) and the validation caption pairs;
+    return what was written."""
     from mmgen.data.world_noise import WorldNoise  # builds on this module's scenes, so it is imported here
     from mmgen.data.world_questions import WorldQuestions  # likewise
 
@@ -408,6 +409,11 @@ def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
         counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"),
                                    WorldQuestions(cfg, split))
         counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"))
+    # The SFT prompts for choosing settings (eval/compare_sft.py --eval.split validation), as many as the held-out
+    # ones so a choice is measured as precisely as the figures it leads to. Written last from their own stream:
+    # the splits above are the same bytes as before they existed, and these do not depend on the train counts.
+    counts |= _write_caption_pairs(cfg, "validation", cfg.heldout_caption_pairs, paths.caption_pairs("validation"),
+                                   WorldNoise(cfg, "validation", "captions"))
     # the bank defines every entity, entities.json records their uses in what was just written (none: both removed)
     from mmgen.data.entities import write_entity_files
 

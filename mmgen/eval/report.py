@@ -21,7 +21,6 @@ import posixpath
 import time
 from typing import Any, Callable
 
-import fsspec
 import torch
 
 from mmgen.config import ExperimentConfig, RunPaths
@@ -36,7 +35,7 @@ from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
 from mmgen.eval.likelihood import bits_per_token
 from mmgen.eval.shapes_eval import shapes_accuracies, world_documents
 from mmgen.eval.summary import read_json
-from mmgen.files import write_atomic
+from mmgen.files import exists, write_atomic
 from mmgen.progress import print_above
 
 
@@ -108,14 +107,13 @@ def interval_text(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}], n = {metrics.get(f'{key}_items', '?')}"
 
 
-def _sft_table(paths: RunPaths) -> str:
-    """Pretrained and fine-tuned checkpoints side by side, from eval/compare_sft.py's output when it exists."""
-    path = paths.sft_metrics
-    fs, local = fsspec.core.url_to_fs(path)
-    if not fs.exists(local):
+def _sft_table(paths: RunPaths, split: str) -> str:
+    """Pretrained and fine-tuned checkpoints side by side on the SFT prompts of the report's split, from
+    eval/compare_sft.py's output when it exists."""
+    path = paths.sft_split_metrics(split)
+    if not exists(path):
         return ""
-    with fs.open(local, "r") as f:
-        runs = json.load(f)
+    runs = read_json(path)
     keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, float)]
     head = "".join(f"<th>{H.escape(name)} (step {r['step']})</th>" for name, r in runs.items())
     cell = lambda r, k: interval_text(r, k) if f"{k}_ci95" in r else f"{r.get(k, float('nan')):.3f}"
@@ -123,7 +121,8 @@ def _sft_table(paths: RunPaths) -> str:
                    + "</tr>" for k in keys)
     final = [name for name in runs if name != "pretrained"][:1]
     named = f" The final model is <b>{H.escape(final[0])}</b>." if final else ""
-    return (f"<h2>Fine-tuning (held-out SFT prompts)</h2><p>Value [95 % interval], items.{named}</p>"
+    prompts = "held-out" if split == "heldout" else split
+    return (f"<h2>Fine-tuning ({prompts} SFT prompts)</h2><p>Value [95 % interval], items.{named}</p>"
             f"<table><tr><th>metric</th>{head}</tr>{rows}</table>")
 
 
@@ -192,7 +191,7 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
     body = [f"<p>Run <code>{H.escape(cfg.run_dir)}</code>, checkpoint step {metrics['step']}.</p>",
             f"<h2>Accuracies ({H.escape(metrics['split'])} scenes)</h2><table><tr><th>metric</th>"
             "<th>value [95 % interval], items</th><th>chance (same run)</th><th>what</th></tr>",
-            rows, "</table><h2>Other measures</h2><table>", other, "</table>", _sft_table(paths) if paths else ""]
+            rows, "</table><h2>Other measures</h2><table>", other, "</table>", _sft_table(paths, metrics["split"]) if paths else ""]
     if metrics.get("curve"):
         png = curve_png(metrics["curve"], f"{cfg.eval.curve_items} {metrics['split']} scenes per checkpoint")
         body.append(f"<h2>Learning curve</h2><img src='{H.png_data_uri(png)}'>")

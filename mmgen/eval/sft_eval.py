@@ -2,6 +2,9 @@
 
 The prompts are the held-out SFT examples up to where their output starts, so a
 pretrained and a fine-tuned checkpoint are scored on exactly the same inputs.
+While settings are chosen (guidance scale, SFT mixture, a pretraining option),
+the validation SFT examples take their place (``sft_prompts``), so no setting
+is chosen on held-out items.
 Captions and generated images are scored attribute by attribute against the
 scene's ground truth (``mmgen.eval.attributes``), with a permutation chance
 level measured on the same predictions; answers by exact match, with chance
@@ -21,9 +24,11 @@ import torch
 from mmgen.config.paths import RunPaths
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
+from mmgen.data.token_shards import TokenShards
 from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, caption_scene, permutation_chance
 from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, read_model_description
 from mmgen.model.lora import add_lora, trainable_share
 from mmgen.model.transformer import Transformer
@@ -87,6 +92,19 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
                 metrics["t2i_chance"] = permutation_chance(truths, read, seed=seed)
     metrics["items_per_task"] = {task: len(v) for task, v in by_task.items()}
     return metrics
+
+
+def sft_prompts(paths: RunPaths, split: str, config_name: str) -> TokenShards:
+    """The SFT examples of ``split`` ('heldout' or 'validation') that tokenizers/encode_sft.py wrote; raises
+    FileNotFoundError saying how to make them when they are missing."""
+    folder = paths.tokens(f"sft-{split}")
+    if not exists(posixpath.join(folder, "manifest.json")):
+        make = f"run tokenizers/encode_sft.py --config {config_name}"
+        if not exists(paths.caption_pairs(split)):  # a world made before it wrote validation caption pairs
+            make = (f"{paths.caption_pairs(split)} is missing too: write it with data/make_world.py (README.md, "
+                    f"'Choosing SFT settings'), then {make}")
+        raise FileNotFoundError(f"no {split} SFT prompts at {folder} ({make})")
+    return TokenShards(folder)
 
 
 def fine_tuning_runs(paths: RunPaths) -> dict[str, str]:

@@ -15,7 +15,7 @@ import fsspec
 
 from mmgen.config import RunPaths
 from mmgen.device import machine_description
-from mmgen.files import read_jsonl
+from mmgen.files import exists, read_jsonl
 from mmgen.model.checkpoint import checkpoint_steps
 
 STAGES = ("world", "train_text", "train_image", "encode", "pretrain", "sample")
@@ -71,18 +71,13 @@ def demo_summary(paths: RunPaths, *, checkpoint_folder: str = "checkpoint") -> d
     }
 
 
-def _exists(path: str) -> bool:
-    fs, local = fsspec.core.url_to_fs(path)
-    return fs.exists(local)
-
-
 def _outputs(paths: RunPaths, checkpoint_folder: str, sft_folders: list[str]) -> dict[str, Any]:
     """Where a user finds what the run produced: report, samples, newest checkpoints, curves (existing ones only)."""
     found: dict[str, Any] = {"run": paths.root}
     for name, path in (("report", posixpath.join(paths.root, "eval", "report.html")),
                        ("samples", posixpath.join(paths.samples_dir, "index.html")),
                        ("tensorboard", posixpath.join(paths.pretrain_dir, "tb"))):  # fmt: skip
-        if _exists(path):
+        if exists(path):
             found[name] = path
     checkpoints = {}
     for name, folder in (("pretrain", paths.pretrain_dir), *((f, paths.sft_dir(f)) for f in sft_folders)):

@@ -1,0 +1,200 @@
+"""Validation SFT prompts: the world's validation caption pairs, their SFT shards, and the comparison on them.
+
+Settings (guidance scale, SFT mixture, pretraining options) are chosen on these, never on held-out items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from bad_inputs import ROOT, SMALL, assert_one_error_line, build_encoded_run, run_stage
+from PIL import Image
+
+from mmgen.config import RunPaths
+from mmgen.data.shapes_world import describe_scene, generate_world, scene_split
+from world_helpers import files_of, world_cfg
+
+# a world using every random stream the generator has: entities, noise, a concept tail, questions
+RICH = dict(entities=6, noise_misaligned=0.2, noise_near_duplicates=0.1, concept_tail=1.0, qa_share=0.5)
+# content_digest of the train and held-out files, written by the generator of commit a8817f5 (before it wrote
+# validation caption pairs): adding them changed none of those files
+DIGESTS_BEFORE_VALIDATION = {
+    "plain": "674310cf08ea0f55982dd8e31911cbabbea713f5ff96508e925e45d2745fd63c",
+    "rich": "864eeff12f9fb1343d3261186f01a70ccba2628ad6fe9257134ffaa5c7a48bbc",
+}
+
+
+def _pixels(png: bytes) -> bytes:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).tobytes()
+
+
+def content_digest(corpus: Path) -> str:
+    """SHA-256 of everything in ``corpus`` but the validation caption pairs: names, texts, metadata and decoded
+    pixels (not PNG or parquet bytes, which a library upgrade may change while the world stays the same)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in corpus.rglob("*") if p.is_file()):
+        name = str(path.relative_to(corpus))
+        if name.startswith("captions-validation"):
+            continue
+        digest.update(name.encode())
+        if path.suffix == ".png":
+            digest.update(_pixels(path.read_bytes()))
+        elif path.suffix == ".parquet":
+            for row in pq.read_table(path).to_pylist():
+                digest.update(json.dumps([row["texts"], row["metadata"], row["general_metadata"]]).encode())
+                digest.update(b"".join(_pixels(image) for image in row["images"] if image is not None))
+        else:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def validation_files(corpus: Path) -> dict[str, bytes]:
+    return {name: data for name, data in files_of(corpus).items() if name.startswith("captions-validation")}
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    out = {}
+    for name, overrides in (("plain", {}), ("rich", RICH)):
+        root = tmp_path_factory.mktemp(name)
+        out[name] = root / "corpus", generate_world(world_cfg(**overrides), RunPaths(str(root)))
+    return out
+
+
+@pytest.mark.parametrize("name", ["plain", "rich"])
+def test_train_and_heldout_files_are_what_they_were_before_validation_pairs(worlds, name):
+    corpus, _ = worlds[name]
+    assert content_digest(corpus) == DIGESTS_BEFORE_VALIDATION[name]
+
+
+@pytest.mark.parametrize("name", ["plain", "rich"])
+def test_validation_pairs_hold_validation_scenes_only(worlds, name):
+    corpus, counts = worlds[name]
+    scenes = {}
+    for split in ("train", "heldout", "validation"):
+        records = [json.loads(line) for line in (corpus / f"captions-{split}.jsonl").read_text().splitlines()]
+        scenes[split] = {describe_scene(r["metadata"]) for r in records}
+        if split == "validation":
+            assert len(records) == counts["validation_caption_pairs"] == world_cfg().heldout_caption_pairs
+            assert all(scene_split(r["metadata"]) == "validation" for r in records)
+            assert all((corpus / r["image"]).is_file() for r in records)
+            # validation scenes are never corrupted: each caption describes its own image
+            assert all(r["caption"] == describe_scene(r["metadata"]) for r in records if "entities" not in r["metadata"])
+    assert scenes["validation"] and not scenes["validation"] & (scenes["train"] | scenes["heldout"])
+    # nor does any training document show one
+    for shard in (corpus / "train").glob("*.parquet"):
+        for row in pq.read_table(shard).to_pylist():
+            shown = {describe_scene(m) for m in json.loads(row["metadata"]) if m is not None}
+            assert not shown & scenes["validation"]
+
+
+def test_validation_pairs_are_seeded_and_independent_of_the_other_counts(worlds, tmp_path):
+    corpus, _ = worlds["rich"]
+    # the way to add them to a run made before they existed: a small world into a scratch folder
+    scratch = RunPaths(str(tmp_path / "scratch"))
+    generate_world(world_cfg(**RICH, train_documents=1, train_caption_pairs=0, heldout_documents=0), scratch)
+    assert validation_files(Path(scratch.corpus_dir)) == validation_files(corpus)
+    other_seed = RunPaths(str(tmp_path / "other"))
+    generate_world(world_cfg(**RICH, seed=1), other_seed)
+    assert validation_files(Path(other_seed.corpus_dir)) != validation_files(corpus)
+
+
+# ----- SFT shards and the comparison on them, in a tiny run folder -----
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory) -> Path:
+    """A run through encode (the bad-input suite's), an untrained one-step checkpoint as both the pretrained and
+    the fine-tuned model, and its SFT shards."""
+    import torch.distributed.checkpoint as dcp
+
+    from mmgen.config import load_config
+    from mmgen.model.checkpoint import save_model_description
+    from mmgen.model.transformer import Transformer
+    from mmgen.tokenizers.vocab import Vocab
+
+    run = tmp_path_factory.mktemp("sft_validation") / "run"
+    build_encoded_run(run)
+    cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
+    paths = RunPaths(str(run))
+    vocab_size = Vocab.load(paths.vocab).size
+    for folder in (paths.pretrain_dir, paths.sft_dir()):
+        save_model_description(folder, cfg.model, vocab_size)
+        dcp.save(Transformer(cfg.model, vocab_size).state_dict(), checkpoint_id=f"{folder}/checkpoint/step-1",
+                 no_dist=True)  # fmt: skip
+    status, err = run_stage("tokenizers/encode_sft.py", run)
+    assert status == 0, err
+    return run
+
+
+def test_encode_sft_writes_validation_prompts_without_condition_dropout(sft_run):
+    from mmgen.data.token_shards import TokenShards
+
+    shards = TokenShards(str(sft_run / "tokens" / "sft-validation"))
+    metadata = [shards.metadata(i) for i in range(len(shards))]
+    assert {m["task"] for m in metadata} == {"caption", "t2i", "vqa"}
+    assert all(scene_split(m["scene"]) == "validation" for m in metadata)
+    assert not any(m.get("condition_dropped") for m in metadata)
+    timing = json.loads((sft_run / "timings" / "encode_sft.json").read_text())
+    assert set(timing) >= {"train", "heldout", "validation"}
+
+
+def test_compare_sft_on_validation_leaves_the_heldout_figures_alone(sft_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run, symlinks=True)
+    heldout = run / "eval" / "sft_metrics.json"
+    heldout.parent.mkdir(exist_ok=True)
+    heldout.write_text('{"kept": "as it was"}')
+    status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation", "--eval.sft_prompts", "2",
+                            "--eval.sft_cfg_scales", "1,2")  # fmt: skip
+    assert status == 0, err
+    assert heldout.read_text() == '{"kept": "as it was"}'
+    results = json.loads((run / "eval" / "sft_metrics_validation.json").read_text())
+    assert set(results) == {"pretrained", "sft"}
+    for r in results.values():
+        assert r["items_per_task"] == {"caption": 2, "t2i": 2, "vqa": 2}
+        for key in ("caption_accuracy", "vqa_accuracy", "t2i_accuracy", "t2i_accuracy_cfg2"):
+            assert 0.0 <= r[key] <= 1.0 and r[f"{key}_items"] == 2
+
+
+def test_a_run_made_before_validation_pairs_encodes_the_rest_and_says_why(sft_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run, symlinks=True)
+    shutil.rmtree(run / "corpus" / "captions-validation")
+    (run / "corpus" / "captions-validation.jsonl").unlink()
+    for split in ("train", "heldout", "validation"):
+        shutil.rmtree(run / "tokens" / f"sft-{split}")
+    proc = subprocess.run([sys.executable, str(ROOT / "tokenizers" / "encode_sft.py"), "--config", "debug",
+                           "--output_dir", str(run), *SMALL], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("sft-validation")]
+    assert len(skipped) == 1 and "skipped" in skipped[0] and "captions-validation.jsonl" in skipped[0]
+    assert (run / "tokens" / "sft-train" / "manifest.json").exists()
+    assert (run / "tokens" / "sft-heldout" / "manifest.json").exists()
+    assert not (run / "tokens" / "sft-validation").exists()
+
+    status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation")
+    line = assert_one_error_line(status, err, "sft-validation", "captions-validation.jsonl", "data/make_world.py",
+                                 "tokenizers/encode_sft.py")  # fmt: skip
+    assert line
+    assert not (run / "eval" / "sft_metrics_validation.json").exists()
+
+
+def test_missing_validation_shards_name_the_stage_that_writes_them(sft_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(sft_run, run, symlinks=True)
+    shutil.rmtree(run / "tokens" / "sft-validation")
+    status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation")
+    line = assert_one_error_line(status, err, "sft-validation", "tokenizers/encode_sft.py")
+    assert "data/make_world.py" not in line  # the caption pairs are there: encoding them is all it takes
