@@ -198,3 +198,16 @@ def test_missing_validation_shards_name_the_stage_that_writes_them(sft_run, tmp_
     status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation")
     line = assert_one_error_line(status, err, "sft-validation", "tokenizers/encode_sft.py")
     assert "data/make_world.py" not in line  # the caption pairs are there: encoding them is all it takes
+
+
+def test_the_report_shows_the_sft_comparison_of_its_own_split(tmp_path):
+    from mmgen.eval.report import _sft_table
+    from mmgen.files import write_json
+
+    paths = RunPaths(str(tmp_path))
+    for split, value in (("heldout", 0.25), ("validation", 0.75)):
+        write_json(paths.sft_split_metrics(split), {"pretrained": {"step": 3, "vqa_accuracy": value}})
+    heldout, validation = _sft_table(paths, "heldout"), _sft_table(paths, "validation")
+    assert "held-out SFT prompts" in heldout and "0.250" in heldout and "0.750" not in heldout
+    assert "validation SFT prompts" in validation and "0.750" in validation and "0.250" not in validation
+    assert paths.sft_split_metrics("heldout") == paths.sft_metrics != paths.sft_split_metrics("validation")
