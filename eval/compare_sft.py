@@ -27,6 +27,8 @@ def main() -> None:
     stage = start_stage("compare_sft", __doc__)
     cfg, paths = stage.cfg, stage.paths
     split = cfg.eval.split
+    if split != "heldout":  # its own timing record: the minutes per stage stay those of the held-out comparison
+        stage.name = f"compare_sft_{split}"
     shards = sft_prompts(paths, split, cfg.name)
     device = generation_device()
     tokenizer = load_run_tokenizer(paths, device)
@@ -50,7 +52,7 @@ def main() -> None:
         print(f"{key:<26}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results.values()))
     write_json(paths.sft_split_metrics(split), results)
     print(f"wrote {paths.sft_split_metrics(split)}")
-    stage.record_timing(split=split)
+    stage.record_timing()
 
 
 if __name__ == "__main__":

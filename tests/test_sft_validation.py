@@ -152,13 +152,16 @@ def test_encode_sft_writes_validation_prompts_without_condition_dropout(sft_run)
 def test_compare_sft_on_validation_leaves_the_heldout_figures_alone(sft_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(sft_run, run, symlinks=True)
-    heldout = run / "eval" / "sft_metrics.json"
-    heldout.parent.mkdir(exist_ok=True)
-    heldout.write_text('{"kept": "as it was"}')
-    status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation", "--eval.sft_prompts", "2",
-                            "--eval.sft_cfg_scales", "1,2")  # fmt: skip
+    small = ("--eval.sft_prompts", "2", "--eval.sft_cfg_scales", "1,2")
+    status, err = run_stage("eval/compare_sft.py", run, *small)
     assert status == 0, err
-    assert heldout.read_text() == '{"kept": "as it was"}'
+    heldout, timing = (run / "eval" / "sft_metrics.json").read_bytes(), (run / "timings" / "compare_sft.json").read_bytes()
+    assert not (run / "eval" / "sft_metrics_validation.json").exists()
+    status, err = run_stage("eval/compare_sft.py", run, "--eval.split", "validation", *small)
+    assert status == 0, err
+    assert (run / "eval" / "sft_metrics.json").read_bytes() == heldout
+    assert (run / "timings" / "compare_sft.json").read_bytes() == timing
+    assert (run / "timings" / "compare_sft_validation.json").exists()
     results = json.loads((run / "eval" / "sft_metrics_validation.json").read_text())
     assert set(results) == {"pretrained", "sft"}
     for r in results.values():
