@@ -191,7 +191,8 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
     body = [f"<p>Run <code>{H.escape(cfg.run_dir)}</code>, checkpoint step {metrics['step']}.</p>",
             f"<h2>Accuracies ({H.escape(metrics['split'])} scenes)</h2><table><tr><th>metric</th>"
             "<th>value [95 % interval], items</th><th>chance (same run)</th><th>what</th></tr>",
-            rows, "</table><h2>Other measures</h2><table>", other, "</table>", _sft_table(paths, metrics["split"]) if paths else ""]
+            rows, "</table><h2>Other measures</h2><table>", other, "</table>",
+            _sft_table(paths, metrics["split"]) if paths else ""]
     if metrics.get("curve"):
         png = curve_png(metrics["curve"], f"{cfg.eval.curve_items} {metrics['split']} scenes per checkpoint")
         body.append(f"<h2>Learning curve</h2><img src='{H.png_data_uri(png)}'>")
