@@ -29,7 +29,7 @@ class WorldConfig:
     train_caption_pairs: int = 2000
     """Caption pairs (image, caption) in the training split."""
     heldout_caption_pairs: int = 200
-    """Caption pairs in the held-out split."""
+    """Caption pairs in the held-out split; the validation split gets as many (SFT prompts for choosing settings)."""
     pretrain_caption_share: float = 0.0
     """Share of pretraining tokens drawn from the training caption pairs (as CM3leon and Chameleon mix image-caption pairs into pretraining) when data.train_corpus is empty; 0: the interleaved documents only."""
     documents_per_shard: int = 1000
