@@ -1,4 +1,5 @@
-"""Write the evaluation report of a trained run: ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``.
+"""Write the evaluation report of a trained run: ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``
+(with ``--eval.split validation``: ``metrics_validation.json`` and ``report_validation.html`` beside them).
 
     python eval/report.py --config demo
 
@@ -22,13 +23,16 @@ from mmgen.tokenizers.run import load_run_tokenizer
 def main() -> None:
     stage = start_stage("report", __doc__)
     cfg, paths = stage.cfg, stage.paths
+    split = cfg.eval.split
+    if split != "heldout":  # its own timing record: the minutes per stage stay those of the held-out report
+        stage.name = f"report_{split}"
     device = generation_device()
     model, step = load_pretrained_model(cfg, paths, device)
     tokenizer = load_run_tokenizer(paths, device)
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))
-    print(f"wrote {paths.report_metrics} and {paths.report_page}")
+    print(f"wrote {paths.report_split_metrics(split)} and {paths.report_split_page(split)}")
     stage.record_timing(step=step)
 
 

@@ -21,6 +21,7 @@ from mmgen.data.corpus import detect_kind, open_corpus, read_documents
 from mmgen.data.images import decode_image, fit_image
 from mmgen.data.reading import CorpusError, ReadStats, SkipRow
 from mmgen.data.token_shards import TokenShards, TokenShardWriter
+from mmgen.retrieval.pairs import read_caption_pairs
 from mmgen.tokenizers.pretokenize import pretokenize
 
 
@@ -166,6 +167,21 @@ def test_caption_pairs_and_the_shapes_world_captions(tmp_path):
     docs = list(corpus)
     assert corpus.kind == "captions" and [parts_of(d) for d in docs][1] == ["caption number 1", "<img>"]
     assert docs[2].image_metadata == [{"i": 2}]
+
+
+def test_caption_pairs_count_their_skips_and_a_file_of_none_is_an_error(tmp_path):
+    path = write_captions(tmp_path / "c" / "captions.jsonl")
+    lines = path.read_text().splitlines()
+    lines[1] = json.dumps({"image": "../outside.png", "caption": "escapes the corpus folder"})
+    path.write_text("\n".join(lines) + "\n")
+    logged = []
+    pairs = read_caption_pairs(str(path), log=logged.append)
+    assert [caption for _, caption, _ in pairs] == ["caption number 0", "caption number 2", "caption number 3"]
+    assert len(logged) == 1 and "skipped 1 (image_outside_corpus: 1)" in logged[0]
+    # every row unreadable (e.g. a symlinked file whose images resolve outside its folder): one clear error
+    path.write_text(json.dumps({"image": "../outside.png", "caption": "x"}) + "\n")
+    with pytest.raises(CorpusError, match="no readable caption pair"):
+        read_caption_pairs(str(path), log=logged.append)
 
 
 def test_detect_kind(tmp_path):

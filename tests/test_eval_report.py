@@ -63,6 +63,15 @@ def test_report_writes_every_metric(tmp_path):
         assert lo <= saved[key] <= hi and saved[key + "_items"] == 3
     assert "curve" not in saved  # no pretraining checkpoints, no learning curve
 
+    # a validation report, for choosing settings, is written beside the held-out one and leaves it alone
+    held_out_bytes = (tmp_path / "run" / "eval" / "metrics.json").read_bytes()
+    cfg.eval.split = "validation"
+    validation = write_report(cfg, paths, model.eval(), tokenizer, step=0, log=lambda _: None)
+    assert (tmp_path / "run" / "eval" / "metrics.json").read_bytes() == held_out_bytes
+    assert json.loads((tmp_path / "run" / "eval" / "metrics_validation.json").read_text())["split"] == "validation"
+    assert (tmp_path / "run" / "eval" / "report_validation.html").exists()
+    assert validation["caption_accuracy_items"] == 3
+
 
 def test_learning_curve_scores_every_kept_checkpoint(tmp_path):
     cfg = resolve_config("debug")

@@ -127,6 +127,14 @@ class RunPaths:
     def report_page(self) -> str:
         return self._join("eval", "report.html")
 
+    def report_split_metrics(self, split: str) -> str:
+        """eval/report.py's figures on the scenes of ``split``: a validation report, for choosing settings, never
+        overwrites the held-out one a run reports."""
+        return self.report_metrics if split == "heldout" else self._join("eval", f"metrics_{split}.json")
+
+    def report_split_page(self, split: str) -> str:
+        return self.report_page if split == "heldout" else self._join("eval", f"report_{split}.html")
+
     @property
     def sft_metrics(self) -> str:
         """eval/compare_sft.py's figures of the pretrained and every fine-tuned checkpoint (held-out SFT prompts)."""

@@ -221,6 +221,6 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
 def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
                  log: Callable[[str], None] = print_above) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
-    write_atomic(paths.report_page, page)
-    write_atomic(paths.report_metrics, json.dumps(metrics, indent=2))
+    write_atomic(paths.report_split_page(cfg.eval.split), page)
+    write_atomic(paths.report_split_metrics(cfg.eval.split), json.dumps(metrics, indent=2))
     return metrics

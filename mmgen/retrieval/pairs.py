@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 
 from mmgen.config.schema import DataConfig
 from mmgen.data.corpus import open_corpus
+from mmgen.data.reading import CorpusError
 
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.text import TextTokenizer
 
 
-def read_caption_pairs(jsonl_url: str, options: DataConfig | None = None, *,
-                       limit: int = 0) -> list[tuple[Image.Image, str, dict[str, Any]]]:
+def read_caption_pairs(jsonl_url: str, options: DataConfig | None = None, *, limit: int = 0,
+                       log: Callable[[str], None] = print) -> list[tuple[Image.Image, str, dict[str, Any]]]:
     """(RGB image, caption, image metadata) of each readable pair of a caption-pair file (bad rows are skipped and
-    counted); with ``limit``, the first ``limit`` pairs only, and the rest are not read."""
+    counted, and the count is logged); with ``limit``, the first ``limit`` pairs only, and the rest are not read.
+    A file whose every row is skipped is an error: an empty task set would train and score nothing."""
+    corpus = open_corpus(jsonl_url, kind="captions", options=options)
     pairs = []
-    for doc in open_corpus(jsonl_url, kind="captions", options=options):
+    for doc in corpus:
         if limit and len(pairs) == limit:
             break
         caption = " ".join(doc.texts)
         pairs.append((doc.images[0], caption, doc.image_metadata[0] if doc.image_metadata else {}))
+    if corpus.stats.total_skipped:
+        if not pairs:
+            raise CorpusError(f"{jsonl_url}: no readable caption pair ({corpus.stats.summary()})")
+        log(f"{jsonl_url}: {corpus.stats.summary()}")
     return pairs
 
 
