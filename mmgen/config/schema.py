@@ -328,7 +328,7 @@ class EvalConfig:
     t2i_top_k: int = 0
     """Top-k of image sampling in the report; 0 keeps all."""
     t2i_cfg_scale: float = 2.0
-    """Classifier-free guidance scale of image sampling in the report; 0 turns it off (2 measured best on the demo)."""
+    """Classifier-free guidance scale of image sampling in the report; 0 turns it off (the demo preset sets the scale chosen on validation)."""
     t2i_jacobi_window: int = 0
     """Speculative Jacobi decoding of the report's and the SFT comparison's images (see sample.jacobi_window); 0 off."""
     classify_images: int = 300
