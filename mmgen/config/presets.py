@@ -42,7 +42,8 @@ def demo() -> ExperimentConfig:
     cfg.model.dim = 128
     # As many steps as the 30 minutes leave once the other stages have theirs (about 10.5 minutes quiet on the
     # AVX2 CPU): 570 steps instead of 300 raised validation shape-given-label 0.37 -> 0.86 and text-to-image
-    # 0.49 -> 0.70 (BENCHMARKS, "The demo at 480 steps"); the curve still climbs there (demo_long, 1,200 steps).
+    # 0.49 -> 0.70 (BENCHMARKS, "What each lever bought"; run M, "The demo at 480 steps", held-out); the curve
+    # still climbs there (demo_long, 1,200 steps).
     cfg.training.steps = 480
     cfg.lr_scheduler.warmup_steps = 30
     # evaluation checkpoints along the run: the report's learning curve scores each of them
