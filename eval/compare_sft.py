@@ -50,8 +50,8 @@ def main() -> None:
     print(f"\n{'metric':<26}" + "".join(f"{n:>14}" for n in results))
     for key in keys:
         print(f"{key:<26}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results.values()))
-    write_json(paths.sft_split_metrics(split), results)
-    print(f"wrote {paths.sft_split_metrics(split)}")
+    write_json(paths.for_split(paths.sft_metrics, split), results)
+    print(f"wrote {paths.for_split(paths.sft_metrics, split)}")
     stage.record_timing()
 
 

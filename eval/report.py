@@ -32,7 +32,7 @@ def main() -> None:
     metrics = write_report(cfg, paths, model, tokenizer, step)
     summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(summary, indent=1))
-    print(f"wrote {paths.report_split_metrics(split)} and {paths.report_split_page(split)}")
+    print(f"wrote {paths.for_split(paths.report_metrics, split)} and {paths.for_split(paths.report_page, split)}")
     stage.record_timing(step=step)
 
 

@@ -209,8 +209,8 @@ def test_the_report_shows_the_sft_comparison_of_its_own_split(tmp_path):
 
     paths = RunPaths(str(tmp_path))
     for split, value in (("heldout", 0.25), ("validation", 0.75)):
-        write_json(paths.sft_split_metrics(split), {"pretrained": {"step": 3, "vqa_accuracy": value}})
+        write_json(paths.for_split(paths.sft_metrics, split), {"pretrained": {"step": 3, "vqa_accuracy": value}})
     heldout, validation = _sft_table(paths, "heldout"), _sft_table(paths, "validation")
     assert "held-out SFT prompts" in heldout and "0.250" in heldout and "0.750" not in heldout
     assert "validation SFT prompts" in validation and "0.750" in validation and "0.250" not in validation
-    assert paths.sft_split_metrics("heldout") == paths.sft_metrics != paths.sft_split_metrics("validation")
+    assert paths.for_split(paths.sft_metrics, "heldout") == paths.sft_metrics != paths.for_split(paths.sft_metrics, "validation")

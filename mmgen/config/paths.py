@@ -127,23 +127,20 @@ class RunPaths:
     def report_page(self) -> str:
         return self._join("eval", "report.html")
 
-    def report_split_metrics(self, split: str) -> str:
-        """eval/report.py's figures on the scenes of ``split``: a validation report, for choosing settings, never
-        overwrites the held-out one a run reports."""
-        return self.report_metrics if split == "heldout" else self._join("eval", f"metrics_{split}.json")
-
-    def report_split_page(self, split: str) -> str:
-        return self.report_page if split == "heldout" else self._join("eval", f"report_{split}.html")
+    @staticmethod
+    def for_split(path: str, split: str) -> str:
+        """An evaluation output of ``split``: the held-out one is ``path`` itself, another split's sits beside it
+        with the split's name added (``metrics.json`` -> ``metrics_validation.json``), so figures measured while
+        choosing settings never overwrite the ones a run reports."""
+        if split == "heldout":
+            return path
+        stem, ext = posixpath.splitext(path)
+        return f"{stem}_{split}{ext}"
 
     @property
     def sft_metrics(self) -> str:
         """eval/compare_sft.py's figures of the pretrained and every fine-tuned checkpoint (held-out SFT prompts)."""
         return self._join("eval", "sft_metrics.json")
-
-    def sft_split_metrics(self, split: str) -> str:
-        """eval/compare_sft.py's figures on the SFT prompts of ``split`` ('heldout' or 'validation'): the
-        validation ones, for choosing settings, never overwrite the held-out ones a run reports."""
-        return self.sft_metrics if split == "heldout" else self._join("eval", f"sft_metrics_{split}.json")
 
     @property
     def classify_dir(self) -> str:

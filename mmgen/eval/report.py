@@ -86,7 +86,8 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
                                                            log=log))
     if curve:
         metrics["curve"] = curve
-        write_tensorboard(curve, posixpath.join(paths.pretrain_dir, cfg.metrics.save_tb_folder, "eval"))
+        write_tensorboard(curve, paths.for_split(posixpath.join(paths.pretrain_dir, cfg.metrics.save_tb_folder, "eval"),
+                                                  cfg.eval.split))
     metrics["seconds"] = timings
     return metrics, _html(cfg, metrics, caption, t2i, classes, paths, infills, knowledge)
 
@@ -110,7 +111,7 @@ def interval_text(metrics: dict, key: str) -> str:
 def _sft_table(paths: RunPaths, split: str) -> str:
     """Pretrained and fine-tuned checkpoints side by side on the SFT prompts of the report's split, from
     eval/compare_sft.py's output when it exists."""
-    path = paths.sft_split_metrics(split)
+    path = paths.for_split(paths.sft_metrics, split)
     if not exists(path):
         return ""
     runs = read_json(path)
@@ -221,6 +222,6 @@ def _html(cfg, metrics, caption, t2i, classes, paths: RunPaths | None = None, in
 def write_report(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int,
                  log: Callable[[str], None] = print_above) -> dict:
     metrics, page = evaluate(cfg, paths, model, tokenizer, step, log)
-    write_atomic(paths.report_split_page(cfg.eval.split), page)
-    write_atomic(paths.report_split_metrics(cfg.eval.split), json.dumps(metrics, indent=2))
+    write_atomic(paths.for_split(paths.report_page, cfg.eval.split), page)
+    write_atomic(paths.for_split(paths.report_metrics, cfg.eval.split), json.dumps(metrics, indent=2))
     return metrics
