@@ -1,6 +1,7 @@
-"""The CPU training kernels: blocked causal attention and the head fused with the cross-entropy.
+"""The CPU training kernels: attention per packed document, blocked causal attention, and the head fused
+with the cross-entropy.
 
-Both replace a slower path in pretraining's step (SDPA's CPU flash kernel; the
+Each replaces a slower path in pretraining's step (SDPA's CPU flash kernel; the
 head matmul followed by a loss over materialised logits) and must compute the
 same function: checked against float64 references and against the paths they
 replace, gradients included.
@@ -21,7 +22,7 @@ from mmgen.config.schema import ModelConfig
 from mmgen.model import Transformer
 from mmgen.model.attention import blocked_causal_attention
 from mmgen.model.loss import head_nll_and_logsumexp, nll_and_logsumexp
-from mmgen.model.masks import document_causal_mask
+from mmgen.model.masks import PackedDocuments, document_causal_mask
 from mmgen.model.transformer import HiddenStates
 from mmgen.train.components import MODALITY_SUMS, ModalityLoss
 from mmgen.train.model_spec import TitanTransformer
@@ -108,13 +109,14 @@ def test_bf16_cpu_training_uses_the_blocked_kernel_and_matches_sdpa(packed, monk
     tokens = torch.randint(0, VOCAB, (2, 200), generator=torch.Generator().manual_seed(1))
     kwargs = {"document_ids": torch.tensor([[0] * 70 + [1] * 130, [0] * 150 + [1] * 50])} if packed else {}
     blocked = _grads(model, tokens, **kwargs)
-    assert len(calls) == 2  # both layers
+    per_layer = 3 if packed else 1  # packed: one call per bucket of equal padded length (96, 160, 64)
+    assert len(calls) == 2 * per_layer  # both layers
     with torch.no_grad():
         model(tokens, **kwargs)  # inference keeps SDPA
-    assert len(calls) == 2
+    assert len(calls) == 2 * per_layer
     monkeypatch.setattr(attention_module, "BLOCKED_MAX_SEQ_LEN", 0)  # longer sequences keep SDPA
     sdpa = _grads(model, tokens, **kwargs)
-    assert len(calls) == 2
+    assert len(calls) == 2 * per_layer
     # Both are bf16 approximations of the same gradients; how close SDPA's bf16 path comes depends on the
     # CPU (AVX512-BF16 or emulated on AVX2), so each is judged against float64, not against the other.
     exact = _grads(model.double(), tokens, **kwargs)
@@ -130,6 +132,38 @@ def test_one_document_per_row_is_plain_causal_attention():
     assert model._training_mask(two_docs, 2, 40, tokens.device) is not None
     with torch.no_grad():
         torch.testing.assert_close(model(tokens, document_ids=torch.zeros(2, 40, dtype=torch.long)), model(tokens))
+
+
+def _packed_ids(lengths_per_row):
+    return torch.tensor([sum(([d] * n for d, n in enumerate(row)), []) for row in lengths_per_row])
+
+
+def test_packed_documents_place_every_token_once():
+    # lengths at, below and above the 32-token granule, a one-token document, a row that is one document
+    ids = _packed_ids([[1, 31, 32, 33, 63], [160]])
+    docs = PackedDocuments(ids)
+    assert sorted(length for length, _ in docs.buckets) == [32, 64, 160]
+    gathered = torch.cat([index for _, index in docs.buckets])
+    # each token's slot in the buckets holds that token, and no two tokens share a slot
+    torch.testing.assert_close(gathered[docs.inverse], torch.arange(ids.numel()))
+    assert docs.inverse.unique().numel() == ids.numel()
+    torch.testing.assert_close(docs.dense(), document_causal_mask(ids))
+
+
+@pytest.mark.parametrize("dropout_free_dtype", [torch.float32, torch.float64])
+def test_attention_per_document_equals_the_document_mask(dropout_free_dtype, monkeypatch):
+    model = _tiny_model().to(dropout_free_dtype)
+    tokens = torch.randint(0, VOCAB, (2, 160), generator=torch.Generator().manual_seed(6))
+    ids = _packed_ids([[1, 31, 32, 33, 63], [100, 60]])
+    per_document = _grads(model, tokens, document_ids=ids)
+    calls = []
+    monkeypatch.setattr(attention_module, "per_document_attention", lambda *a: calls.append(1))
+    monkeypatch.setattr(model, "_training_mask", lambda d, *a: document_causal_mask(d))
+    masked = _grads(model, tokens, document_ids=ids)
+    assert not calls  # the reference really took the dense mask
+    tol = 1e-12 if dropout_free_dtype == torch.float64 else 1e-5
+    for name in masked:
+        assert _rel(per_document[name], masked[name].double()) < tol, name
 
 
 def test_per_block_compile_traces_the_blocked_kernel(monkeypatch):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmgen.model.kv_cache import KVCache
+from mmgen.model.masks import PackedDocuments
 from mmgen.model.norms import HeadLayerNorm
 from mmgen.model.rope import apply_rope
 
@@ -180,6 +181,29 @@ def blocked_causal_attention(q, k, v, allowed: torch.Tensor | None = None) -> to
     return _BlockedCausalAttention.apply(q, k, v, bias)
 
 
+def per_document_attention(q, k, v, docs: PackedDocuments, dropout: float) -> torch.Tensor:
+    """q [B, T, H, D], k/v [B, T, Hkv, D] -> [B, T, H·D]: causal attention inside each document of ``docs``,
+    one kernel call per bucket of equal padded length (see ``PackedDocuments``)."""
+    B, T, H, D = q.shape
+    q, k, v = (x.reshape(B * T, x.shape[2], D) for x in (q, k, v))
+    outs = []
+    for length, index in docs.buckets:
+        qb, kb, vb = (x.index_select(0, index).view(-1, length, x.shape[1], D) for x in (q, k, v))
+        if _use_blocked(qb, None, dropout):
+            out = blocked_causal_attention(qb, kb, vb)
+        else:
+            out = F.scaled_dot_product_attention(
+                qb.transpose(1, 2),
+                kb.transpose(1, 2),
+                vb.transpose(1, 2),
+                is_causal=True,
+                dropout_p=dropout,
+                enable_gqa=kb.shape[2] != H,
+            ).transpose(1, 2)
+        outs.append(out.reshape(-1, H * D))
+    return torch.cat(outs).index_select(0, docs.inverse).view(B, T, H * D)
+
+
 class Attention(nn.Module):
     def __init__(
         self,
@@ -238,6 +262,10 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, rotation, x.dtype), apply_rope(k, rotation, x.dtype)
         dropout = self.dropout if self.training else 0.0
+        if isinstance(mask, PackedDocuments):
+            if not torch.compiler.is_compiling():
+                return self.wo(per_document_attention(q, k, v, mask, dropout).to(x.dtype))
+            mask = mask.dense()
         if input_pos is None and _use_blocked(q, mask, dropout):
             return self.wo(blocked_causal_attention(q, k, v, mask).view(B, T, self.n_heads * self.head_dim))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

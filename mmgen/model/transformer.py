@@ -31,6 +31,7 @@ from mmgen.model.attention import Attention
 from mmgen.model.kv_cache import KVCache
 from mmgen.model.masks import (
     cache_causal_mask,
+    PackedDocuments,
     document_causal_mask,
     flex_block_mask,
     positions_from_document_ids,
@@ -221,6 +222,10 @@ class Transformer(nn.Module):
             return flex_block_mask(document_ids, B, T, device)
         if document_ids is None or _one_document_per_row(document_ids):
             return None
+        # On CPU, attention per document costs ΣL² instead of the row's T² (PackedDocuments). Not where the
+        # blocks are compiled: they trace one static shape, and the buckets change with every batch.
+        if device.type == "cpu" and not any(hasattr(block, "_orig_mod") for block in self.layers.values()):
+            return PackedDocuments(document_ids)
         return document_causal_mask(document_ids)
 
     # ----- KV cache -----
