@@ -30,8 +30,8 @@ from mmgen.config.schema import ModelConfig
 from mmgen.model.attention import Attention
 from mmgen.model.kv_cache import KVCache
 from mmgen.model.masks import (
-    cache_causal_mask,
     PackedDocuments,
+    cache_causal_mask,
     document_causal_mask,
     flex_block_mask,
     positions_from_document_ids,
