@@ -150,9 +150,9 @@ def test_packed_documents_place_every_token_once():
     torch.testing.assert_close(docs.dense(), document_causal_mask(ids))
 
 
-@pytest.mark.parametrize("dropout_free_dtype", [torch.float32, torch.float64])
-def test_attention_per_document_equals_the_document_mask(dropout_free_dtype, monkeypatch):
-    model = _tiny_model().to(dropout_free_dtype)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_per_document_equals_the_document_mask(dtype, monkeypatch):
+    model = _tiny_model().to(dtype)
     tokens = torch.randint(0, VOCAB, (2, 160), generator=torch.Generator().manual_seed(6))
     ids = _packed_ids([[1, 31, 32, 33, 63], [100, 60]])
     per_document = _grads(model, tokens, document_ids=ids)
@@ -161,7 +161,7 @@ def test_attention_per_document_equals_the_document_mask(dropout_free_dtype, mon
     monkeypatch.setattr(model, "_training_mask", lambda d, *a: document_causal_mask(d))
     masked = _grads(model, tokens, document_ids=ids)
     assert not calls  # the reference really took the dense mask
-    tol = 1e-12 if dropout_free_dtype == torch.float64 else 1e-5
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
     for name in masked:
         assert _rel(per_document[name], masked[name].double()) < tol, name
 
