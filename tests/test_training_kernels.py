@@ -166,6 +166,23 @@ def test_attention_per_document_equals_the_document_mask(dtype, monkeypatch):
         assert _rel(per_document[name], masked[name].double()) < tol, name
 
 
+@pytest.mark.parametrize("how", ["whole model", "blocks in place"])
+def test_compiled_models_attend_within_documents_through_the_dense_mask(how):
+    # buckets of packed documents change with every batch; a compiled graph (fullgraph: no breaks) takes the mask
+    tokens = torch.randint(0, VOCAB, (2, 160), generator=torch.Generator().manual_seed(7))
+    ids = _packed_ids([[1, 31, 32, 33, 63], [100, 60]])
+    eager = _grads(_tiny_model(), tokens, document_ids=ids)
+    model = _tiny_model()
+    if how == "whole model":
+        model = torch.compile(model, backend="aot_eager", fullgraph=True)
+    else:
+        for block in model.layers.values():
+            block.compile(backend="aot_eager", fullgraph=True)
+    traced = {n.replace("_orig_mod.", ""): g for n, g in _grads(model, tokens, document_ids=ids).items()}
+    for name in eager:
+        assert _rel(traced[name], eager[name]) < 1e-5, name
+
+
 def test_per_block_compile_traces_the_blocked_kernel(monkeypatch):
     chosen = []
     real = attention_module._use_blocked

@@ -40,8 +40,8 @@ def demo() -> ExperimentConfig:
     # A small decoder sees 2.6x the tokens per CPU-minute of the 256-wide one, which at a few million
     # tokens is worth more than width.
     cfg.model.dim = 128
-    # As many steps as the 30 minutes leave once the other stages have theirs (about 10.5 minutes quiet on the
-    # AVX2 CPU since attention runs per packed document): 570 steps instead of 300 raised validation
+    # As many steps as the 30 minutes leave once the other stages have theirs (9.6 minutes quiet on the AVX2 CPU
+    # in run O, since attention runs per packed document): 570 steps instead of 300 raised validation
     # shape-given-label 0.37 -> 0.86 and text-to-image 0.49 -> 0.70 (BENCHMARKS, "What each lever bought"; held-out
     # figures in "The demo at 570 steps"); the curve still climbs there (demo_long, 1,200 steps).
     cfg.training.steps = 570

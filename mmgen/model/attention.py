@@ -264,8 +264,8 @@ class Attention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         if isinstance(mask, PackedDocuments):
             if not torch.compiler.is_compiling():
-                return self.wo(per_document_attention(q, k, v, mask, dropout).to(x.dtype))
-            mask = mask.dense()
+                return self.wo(per_document_attention(q, k, v, mask, dropout))
+            mask = mask.dense()  # a block compiled in place (Module.compile) traces one static shape
         if input_pos is None and _use_blocked(q, mask, dropout):
             return self.wo(blocked_causal_attention(q, k, v, mask).view(B, T, self.n_heads * self.head_dim))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)

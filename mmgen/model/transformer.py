@@ -223,8 +223,9 @@ class Transformer(nn.Module):
         if document_ids is None or _one_document_per_row(document_ids):
             return None
         # On CPU, attention per document costs ΣL² instead of the row's T² (PackedDocuments). Not where the
-        # blocks are compiled: they trace one static shape, and the buckets change with every batch.
-        if device.type == "cpu" and not any(hasattr(block, "_orig_mod") for block in self.layers.values()):
+        # model or its blocks are compiled: they trace one static shape, and the buckets change with every batch.
+        compiled = torch.compiler.is_compiling() or any(hasattr(block, "_orig_mod") for block in self.layers.values())
+        if device.type == "cpu" and not compiled:
             return PackedDocuments(document_ids)
         return document_causal_mask(document_ids)
 
