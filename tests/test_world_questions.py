@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmgen.config import ConfigError, RunPaths, load_config
-from mmgen.data.sft_tasks import SHORT_ANSWER, vqa_example
-from mmgen.data.shapes_world import describe_scene, generate_world, parse_caption, render_scene, scene_split
+from mmgen.config.schema import TextTokenizerConfig, WorldConfig
+from mmgen.data.sft_tasks import SHORT_ANSWER, answer_text, vqa_example, vqa_questions
+from mmgen.data.shapes_world import describe_scene, generate_world, parse_caption, random_scene, render_scene, scene_split
+from mmgen.tokenizers.text import train_text_tokenizer
 from world_helpers import files_of, world_cfg
 
 QA = dict(qa_share=0.8, qa_per_image=3, qa_question_first=0.5)
@@ -60,7 +62,7 @@ def read_questions(before: str, after: str) -> tuple[list[tuple[str, str]], str,
     """(question, answer) pairs around one image, parsed from its texts alone, and both texts without them."""
     pairs = []
     if asked := re.search(" " + QUESTION + "$", before):
-        answered = re.match(ANSWER + " ", after)
+        answered = re.match(" " + ANSWER + " ", after)  # written as within a sentence, as SFT answers are
         assert answered, f"question before the image, no answer after it: {after!r}"
         pairs.append((asked[1], answered[1]))
         before, after = before[: asked.start()], after[answered.end():]
@@ -115,7 +117,7 @@ def test_questions_are_the_sft_vqa_tasks_prompts_and_answers(worlds):
             texts = " ".join(t for t in row["texts"] if t)
             for record in meta["qa"]:
                 instruction = f"{record['question']} {SHORT_ANSWER}"
-                assert (instruction, record["answer"]) in sft
+                assert (instruction, answer_text(record["answer"])) in sft
                 assert instruction in texts
                 checked += 1
     assert checked > 5
@@ -155,3 +157,26 @@ def test_option_off_writes_the_plain_world(tmp_path):
 def test_question_fields_are_checked(override):
     with pytest.raises(ConfigError, match=override[0].removeprefix("--")):
         load_config(["--config", "debug", *override])
+
+
+
+def test_sft_answers_are_the_pieces_captions_name_them_with(tmp_path):
+    """The text tokenizer adds no dummy prefix: a bare answer ("purple") would be fragments pretraining never
+    shows, so the VQA output is written as within a sentence and keeps the caption's own pieces."""
+    rng = np.random.default_rng(0)
+    scenes = [random_scene(rng, WorldConfig()) for _ in range(2000)]
+    captions = [describe_scene(s) for s in scenes]
+    text = train_text_tokenizer(captions, TextTokenizerConfig(vocab_size=400), str(tmp_path / "t.model"), log=lambda _: None)
+    checked = 0
+    for i, (scene, caption) in enumerate(zip(scenes[:200], captions[:200])):
+        example = vqa_example(render_scene(scene, 16), scene, np.random.default_rng(i))
+        assert example.output == answer_text(example.metadata["answer"])
+        caption_ids = text.encode(caption)
+        for kind, _, answer in vqa_questions(scene):
+            if kind == "count":  # "two" is no caption word
+                continue
+            ids = text.encode(answer_text(answer))
+            assert any(caption_ids[k : k + len(ids)] == ids for k in range(len(caption_ids))), (answer, caption)
+            assert text.encode(answer) != ids  # the bare word is other pieces: what the space buys
+            checked += 1
+    assert checked > 200

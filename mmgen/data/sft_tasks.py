@@ -9,7 +9,8 @@ the output (and EOS) only. Tasks:
   guidance: the caption is emptied with a configured probability, so the model
   also learns p(image));
 - ``vqa``: image plus a question generated from the scene's ground truth in,
-  a one-word answer out, with LLaVA-1.5's short-answer prompt.
+  a one-word answer out (written as within a sentence, ``answer_text``), with LLaVA-1.5's short-answer
+  prompt.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ class SFTExample:
 def vqa_prompt(question: str) -> str:
     """A question as the VQA task asks it: the question, then the short-answer instruction."""
     return f"{question} {SHORT_ANSWER}"
+
+
+def answer_text(answer: str) -> str:
+    """An answer as the model writes it: with the space the word has inside a sentence. The text tokenizer adds
+    no dummy prefix, so a bare "purple" or "top left" would be fragments (p-ur-ple, t-o-p) that pretraining
+    never shows, while " purple" is the very piece of every caption that names the colour."""
+    return f" {answer}"
 
 
 def vqa_questions(scene: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -90,7 +98,7 @@ def vqa_example(image: Image.Image, scene: dict[str, Any], rng: np.random.Genera
     if not questions:
         return None
     kind, question, answer = questions[int(rng.integers(len(questions)))]
-    return SFTExample("vqa", vqa_prompt(question), image, answer, {"scene": scene, "kind": kind, "answer": answer})
+    return SFTExample("vqa", vqa_prompt(question), image, answer_text(answer), {"scene": scene, "kind": kind, "answer": answer})
 
 
 def task_examples(

@@ -13,10 +13,10 @@ Where the questions go, and why there:
   only be read from the image. The caption comes after the answers. Images described before they appear
   ("Draw a ...") and narrated edits get no questions: their answers could be copied from the text.
 - The first question comes right before the image (``world.qa_question_first``), the SFT prompt's order:
-  question, image, answer. Its answer then opens the text after the image, which gives the very tokens of
-  an SFT answer (the text tokenizer adds no leading space, and in a world without questions such a word,
-  "three" or "top left", never starts a text). Further questions (``world.qa_per_image``) follow the answer,
-  about the same image, so they share its tokens.
+  question, image, answer. Its answer then opens the text after the image, written as an SFT answer is
+  (``answer_text``: with its in-sentence space, so as the pieces a caption names it with), which gives the
+  very tokens of an SFT answer. Further questions (``world.qa_per_image``) follow the answer, about the same
+  image, so they share its tokens.
 - Not in the caption pairs: their captions are SFT's captioning targets and the retrieval encoder's texts,
   and half of the pairs put the caption before the image.
 - Training split only, like the world's noise: held-out documents stay as they were, so held-out bits per
@@ -41,7 +41,7 @@ import re
 import numpy as np
 
 from mmgen.config.schema import WorldConfig
-from mmgen.data.sft_tasks import vqa_prompt, vqa_questions
+from mmgen.data.sft_tasks import answer_text, vqa_prompt, vqa_questions
 from mmgen.data.shapes_world import Scene, split_rng
 
 
@@ -87,9 +87,9 @@ class WorldQuestions:
             asked_before = n == 0 and first_before
             if asked_before:
                 before.append(vqa_prompt(question))
-                after.append(f"{answer}.")
+                after.append(f"{answer_text(answer)}.")
             else:
-                after.append(f"{vqa_prompt(question)} {answer}.")
+                after.append(f"{vqa_prompt(question)}{answer_text(answer)}.")
             records.append({"kind": kind, "question": question, "answer": answer,
                             "asked": "before_image" if asked_before else "after_image"})  # fmt: skip
         self.images += 1
