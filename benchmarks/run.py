@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from configs import demo_config, medium_config  # noqa: E402
 from figures import Figure, number, show  # noqa: E402
 
-from mmgen.device import cpu_model_name  # noqa: E402
+from mmgen.cpu_features import cpu_model_name  # noqa: E402
 from mmgen.files import write_atomic  # noqa: E402
 from mmgen.tokenizers.vocab import Vocab  # noqa: E402
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
 from datetime import timedelta
 
 import torch
+
+from mmgen.cpu_features import cpu_has_amx_bf16, cpu_has_bf16, cpu_model_name
 
 
 def default_device() -> torch.device:
@@ -59,32 +60,11 @@ def leave_ranks(world: int) -> None:
         torch.distributed.destroy_process_group()
 
 
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def bf16_supported(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return device.type == "cpu" and cpu_has_bf16()
-
-
-@functools.cache
-def cpu_model_name() -> str:
-    """The CPU's marketing name ("AMD EPYC 7R13 Processor"), or "" where /proc/cpuinfo has none."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def matmul_peak_flops(dtype: torch.dtype, *, sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 0.3) -> float:
@@ -149,7 +129,8 @@ def machine_peak_flops(dtype: torch.dtype) -> float:
 
 
 def machine_description() -> dict:
-    """What a figure was measured on: CPU model, cores, whether bf16 is native, GPU if any, torch version.
+    """What a figure was measured on: CPU model, cores, whether bf16 is native (and on AMX tiles), GPU if any,
+    torch version.
 
     The two CPU families these machines come in train the demo at very different speeds (fp32 on AVX2 vs
     bf16 on AVX512-BF16/AMX), so every recorded figure carries this.
@@ -158,6 +139,7 @@ def machine_description() -> dict:
         "cpu": cpu_model_name(),
         "cores": len(os.sched_getaffinity(0)),
         "cpu_bf16": cpu_has_bf16(),
+        "cpu_amx_bf16": cpu_has_amx_bf16(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }

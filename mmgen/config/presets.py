@@ -8,6 +8,16 @@ budget, and what each choice was measured to buy, is in docs/BENCHMARKS.md ("The
 from __future__ import annotations
 
 from mmgen.config.schema import ExperimentConfig
+from mmgen.cpu_features import cpu_has_amx_bf16
+
+
+def demo_steps() -> int:
+    """Pretraining steps of the demo: as many as its 30 minutes (install included) leave once the other stages
+    have theirs, on the CPU family at hand. Measured quiet on 2 cores (BENCHMARKS, "Know the hardware"): the
+    AVX2-only AMD EPYC trains in fp32 at about 1 s a step, the rest of the demo taking ~15 minutes with the
+    install (570 steps: 20-25 minutes); an Intel Xeon with AMX trains in bf16 at 0.84 s a step and runs the
+    rest faster (900 steps: about 26 minutes)."""
+    return 900 if cpu_has_amx_bf16() else 570
 
 
 def demo() -> ExperimentConfig:
@@ -16,11 +26,12 @@ def demo() -> ExperimentConfig:
     # fp32, about 5,200 training tokens/s for this decoder on two ranks); bf16 CPUs run the same steps faster.
     # Fresh documents rather than repeated passes: four passes over 6,000 documents memorised the training
     # images (held-out image bits rose); the generator writes about what pretraining reads in one pass.
-    cfg.world.train_documents = 22800
+    steps = demo_steps()
+    cfg.world.train_documents = 40 * steps  # 22,800 at 570 steps
     # Half the pretraining tokens are caption pairs, as CM3leon and Chameleon mix them in: at 300 steps this
     # raised colour-given-label classification 0.39 -> 0.55 on validation scenes, the rest within intervals.
-    # 30,400 pairs keep about 22,000 after duplicate removal (one-shape scenes repeat), about one pass.
-    cfg.world.train_caption_pairs = 30400
+    # 30,400 pairs at 570 steps keep about 22,000 after duplicate removal (one-shape scenes repeat), about one pass.
+    cfg.world.train_caption_pairs = steps * 160 // 3
     cfg.world.pretrain_caption_share = 0.5
     cfg.sft.train_pairs = 2000  # fine-tuning as before the pretraining mixture took more pairs
     cfg.world.heldout_caption_pairs = 400  # at least 300 held-out prompts per SFT task
@@ -40,14 +51,13 @@ def demo() -> ExperimentConfig:
     # A small decoder sees 2.6x the tokens per CPU-minute of the 256-wide one, which at a few million
     # tokens is worth more than width.
     cfg.model.dim = 128
-    # As many steps as the 30 minutes leave once the other stages have theirs (9.6 minutes quiet on the AVX2 CPU
-    # in run O, since attention runs per packed document): 570 steps instead of 300 raised validation
-    # shape-given-label 0.37 -> 0.86 and text-to-image 0.49 -> 0.70 (BENCHMARKS, "What each lever bought"; held-out
-    # figures in "The demo at 570 steps"); the curve still climbs there (demo_long, 1,200 steps).
-    cfg.training.steps = 570
+    # 570 steps instead of 300 raised validation shape-given-label 0.37 -> 0.86 and text-to-image 0.49 -> 0.70
+    # (BENCHMARKS, "What each lever bought"; held-out figures in "The demo at 570 steps"); the curve still
+    # climbs there (demo_long, 1,200 steps), so the demo trains as many steps as its CPU fits (demo_steps).
+    cfg.training.steps = steps
     cfg.lr_scheduler.warmup_steps = 30
-    # evaluation checkpoints along the run: the report's learning curve scores each of them
-    cfg.checkpoint.interval = 190
+    # three evaluation checkpoints along the run: the report's learning curve scores each of them
+    cfg.checkpoint.interval = steps // 3
     cfg.checkpoint.keep_latest_k = 0
     cfg.eval.curve_items = 64
     # CM3 infilling and the unconditional stream of CFG are learnt in pretraining, as in CM3leon
@@ -71,8 +81,9 @@ def demo() -> ExperimentConfig:
 
 
 def demo_long() -> ExperimentConfig:
-    """The demo with 1,200 pretraining steps (2.5 times its own) on fresh documents for about one pass: where
-    the learning curve goes (about 35 minutes of pretraining on the 2-core AVX2 CPU; not a 30-minute demo)."""
+    """The demo with 1,200 pretraining steps (2.1 times its own on the AVX2 CPU, 1.3 on AMX) on fresh documents for
+    about one pass: where the learning curve goes (about 35 minutes of pretraining on the 2-core AVX2 CPU; not a
+    30-minute demo)."""
     cfg = demo()
     cfg.name = "demo_long"
     cfg.world.train_documents = 48000

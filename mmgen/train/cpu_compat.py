@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mmgen.device import cpu_model_name
+from mmgen.cpu_features import cpu_model_name
 
 _applied = False
 
