@@ -38,3 +38,9 @@ def test_the_last_screen_names_what_was_produced_and_the_headline_figures(tmp_pa
                      "report: pretrained", "0.512  0.450-0.570", "VQ-VAE 1.5"):
         assert expected in screen, (expected, screen)
     assert max(len(line) for line in screen.splitlines() if "/" not in line) <= 90
+    # the CPU family, which sets the demo's steps and training dtype
+    for flags, family in (({"cpu_amx_bf16": True, "cpu_bf16": True}, "AMX-BF16, 2 cores"),
+                          ({"cpu_amx_bf16": False, "cpu_bf16": True}, "native bf16, 2 cores"),
+                          ({"cpu_amx_bf16": False, "cpu_bf16": False}, "no native bf16, 2 cores")):
+        summary["machine"] |= {"gpu": None, "cores": 2, **flags}
+        assert family in summary_screen(summary).splitlines()[1]

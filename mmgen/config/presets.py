@@ -13,17 +13,17 @@ from mmgen.cpu_features import cpu_has_amx_bf16
 
 def demo_steps() -> int:
     """Pretraining steps of the demo: as many as its 30 minutes (install included) leave once the other stages
-    have theirs, on the CPU family at hand. Measured quiet on 2 cores (BENCHMARKS, "Know the hardware"): the
-    AVX2-only AMD EPYC trains in fp32 at about 1 s a step, the rest of the demo taking ~15 minutes with the
-    install (570 steps: 20-25 minutes); an Intel Xeon with AMX trains in bf16 at 0.84 s a step and runs the
-    rest faster (900 steps: about 26 minutes)."""
+    have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). The AVX2-only AMD EPYC trains in
+    fp32 at about 1 s a step: 570 steps, 20 minutes of stages in run O, ~25 with the install. An Intel Xeon with
+    AMX trains in bf16 at 0.73 s a step and runs the other stages faster: 900 steps, 24 minutes with the install
+    in run R. A wider decoder is no cheaper per token on either (width 256: 2.1x and 2.6x width 128's time)."""
     return 900 if cpu_has_amx_bf16() else 570
 
 
 def demo() -> ExperimentConfig:
     cfg = ExperimentConfig(name="demo")
-    # Sized for the slower of the two CPU families these machines come in (2-core AMD EPYC with AVX2 only:
-    # fp32, about 5,200 training tokens/s for this decoder on two ranks); bf16 CPUs run the same steps faster.
+    # Sized for each of the two CPU families these machines come in (demo_steps: 2-core AMD EPYC with AVX2 only,
+    # fp32, ~7,200 training tokens/s for this decoder on two ranks; Intel Xeon with AMX, bf16, ~12,400).
     # Fresh documents rather than repeated passes: four passes over 6,000 documents memorised the training
     # images (held-out image bits rose); the generator writes about what pretraining reads in one pass.
     steps = demo_steps()

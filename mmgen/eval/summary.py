@@ -135,7 +135,9 @@ def _duration(seconds: float) -> str:
 def summary_screen(summary: dict[str, Any]) -> str:
     """The demo's last screen: what it produced and where, then the headline figures (from ``demo_summary``)."""
     machine = summary["machine"]
-    hardware = machine["gpu"] or f"{machine['cpu'] or 'CPU'}, {machine['cores']} cores"
+    # which CPU family: the demo's step count and its training dtype follow from it (mmgen/config/presets.py)
+    bf16 = "AMX-BF16" if machine.get("cpu_amx_bf16") else "native bf16" if machine.get("cpu_bf16") else "no native bf16"
+    hardware = machine["gpu"] or f"{machine['cpu'] or 'CPU'}, {bf16}, {machine['cores']} cores"
     out = summary["outputs"]
     rule = "=" * 78
     lines = [rule, f"Finished: {out['run']}  ({_duration(summary['total_seconds'])} of stages on {hardware})", rule,
