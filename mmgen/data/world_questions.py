@@ -1,4 +1,5 @@
-"""Question-answer text in the shapes world's training documents (an option of the generator, off by default).
+"""Question-answer text in the shapes world's training documents (an option of the generator, off by default,
+on in the demo).
 
 Pretraining on the plain world never asks a question: the SFT stage alone taught visual QA, from about 700
 examples, and a model that captioned 99 % of held-out scenes right answered 0.41 of their questions
