@@ -98,7 +98,7 @@ def test_the_demo_trains_as_many_steps_as_its_cpu_family_fits(monkeypatch, cpuin
     monkeypatch.setattr(cpu_features, "_cpuinfo", lambda: cpuinfo)
     assert (cpu_features.cpu_model_name(), cpu_features.cpu_has_bf16(), cpu_features.cpu_has_amx_bf16()) == (name, bf16, amx)
     cfg = load_config(["--config", "demo"])
-    assert cfg.training.steps == steps and cfg.checkpoint.interval == steps // 3
+    assert cfg.training.steps == steps and cfg.checkpoint.interval == -(-steps // 3)
     # a fresh world for about one pass: 40 documents and 53 caption pairs per step
     assert (cfg.world.train_documents, cfg.world.train_caption_pairs) == (40 * steps, steps * 160 // 3)
     assert load_config(["--config", "demo", "--training.steps", "100"]).training.steps == 100  # the user's word wins

@@ -64,7 +64,7 @@ def demo() -> ExperimentConfig:
     cfg.training.steps = steps
     cfg.lr_scheduler.warmup_steps = 30
     # three evaluation checkpoints along the run: the report's learning curve scores each of them
-    cfg.checkpoint.interval = steps // 3
+    cfg.checkpoint.interval = -(-steps // 3)  # rounded up, so the last is the final step (1,000: 334, 668, 1,000)
     cfg.checkpoint.keep_latest_k = 0
     cfg.eval.curve_items = 64
     # CM3 infilling and the unconditional stream of CFG are learnt in pretraining, as in CM3leon
