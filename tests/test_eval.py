@@ -70,6 +70,30 @@ def test_attribute_score_matches_shapes_and_counts_misses():
     assert attribute_score(scene, extra) == (9, 13)
 
 
+def _best_matching_by_search(truth: dict, stated: dict) -> int:
+    """Reference: every one-to-one partial assignment of stated to true shapes, tried."""
+    from itertools import permutations
+    keys = ("shape", "color", "size", "position")
+    options = list(range(len(stated["shapes"]))) + [None] * len(truth["shapes"])
+    return max(sum(sum(t[k] == stated["shapes"][j][k] for k in keys) for t, j in zip(truth["shapes"], chosen) if j is not None)
+               for chosen in permutations(options, len(truth["shapes"])))
+
+
+def test_attribute_score_finds_the_best_assignment_and_scales_to_cluttered_readings():
+    rng = np.random.default_rng(1)
+    world = WorldConfig()
+    for _ in range(60):
+        truth, guess = random_scene(rng, world), random_scene(rng, world)
+        right, total = attribute_score(truth, guess)
+        assert right == _best_matching_by_search(truth, guess) + (guess["background"] == truth["background"])
+        assert total == 4 * max(len(truth["shapes"]), len(guess["shapes"])) + 1
+    # a reading of noise can hold dozens of shapes: scored exactly, not by trying 40! assignments
+    many = [{"shape": "circle", "color": c, "size": z, "position": p} for c in ("red", "blue") for z in ("small", "large")
+            for p in ("top left", "center", "bottom right", "left", "right")] * 2
+    clutter = {"background": "white", "shapes": many}
+    assert attribute_score(clutter, {"background": "white", "shapes": many[::-1]}) == (161, 161)
+
+
 def test_chance_levels():
     truth = ["a", "b", "c"] * 20
     assert label_chance(truth, truth) == pytest.approx(1 / 3, abs=0.08)

@@ -5,6 +5,7 @@ import torch
 
 import mmgen.eval.infill_eval as infill_eval_module
 from mmgen.config.schema import ModelConfig, WorldConfig
+from mmgen.data.shapes_world import random_scene, render_scene
 from mmgen.eval.shapes_eval import world_documents
 from mmgen.model import Transformer
 
@@ -38,6 +39,30 @@ def test_text_infill_and_left_context_baseline_are_read_alike_at_the_true_length
     # random weights: both contexts score the span near log2(vocab) bits per token, and the figures are finite
     for key in ("text_span_bits", "text_span_bits_left_context"):
         assert 0.5 * np.log2(vocab.size) < result[key] < 2 * np.log2(vocab.size), (key, result[key])
+
+
+def test_image_infills_take_their_own_temperature_and_guidance(tiny_tokenizer, monkeypatch):
+    """The image infill is drawn with the given temperature and guidance and read against the original; text spans
+    stay greedy and unguided (guidance changes image logits only)."""
+    tokenizer, vocab = tiny_tokenizer, tiny_tokenizer.vocab
+    image = render_scene(random_scene(np.random.default_rng(0), WorldConfig(image_size=16)), 16)
+    doc = np.array(tokenizer.encode_parts(["Here is a small red circle.", image, "It moves to the left of the square."]))
+    start = doc.tolist().index(vocab.boi)
+    original = doc[start : doc.tolist().index(vocab.eoi) + 1].tolist()
+    params = {}
+
+    def scripted(model, vocab_, prompts, p, batch_size, desc=""):
+        params[desc] = p
+        return [original if desc == "infill images" else [vocab.eos] for _ in prompts]
+
+    monkeypatch.setattr(infill_eval_module, "sample_in_batches", scripted)
+    model = Transformer(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2), vocab.size)
+    model.init_weights()
+    result = infill_eval_module.infill_eval(model.eval(), tokenizer, [doc], documents=1, temperature=0.3, cfg_scale=1.5)
+    assert (params["infill images"].temperature, params["infill images"].cfg_scale) == (0.3, 1.5)
+    for desc in ("infill text", "left-context baseline"):
+        assert (params[desc].temperature, params[desc].cfg_scale) == (0.0, 0.0)
+    assert result["documents"]["image"] == 1 and result["image_accuracy"] == 1.0  # the original, read as itself
 
 
 def test_world_documents_of_the_validation_split_are_fresh_and_reproducible(tiny_tokenizer):

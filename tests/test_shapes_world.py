@@ -160,6 +160,9 @@ def test_parse_caption_inverts_describe_scene():
     assert parse_caption("A small red circle.") == [
         {"shape": "circle", "color": "red", "size": "small", "position": None}
     ]
+    empty = describe_scene({"background": "black", "shapes": []})
+    assert empty == "no shapes, on a black background"
+    assert parse_caption(empty) == [] and parse_background(empty) == "black"
 
 
 def test_reader_round_trip(world):

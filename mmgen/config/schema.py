@@ -341,6 +341,10 @@ class EvalConfig:
     """Text after the image in log p(label | image); the tokens after the labels' common prefix are scored."""
     infill_documents: int = 300
     """Held-out documents per infilling test (one image and one text span each); run when data.cm3_rate > 0, 0 skips."""
+    infill_temperature: float = 0.7
+    """Temperature of the image infills (text spans are infilled greedily); 0 means greedy."""
+    infill_cfg_scale: float = 0.0
+    """Classifier-free guidance scale of the image infills (the document around the hole against no text); 0 turns it off."""
     entity_items: int = 100
     """In a world with entities: items per group (head, tail) of the knowledge measurements (text-to-image, captioning) and the retriever's recall; 0: all."""
     curve_items: int = 100

@@ -128,6 +128,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.t2i_jacobi_window": _at_least(0),
     "eval.classify_images": _at_least(0),
     "eval.infill_documents": _at_least(0),
+    "eval.infill_temperature": _at_least(0),
+    "eval.infill_cfg_scale": _at_least(0),
     "eval.batch_size": _at_least(1),
     "eval.images_per_class": _at_least(0),
     # retrieval

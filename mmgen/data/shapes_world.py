@@ -183,8 +183,9 @@ def _join(phrases: list[str]) -> str:
 
 def describe_scene(scene: Scene) -> str:
     """The canonical caption, e.g. 'a large red circle at the top left and a small blue square in the
-    center, on a white background'."""
-    shapes = _join([describe_shape(s) for s in scene["shapes"]])
+    center, on a white background'; 'no shapes, on a white background' for a scene without shapes (the scene
+    analyser reads such a scene from a blank image)."""
+    shapes = _join([describe_shape(s) for s in scene["shapes"]]) if scene["shapes"] else "no shapes"
     return f"{shapes}, on a {scene['background']} background"
 
 

@@ -2,8 +2,10 @@
 
 Every ground-truth shape has four attributes (shape, colour, size, position)
 and the scene one more (background). Stated shapes are matched one-to-one to
-true shapes by the assignment that gets the most attributes right (scenes hold
-at most a few shapes, so all assignments are tried); missing shapes cost their
+true shapes by the assignment that gets the most attributes right (the Hungarian
+algorithm, scipy's ``linear_sum_assignment``: polynomial, since the analyser's reading
+of a noisy image can hold dozens of shapes and trying every assignment would not end);
+missing shapes cost their
 attributes, and so do surplus ones: a stated shape the scene does not hold
 adds its four attributes to the total, all wrong. Without that penalty an image
 cluttered with shapes (or a caption listing many) would match more truths by
@@ -17,16 +19,15 @@ ground truth (a permutation baseline measured on the same predictions).
 
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from mmgen.data.shapes_world import parse_background, parse_caption
 from mmgen.eval.intervals import ratio_interval
 
 ATTRIBUTES = ("shape", "color", "size", "position")
-_MAX_STATED = 6  # bounds the assignment search; captions rarely state more shapes
 
 
 def caption_scene(text: str) -> dict:
@@ -38,18 +39,16 @@ def attribute_score(truth: dict, stated: dict) -> tuple[int, int]:
     """(attributes stated correctly, attributes in the truth plus those of surplus stated shapes)."""
     true_shapes = truth["shapes"]
     surplus = max(0, len(stated["shapes"]) - len(true_shapes))
-    stated_shapes = list(stated["shapes"])[:_MAX_STATED]
+    stated_shapes = list(stated["shapes"])
     total = len(ATTRIBUTES) * (len(true_shapes) + surplus) + 1
     background = int(stated.get("background") == truth["background"])
-    if not true_shapes:
+    if not true_shapes or not stated_shapes:
         return background, total
     agree = np.array([[sum(t[a] == s.get(a) for a in ATTRIBUTES) for s in stated_shapes] for t in true_shapes],
-                     dtype=np.int64).reshape(len(true_shapes), len(stated_shapes))
-    best = 0
-    options = list(range(len(stated_shapes))) + [None] * len(true_shapes)
-    for assignment in set(itertools.permutations(options, len(true_shapes))):
-        best = max(best, sum(agree[i, j] for i, j in enumerate(assignment) if j is not None))
-    return best + background, total
+                     dtype=np.int64)
+    # agreements are never negative, so a largest one-to-one matching is as good as any partial one
+    rows, cols = linear_sum_assignment(agree, maximize=True)
+    return int(agree[rows, cols].sum()) + background, total
 
 
 def caption_states_scene(caption: str, scene: dict) -> bool:

@@ -76,9 +76,10 @@ def _first_text(out: Sequence[int], eos: int, n: int | None = None) -> list[int]
 
 @torch.inference_mode()
 def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temperature: float = 0.7,
-                top_k: int = 0, batch_size: int = 16, examples: int = 12, text_cue: int = 0) -> dict:
+                cfg_scale: float = 0.0, batch_size: int = 16, examples: int = 12, text_cue: int = 0) -> dict:
     """Image and text infilling on the first ``documents`` documents of ``shards`` (token-id sequences) that allow
-    each; ``text_cue`` is the ``data.cm3_text_cue`` the model was trained with."""
+    each; ``text_cue`` is the ``data.cm3_text_cue`` the model was trained with. ``temperature`` and ``cfg_scale``
+    are the image infills' sampling (guidance: the document around the hole against its unconditional stream)."""
     vocab = tokenizer.vocab
     h, w = vocab.grid
     rng = np.random.default_rng(seed)
@@ -102,7 +103,7 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
 
     if image_items:
         outs = batched([infill_prompt(ids, span, vocab, text_cue) for ids, span in image_items], "infill images",
-                       max_new_tokens=h * w + 3, temperature=temperature, top_k=top_k, force_image=True,
+                       max_new_tokens=h * w + 3, temperature=temperature, cfg_scale=cfg_scale, force_image=True,
                        max_images=1, eos_stops=False)
         grids = [_grid(vocab, o) for o in outs]
         kept = [k for k, g in enumerate(grids) if g is not None]

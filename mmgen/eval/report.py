@@ -69,8 +69,8 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         # while settings are chosen (split 'validation'), documents of the world's validation split, not held-out ones
         documents = shards if e.split == "heldout" else world_documents(tokenizer, world, e.infill_documents, e.split)
         infills = timed("infilling", lambda: infill_eval(
-            model, tokenizer, documents, documents=e.infill_documents, seed=e.seed, temperature=e.t2i_temperature,
-            top_k=e.t2i_top_k, batch_size=e.batch_size, text_cue=cfg.data.cm3_text_cue))
+            model, tokenizer, documents, documents=e.infill_documents, seed=e.seed, temperature=e.infill_temperature,
+            cfg_scale=e.infill_cfg_scale, batch_size=e.batch_size, text_cue=cfg.data.cm3_text_cue))
         metrics.update({f"infill_{k}": v for k, v in infills.items()
                         if (isinstance(v, (float, int)) and not isinstance(v, bool)) or k.endswith("_ci95")})
     knowledge = None
