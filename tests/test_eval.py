@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from itertools import permutations
 
 import numpy as np
 import pytest
@@ -72,7 +73,6 @@ def test_attribute_score_matches_shapes_and_counts_misses():
 
 def _best_matching_by_search(truth: dict, stated: dict) -> int:
     """Reference: every one-to-one partial assignment of stated to true shapes, tried."""
-    from itertools import permutations
     keys = ("shape", "color", "size", "position")
     options = list(range(len(stated["shapes"]))) + [None] * len(truth["shapes"])
     return max(sum(sum(t[k] == stated["shapes"][j][k] for k in keys) for t, j in zip(truth["shapes"], chosen) if j is not None)
