@@ -241,6 +241,7 @@ def test_cli_curates_caption_pairs_end_to_end(run_with_encoder, tmp_path):
     (["--curate.clip_filter", "off", "--curate.concepts", "/nonexistent/concepts.txt"], ["concepts.txt"]),
     (["--curate.clip_keep_fraction", "0"], ["curate.clip_keep_fraction"]),
     (["--curate.recaption", "true"], ["pretrain/model.json"]),
+    (["--curate.recaption", "true", "--curate.captioner", "sft"], ["curate.captioner", "train/sft.py"]),
     (["--curate.input", "/nonexistent/corpus.jsonl"], ["/nonexistent/corpus.jsonl"]),
     (["--curate.output", "{run}/pairs"], ["curate.output", "replace the input"]),
 ])  # fmt: skip
@@ -264,6 +265,30 @@ def test_decoder_captioner_captions_each_image_without_the_lead(tiny_tokenizer):
                                   max_tokens=6)  # fmt: skip
     captions = captioner([solid("red", 16), solid("blue", 16)])
     assert len(captions) == 2 and all(isinstance(c, str) and not c.startswith("It shows") for c in captions)
+
+
+def test_a_fine_tuned_captioner_is_asked_as_its_sft_caption_task(tiny_tokenizer, monkeypatch):
+    """``fine_tuned``: the prompt is the SFT caption example's context (BOS, the caption task token, the
+    instruction, SEP, the image, SEP), and the caption is the answer's first sentence without its stop."""
+    import mmgen.generation.captioning as captioning
+    from mmgen.retrieval.corpus_curation import decoder_captioner
+
+    vocab, asked = tiny_tokenizer.vocab, []
+
+    def scripted(model, vocab_, prompts, params, progress=None):
+        asked.extend(prompts)
+        return [tiny_tokenizer.encode_text("a small red circle. Then") + [vocab.eos] for _ in prompts]
+
+    monkeypatch.setattr(captioning, "sample", scripted)
+    captioner = decoder_captioner(None, tiny_tokenizer, prompt="Look at this picture.", lead="It shows",
+                                  max_tokens=6, fine_tuned=True)  # fmt: skip
+    assert captioner([solid("red", 16), solid("blue", 16)]) == ["a small red circle"] * 2
+    h, w = vocab.grid
+    for prompt in asked:
+        assert prompt[:2] == [vocab.bos, vocab.special("task_caption")] and prompt[-1] == vocab.sep
+        assert sum(vocab.is_image(t) for t in prompt) == h * w
+        text = "".join(p for p in tiny_tokenizer.decode_parts(prompt, strict=False) if isinstance(p, str))
+        assert "Describe the image." in text and "It shows" not in text and "Look at" not in text
 
 
 def test_cli_curates_the_noisy_shapes_world_and_scores_the_ground_truth(run_with_encoder, tmp_path):

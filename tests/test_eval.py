@@ -27,7 +27,7 @@ from mmgen.eval.classify import (
 )
 from mmgen.eval.likelihood import bits_per_token, common_prefix_length, continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.eval.intervals import ratio_interval, wilson_interval
+from mmgen.eval.intervals import paired_difference_interval, ratio_interval, wilson_interval
 from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import per_token_loss
 from mmgen.tokenizers.vocab import Vocab
@@ -127,6 +127,25 @@ def test_intervals():
     assert wide[0] < correct[:40].sum() / totals[:40].sum() < wide[1]
     assert narrow[0] < correct.sum() / totals.sum() < narrow[1]
     assert narrow[1] - narrow[0] < (wide[1] - wide[0]) / 2
+
+
+def test_a_paired_difference_is_told_apart_where_two_separate_intervals_overlap():
+    """Two readings of the same 300 items that agree except on 15, all won by the first: the separate Wilson
+    intervals overlap, the paired interval of the difference lies above zero and holds it."""
+    baseline = (np.random.default_rng(0).random(300) < 0.4).astype(float)
+    better = baseline.copy()
+    better[np.flatnonzero(baseline == 0)[:15]] = 1.0
+    first, second = wilson_interval(int(better.sum()), 300), wilson_interval(int(baseline.sum()), 300)
+    assert first[0] < second[1]
+    lo, hi = paired_difference_interval(better, baseline)
+    assert 0 < lo < 15 / 300 < hi
+    assert paired_difference_interval(baseline, baseline) == (0.0, 0.0)
+    # mixed wins and losses that cancel: the interval holds zero
+    mixed = baseline.copy()
+    mixed[np.flatnonzero(baseline == 0)[:15]] = 1.0
+    mixed[np.flatnonzero(baseline == 1)[:15]] = 0.0
+    lo, hi = paired_difference_interval(mixed, baseline)
+    assert lo < 0 < hi
 
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 2))

@@ -36,6 +36,7 @@ def test_text_infill_and_left_context_baseline_are_read_alike_at_the_true_length
     assert truth and result["documents"] == {"image": 0, "text": 1}
     assert result["text_exact"] == 1.0 and result["text_exact_left_context"] == 1.0
     assert result["text_exact_own_end"] == 0.0
+    assert result["text_exact_gain"] == 0.0 and result["text_exact_gain_items"] == 1
     # random weights: both contexts score the span near log2(vocab) bits per token, and the figures are finite
     for key in ("text_span_bits", "text_span_bits_left_context"):
         assert 0.5 * np.log2(vocab.size) < result[key] < 2 * np.log2(vocab.size), (key, result[key])

@@ -25,7 +25,8 @@ def test_the_last_screen_names_what_was_produced_and_the_headline_figures(tmp_pa
     write(run / "samples/sample-0.json", {})
     write(run / "eval/report.html", "")
     write(run / "eval/metrics.json", {"caption_accuracy": 0.5123, "caption_accuracy_ci95": [0.45, 0.57],
-                                      "caption_accuracy_items": 300})
+                                      "caption_accuracy_items": 300, "infill_text_exact_gain": -0.01,
+                                      "infill_text_exact_gain_ci95": [-0.043, 0.02], "infill_text_exact_gain_items": 300})
 
     summary = demo_summary(RunPaths(str(run)))
     assert summary["outputs"]["checkpoints"] == {"pretrain": f"{run}/pretrain/checkpoint/step-20",
@@ -35,7 +36,7 @@ def test_the_last_screen_names_what_was_produced_and_the_headline_figures(tmp_pa
     for expected in (f"{run}/eval/report.html", f"{run}/samples/index.html", f"{run}/pretrain/checkpoint/step-20",
                      f"{run}/sft/checkpoint/step-7", f"{run}/demo_summary.json", "10 min 30 s of stages",
                      "text loss 6.90 -> 1.25", "image loss 7.00 -> 2.50", "PSNR 24.6 dB", "codebook usage 50%",
-                     "report: pretrained", "0.512  0.450-0.570", "VQ-VAE 1.5"):
+                     "report: pretrained", "0.512  [0.450, 0.570]", "-0.010  [-0.043, 0.020]", "VQ-VAE 1.5"):
         assert expected in screen, (expected, screen)
     assert max(len(line) for line in screen.splitlines() if "/" not in line) <= 90
     # the CPU family, which sets the demo's steps and training dtype

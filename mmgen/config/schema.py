@@ -433,7 +433,9 @@ class CurateConfig:
     assign_images: bool = True
     """Place images that arrive without a sentence (MMC4 image_info without matched_text_index) by embedding similarity."""
     recaption: bool = False
-    """CapFilt: caption the images of pairs the CLIP filter removed with the run's pretrained decoder, and keep a new caption that scores at least recaption_threshold."""
+    """CapFilt: caption the images of pairs the CLIP filter removed with the run's decoder (curate.captioner), and keep a new caption that scores at least recaption_threshold."""
+    captioner: str = ""
+    """Decoder that recaptions: empty for the run's pretrained one (asked with eval.caption_prompt), or a fine-tuning folder of the run (e.g. 'sft'), asked as its SFT caption task; BLIP's CapFilt captions with a model fine-tuned on clean captions."""
     recaption_threshold: float = 0.82
     """Cosine a generated caption needs with its image to be kept: stricter than clip_threshold, since a model's near-miss caption scores far higher than unrelated alt text (at 0.7 a weak decoder's accepted captions were 9 % right; 0.82, the best F1 of right captions on a noisy shapes world's training split, kept 80 % of the right ones and 4.6 % of the wrong ones; docs/BENCHMARKS.md)."""
     concepts: str = ""

@@ -13,7 +13,8 @@ without the right-hand context. It cannot know where the span ends, so it is
 read at the span's true length; the like-for-like comparison reads the infill
 at that length too (``text_exact`` against ``text_exact_left_context``): both
 are decoded the same way, past any EOS, and read as their first n text tokens
-for a span of n. ``text_exact_own_end`` also asks the infill to end the span
+for a span of n. ``text_exact_gain`` is their difference on the same spans, with
+a paired interval. ``text_exact_own_end`` also asks the infill to end the span
 itself (EOS), which the baseline is never asked. ``text_span_bits`` and
 ``text_span_bits_left_context`` score the true span, token by token, from the
 CM3 prompt and from the left context alone: the infill sees strictly more, so a
@@ -31,7 +32,7 @@ import torch
 
 from mmgen.data.objectives import choose_span, image_spans
 from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, permutation_chance
-from mmgen.eval.intervals import wilson_interval, with_interval
+from mmgen.eval.intervals import paired_difference_interval, wilson_interval, with_interval
 from mmgen.eval.likelihood import grouped_continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.generation.infill import infill_prompt
@@ -139,11 +140,19 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         def similarity(guesses):
             return float(np.mean([difflib.SequenceMatcher(None, g, t).ratio() for g, t in zip(guesses, truths)]))
 
+        def hits(guesses):
+            return [float(g == t) for g, t in zip(guesses, truths)]
+
         def exact(name, guesses):
-            right = sum(g == t for g, t in zip(guesses, truths))
+            right = int(sum(hits(guesses)))
             return with_interval(name, right / len(truths), wilson_interval(right, len(truths)), len(truths))
 
         result |= exact("text_exact", filled_cut) | exact("text_exact_left_context", left)
+        # the infill's gain over the baseline on the same spans: paired, so its interval is the one that says
+        # whether the right-hand context helps (two overlapping intervals cannot say it does not)
+        infill_hits, left_hits = hits(filled_cut), hits(left)
+        result |= with_interval("text_exact_gain", float(np.mean(infill_hits) - np.mean(left_hits)),
+                                paired_difference_interval(infill_hits, left_hits, seed=seed), len(truths))
         result |= exact("text_exact_own_end", filled)
         result |= {
             "text_similarity": similarity(filled_cut),

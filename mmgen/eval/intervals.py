@@ -4,7 +4,9 @@ Top-1 accuracies (classification, VQA) are shares of independent yes/no items: W
 which stays inside [0, 1] and is sound for small n and for shares near 0 or 1. Attribute accuracies pool
 the attributes of each item (a scene of three shapes weighs more than one of a single shape) and the
 attributes of one item are not independent, so their interval is a percentile bootstrap over items of the
-pooled ratio.
+pooled ratio. A difference between two readings of the same items (an infill against its left-context
+baseline) is paired: its interval resamples items, each keeping both readings, which is much narrower than two
+separate intervals when the readings agree on most items.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ def ratio_interval(correct: Sequence[float], totals: Sequence[float], *, rounds:
     picks = rng.integers(0, len(c), size=(rounds, len(c)))
     ratios = c[picks].sum(1) / np.maximum(t[picks].sum(1), 1e-12)
     lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def paired_difference_interval(a: Sequence[float], b: Sequence[float], *, rounds: int = 2000,
+                               seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of mean(a) - mean(b) for two readings of the same items, resampling items."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if len(d) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(rounds, len(d)))].mean(1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
 
 

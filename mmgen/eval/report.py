@@ -108,6 +108,11 @@ def interval_text(metrics: dict, key: str) -> str:
     return f"{metrics[key]:.3f} [{lo:.3f}, {hi:.3f}], n = {metrics.get(f'{key}_items', '?')}"
 
 
+def value_text(metrics: dict, key: str) -> str:
+    """A metric as ``interval_text`` shows it when it has an interval, else its value alone."""
+    return interval_text(metrics, key) if f"{key}_ci95" in metrics else f"{metrics.get(key, float('nan')):.3f}"
+
+
 def _sft_table(paths: RunPaths, split: str) -> str:
     """Pretrained and fine-tuned checkpoints side by side on the SFT prompts of the report's split, from
     eval/compare_sft.py's output when it exists."""
@@ -117,8 +122,7 @@ def _sft_table(paths: RunPaths, split: str) -> str:
     runs = read_json(path)
     keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, float)]
     head = "".join(f"<th>{H.escape(name)} (step {r['step']})</th>" for name, r in runs.items())
-    cell = lambda r, k: interval_text(r, k) if f"{k}_ci95" in r else f"{r.get(k, float('nan')):.3f}"
-    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{cell(r, k)}</td>" for r in runs.values())
+    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{value_text(r, k)}</td>" for r in runs.values())
                    + "</tr>" for k in keys)
     final = [name for name in runs if name != "pretrained"][:1]
     named = f" The final model is <b>{H.escape(final[0])}</b>." if final else ""
@@ -129,11 +133,13 @@ def _sft_table(paths: RunPaths, split: str) -> str:
 
 def _infill_section(infills: dict) -> str:
     """CM3 infilling: figures, then infilled images beside the originals and infilled text spans beside the truth."""
-    rows = "".join(f"<tr><td>{H.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in infills.items() if isinstance(v, float))
+    rows = "".join(f"<tr><td>{H.escape(k)}</td><td>{value_text(infills, k)}</td></tr>"
+                   for k, v in infills.items() if isinstance(v, float))
     body = ["<h2>Infilling (CM3)</h2><p>Each evaluation document loses one image or one text span, and the model "
             "fills the hole from both sides. Text is compared with the same model continuing the left context alone, "
             "like with like: the continuation cannot know where the span ends, so both are read at the span's true "
             "length (<code>text_exact</code> against <code>text_exact_left_context</code>); "
+            "<code>text_exact_gain</code> is the infill's lead over the baseline on the same spans, with a paired interval; "
             "<code>text_exact_own_end</code> also asks the infill to end the span itself. "
             "<code>text_span_bits</code> scores the true span from both sides, <code>text_span_bits_left_context</code> "
             "from the left alone: a model that has learnt to infill needs fewer bits with more context.</p>",
@@ -160,8 +166,7 @@ def _knowledge_section(metrics: dict, knowledge: dict) -> str:
             keys = [f"knowledge_{m}_{name}_{group}" for m in modes]
             if not any(k in metrics for k in keys):
                 continue
-            cells = "".join(f"<td>{interval_text(metrics, k) if f'{k}_ci95' in metrics else f'{metrics[k]:.3f}'}</td>"
-                            if k in metrics else "<td>-</td>" for k in keys)  # fmt: skip
+            cells = "".join(f"<td>{value_text(metrics, k)}</td>" if k in metrics else "<td>-</td>" for k in keys)
             rows.append(f"<tr><td>{name} ({group})</td>{cells}</tr>")
     recall = "".join(f"<tr><td>{H.escape(n)}</td><td>{interval_text(metrics, f'knowledge_{n}_recall@1')}</td>"
                      f"<td>{interval_text(metrics, f'knowledge_{n}_recall@5')}</td></tr>" for n in knowledge["recall"])

@@ -92,7 +92,7 @@ def _outputs(paths: RunPaths, checkpoint_folder: str, sft_folders: list[str]) ->
 _HEADLINE = ("caption_accuracy", "t2i_accuracy", "classify_shape_accuracy_image_given_label",
              "classify_shape_accuracy_label_given_image", "classify_color_accuracy_image_given_label",
              "classify_color_accuracy_label_given_image", "infill_image_accuracy", "infill_text_exact",
-             "infill_text_exact_left_context", "vqa_accuracy")  # fmt: skip
+             "infill_text_exact_left_context", "infill_text_exact_gain", "vqa_accuracy")  # fmt: skip
 
 
 def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
@@ -120,6 +120,7 @@ _LABELS = {
     "infill_image_accuracy": "CM3 image infilling",
     "infill_text_exact": "CM3 text infill (true length)",
     "infill_text_exact_left_context": "  left context (true length)",
+    "infill_text_exact_gain": "  infill gain, paired",
     "vqa_accuracy": "visual QA",
 }
 _STAGE_NAMES = {"world": "world", "train_text": "text tokenizer", "train_image": "VQ-VAE", "encode": "encode",
@@ -156,11 +157,11 @@ def summary_screen(summary: dict[str, Any]) -> str:
               f"Image tokenizer:  PSNR {summary['vq_psnr']:.1f} dB"
               + (f", codebook usage {summary['vq_codebook_usage']:.0%}" if summary.get("vq_codebook_usage") is not None else "")]
     if summary["headline"]:
-        lines += ["", f"{'Held-out accuracy':<33} {'model':<26} {'value':>6}  {'95 % interval':<13}  items"]
+        lines += ["", f"{'Held-out accuracy':<32} {'model':<26} {'value':>6}  {'95 % interval':<15}  items"]
         for model, metrics in summary["headline"].items():
             for key, (value, interval, items) in metrics.items():
-                low_high = f"{interval[0]:.3f}-{interval[1]:.3f}" if interval else ""
-                lines.append(f"  {_LABELS.get(key, key):<31} {model:<26} {value:6.3f}  {low_high:<13}  {items or ''}")
+                low_high = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""  # bracketed: a gain can be negative
+                lines.append(f"  {_LABELS.get(key, key):<30} {model:<26} {value:6.3f}  {low_high:<15}  {items or ''}")
     lines.append("")
     line = "Minutes per stage:"
     for stage, seconds in summary["stage_seconds"].items():

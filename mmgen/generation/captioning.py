@@ -6,8 +6,10 @@ from typing import Sequence
 
 from PIL import Image
 
+from mmgen.data.sft_tasks import caption_example
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.progress import progress_bar, sampler_progress
+from mmgen.tokenizers.sft import encode_sft_examples
 
 
 def first_sentence(text: str) -> str:
@@ -23,6 +25,16 @@ def caption_images(model, tokenizer, images: Sequence[Image.Image], *, prompt: s
     with progress_bar(desc="captions", unit="step") as bar:
         outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
     return sampled_captions(tokenizer, outs, lead)
+
+
+def sft_caption_images(model, tokenizer, images: Sequence[Image.Image], *, max_tokens: int, seed: int = 0) -> list[str]:
+    """Greedy captions by a fine-tuned decoder, asked as its SFT caption task is (``BOS task instruction SEP
+    image SEP``, mmgen.tokenizers.sft): the first sentence of each answer."""
+    prompts = [ids[:start] for ids, start in encode_sft_examples(tokenizer, [caption_example(im, "", {}) for im in images])]
+    params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, max_images=0, seed=seed)
+    with progress_bar(desc="captions", unit="step") as bar:
+        outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
+    return sampled_captions(tokenizer, outs, "")
 
 
 def sampled_captions(tokenizer, outputs: Sequence[Sequence[int]], lead: str) -> list[str]:

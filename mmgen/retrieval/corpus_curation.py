@@ -34,7 +34,7 @@ from mmgen.data.concepts import balance_by_concept, concept_counts, match_concep
 from mmgen.data.curation import merge_texts
 from mmgen.data.document import Document
 from mmgen.eval.attributes import caption_states_scene
-from mmgen.generation.captioning import caption_images
+from mmgen.generation.captioning import caption_images, sft_caption_images
 from mmgen.retrieval.curation import (alignment_scores, assign_images_to_sentences, balance_by_cluster, repeats_earlier,
                                       score_threshold)
 from mmgen.retrieval.embedder import Embedder
@@ -357,11 +357,17 @@ class Pipeline:
         self.record.ground_truth = {k: dict(v) for k, v in sorted(self.record.ground_truth.items())}
 
 
-def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: int, seed: int = 0) -> Captioner:
-    """Captions by the trained decoder after ``prompt``, the image and ``lead``; the lead and the final stop are
-    left out, so a caption reads like the corpus's ('a large red circle …')."""
+def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: int, seed: int = 0,
+                      fine_tuned: bool = False) -> Captioner:
+    """Captions by the trained decoder after ``prompt``, the image and ``lead``, or (``fine_tuned``) asked as its
+    SFT caption task is; the lead and the final stop are left out, so a caption reads like the corpus's ('a large
+    red circle …')."""
     def captioner(images: Sequence[Image.Image]) -> list[str]:
-        captions = caption_images(model, tokenizer, images, prompt=prompt, lead=lead, max_tokens=max_tokens, seed=seed)
-        return [c[len(lead):].strip().removesuffix(".").strip() if c.startswith(lead) else c.strip() for c in captions]
+        if fine_tuned:
+            captions, start = sft_caption_images(model, tokenizer, images, max_tokens=max_tokens, seed=seed), ""
+        else:
+            captions = caption_images(model, tokenizer, images, prompt=prompt, lead=lead, max_tokens=max_tokens, seed=seed)
+            start = lead
+        return [c[len(start):].strip().removesuffix(".").strip() if c.startswith(start) else c.strip() for c in captions]
 
     return captioner

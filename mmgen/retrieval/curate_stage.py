@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any, Callable
 
 from mmgen.config import ConfigError, ExperimentConfig, RunPaths
@@ -10,7 +11,8 @@ from mmgen.data.concepts import read_concepts
 from mmgen.data.corpus import detect_kind, open_corpus
 from mmgen.data.corpus_writer import write_corpus
 from mmgen.data.reading import CorpusError
-from mmgen.model.checkpoint import load_pretrained_model
+from mmgen.files import exists
+from mmgen.model.checkpoint import MODEL_FILE, load_pretrained_model, load_trained_model
 from mmgen.progress import progress_bar
 from mmgen.retrieval.corpus_curation import CurationRecord, Pipeline, decoder_captioner
 from mmgen.retrieval.curation_report import write_curation_report
@@ -37,10 +39,16 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
     embedder = load_embedder(encoder, paths) if needs_embedder else None
     captioner = None
     if c.recaption and c.clip_filter != "off":
-        model, _ = load_pretrained_model(cfg, paths)
+        if c.captioner:
+            folder = paths.sft_dir(c.captioner)
+            if not exists(posixpath.join(folder, MODEL_FILE)):
+                raise ConfigError(f"curate.captioner {c.captioner!r}: no fine-tuning run at {folder} (run train/sft.py first)")
+            model, _ = load_trained_model(folder)
+        else:
+            model, _ = load_pretrained_model(cfg, paths)
         e = cfg.eval
         captioner = decoder_captioner(model, load_run_tokenizer(paths), prompt=e.caption_prompt, lead=e.caption_lead,
-                                      max_tokens=e.caption_max_tokens, seed=c.seed)  # fmt: skip
+                                      max_tokens=e.caption_max_tokens, seed=c.seed, fine_tuned=bool(c.captioner))  # fmt: skip
     docs = list(progress_bar(corpus, desc="reading", unit="document"))
     if not docs:
         raise CorpusError(f"{url}: no document to curate ({corpus.stats.summary()})")
