@@ -128,7 +128,7 @@ def test_generated_captions_need_the_recaption_threshold():
         p = pipeline(clip_threshold=0.65, recaption=True, recaption_threshold=threshold,
                      captioner=lambda images: ["blue and green"])  # fmt: skip
         assert len(p.run(docs)) == added
-        assert p.record.steps[1].settings == {"threshold": threshold}
+        assert p.record.steps[1].settings == {"threshold": threshold, "captioner": "pretrained"}
 
 
 def test_concept_balancing_caps_the_head_and_spares_the_tail():
@@ -284,6 +284,7 @@ def test_a_fine_tuned_captioner_is_asked_as_its_sft_caption_task(tiny_tokenizer,
                                   max_tokens=6, fine_tuned=True)  # fmt: skip
     assert captioner([solid("red", 16), solid("blue", 16)]) == ["a small red circle"] * 2
     h, w = vocab.grid
+    assert len(asked) == 2
     for prompt in asked:
         assert prompt[:2] == [vocab.bos, vocab.special("task_caption")] and prompt[-1] == vocab.sep
         assert sum(vocab.is_image(t) for t in prompt) == h * w

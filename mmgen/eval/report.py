@@ -139,7 +139,8 @@ def _infill_section(infills: dict) -> str:
             "fills the hole from both sides. Text is compared with the same model continuing the left context alone, "
             "like with like: the continuation cannot know where the span ends, so both are read at the span's true "
             "length (<code>text_exact</code> against <code>text_exact_left_context</code>); "
-            "<code>text_exact_gain</code> is the infill's lead over the baseline on the same spans, with a paired interval; "
+            "<code>text_exact_gain</code> is the infill's lead over the baseline on the same spans, with a paired "
+            "interval; "
             "<code>text_exact_own_end</code> also asks the infill to end the span itself. "
             "<code>text_span_bits</code> scores the true span from both sides, <code>text_span_bits_left_context</code> "
             "from the left alone: a model that has learnt to infill needs fewer bits with more context.</p>",

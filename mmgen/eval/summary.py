@@ -160,7 +160,8 @@ def summary_screen(summary: dict[str, Any]) -> str:
         lines += ["", f"{'Held-out accuracy':<32} {'model':<26} {'value':>6}  {'95 % interval':<15}  items"]
         for model, metrics in summary["headline"].items():
             for key, (value, interval, items) in metrics.items():
-                low_high = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""  # bracketed: a gain can be negative
+                # bracketed, since a gain's bounds can be negative
+                low_high = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
                 lines.append(f"  {_LABELS.get(key, key):<30} {model:<26} {value:6.3f}  {low_high:<15}  {items or ''}")
     lines.append("")
     line = "Minutes per stage:"

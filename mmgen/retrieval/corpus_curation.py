@@ -283,7 +283,7 @@ class Pipeline:
 
     def recaption(self, removed: list[Document]) -> list[Document]:
         threshold = self.cfg.recaption_threshold
-        step = self._step("recaption", {"threshold": threshold}, removed)
+        step = self._step("recaption", {"threshold": threshold, "captioner": self.cfg.captioner or "pretrained"}, removed)
         if not removed:
             return []
         images = [doc.images[0] for doc in removed]

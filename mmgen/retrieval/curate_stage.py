@@ -42,7 +42,8 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
         if c.captioner:
             folder = paths.sft_dir(c.captioner)
             if not exists(posixpath.join(folder, MODEL_FILE)):
-                raise ConfigError(f"curate.captioner {c.captioner!r}: no fine-tuning run at {folder} (run train/sft.py first)")
+                raise ConfigError(f"curate.captioner {c.captioner!r}: no fine-tuning run at {folder} "
+                                  "(run train/sft.py first)")
             model, _ = load_trained_model(folder)
         else:
             model, _ = load_pretrained_model(cfg, paths)
