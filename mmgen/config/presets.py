@@ -17,9 +17,8 @@ def demo_steps() -> int:
     fp32 at about 1 s a step: 570 steps, 20 minutes of stages in run O, ~25 with the install. An Intel Xeon with
     AMX trains in bf16 at 0.73 s a step and runs the other stages faster: 900 steps took 24 minutes with the
     install in run R, before the world's questions (about a minute more of world and encoding); 1,000 steps with
-    them come to about 27 minutes by run R's stage times (BENCHMARKS, "Run T"), and run W, on a host that took a
-    fifth of the CPU as steal time, to 29.5 minutes of the CPU it was left ("Run W"; no quiet run yet: if one takes
-    over 30, this goes back to 900). A wider decoder is no cheaper per token on either
+    them took 29 min 19 s with the install in run X, on a nearly quiet host (BENCHMARKS, "Run X": 41 s to spare;
+    if the demo outgrows the 30 minutes, this goes back to 900). A wider decoder is no cheaper per token on either
     (width 256: 2.1x and 2.6x width 128's time)."""
     return 1000 if cpu_has_amx_bf16() else 570
 
