@@ -21,20 +21,22 @@ def caption_images(model, tokenizer, images: Sequence[Image.Image], *, prompt: s
                    seed: int = 0) -> list[str]:  # fmt: skip
     """Greedy captions: the first sentence of ``lead`` continued after ``prompt`` and the image, lead included."""
     prompts = [tokenizer.encode_parts([prompt, image, lead], eos=False) for image in images]
-    params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, max_images=0, seed=seed)
-    with progress_bar(desc="captions", unit="step") as bar:
-        outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
-    return sampled_captions(tokenizer, outs, lead)
+    return _greedy_captions(model, tokenizer, prompts, lead, max_tokens, seed)
 
 
 def sft_caption_images(model, tokenizer, images: Sequence[Image.Image], *, max_tokens: int, seed: int = 0) -> list[str]:
     """Greedy captions by a fine-tuned decoder, asked as its SFT caption task is (``BOS task instruction SEP
     image SEP``, mmgen.tokenizers.sft): the first sentence of each answer."""
-    prompts = [ids[:start] for ids, start in encode_sft_examples(tokenizer, [caption_example(im, "", {}) for im in images])]
+    examples = [caption_example(image, "", {}) for image in images]
+    prompts = [ids[:start] for ids, start in encode_sft_examples(tokenizer, examples)]
+    return _greedy_captions(model, tokenizer, prompts, "", max_tokens, seed)
+
+
+def _greedy_captions(model, tokenizer, prompts: list[list[int]], lead: str, max_tokens: int, seed: int) -> list[str]:
     params = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, max_images=0, seed=seed)
     with progress_bar(desc="captions", unit="step") as bar:
         outs = sample(model, tokenizer.vocab, prompts, params, progress=sampler_progress(bar))
-    return sampled_captions(tokenizer, outs, "")
+    return sampled_captions(tokenizer, outs, lead)
 
 
 def sampled_captions(tokenizer, outputs: Sequence[Sequence[int]], lead: str) -> list[str]:

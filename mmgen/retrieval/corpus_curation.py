@@ -283,7 +283,8 @@ class Pipeline:
 
     def recaption(self, removed: list[Document]) -> list[Document]:
         threshold = self.cfg.recaption_threshold
-        step = self._step("recaption", {"threshold": threshold, "captioner": self.cfg.captioner or "pretrained"}, removed)
+        settings = {"threshold": threshold, "captioner": self.cfg.captioner or "pretrained"}
+        step = self._step("recaption", settings, removed)
         if not removed:
             return []
         images = [doc.images[0] for doc in removed]
@@ -362,12 +363,15 @@ def decoder_captioner(model, tokenizer, *, prompt: str, lead: str, max_tokens: i
     """Captions by the trained decoder after ``prompt``, the image and ``lead``, or (``fine_tuned``) asked as its
     SFT caption task is; the lead and the final stop are left out, so a caption reads like the corpus's ('a large
     red circle …')."""
+    shown = "" if fine_tuned else lead  # the text each caption starts with, left out
+
     def captioner(images: Sequence[Image.Image]) -> list[str]:
         if fine_tuned:
-            captions, start = sft_caption_images(model, tokenizer, images, max_tokens=max_tokens, seed=seed), ""
+            captions = sft_caption_images(model, tokenizer, images, max_tokens=max_tokens, seed=seed)
         else:
-            captions = caption_images(model, tokenizer, images, prompt=prompt, lead=lead, max_tokens=max_tokens, seed=seed)
-            start = lead
-        return [c[len(start):].strip().removesuffix(".").strip() if c.startswith(start) else c.strip() for c in captions]
+            captions = caption_images(model, tokenizer, images, prompt=prompt, lead=lead, max_tokens=max_tokens,
+                                      seed=seed)
+        return [c[len(shown):].strip().removesuffix(".").strip() if c.startswith(shown) else c.strip()
+                for c in captions]
 
     return captioner

@@ -49,7 +49,8 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
             model, _ = load_pretrained_model(cfg, paths)
         e = cfg.eval
         captioner = decoder_captioner(model, load_run_tokenizer(paths), prompt=e.caption_prompt, lead=e.caption_lead,
-                                      max_tokens=e.caption_max_tokens, seed=c.seed, fine_tuned=bool(c.captioner))  # fmt: skip
+                                      max_tokens=e.caption_max_tokens, seed=c.seed,
+                                      fine_tuned=bool(c.captioner))  # fmt: skip
     docs = list(progress_bar(corpus, desc="reading", unit="document"))
     if not docs:
         raise CorpusError(f"{url}: no document to curate ({corpus.stats.summary()})")
