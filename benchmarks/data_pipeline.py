@@ -42,7 +42,7 @@ from mmgen.data.corpus import open_corpus
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
 from mmgen.data.token_shards import TokenShards, TokenShardWriter
 from mmgen.device import bf16_supported
-from mmgen.model.transformer import Transformer
+from mmgen.model.transformer import Transformer, with_image_layout
 from mmgen.tokenizers.image import ImageTokenizer
 from mmgen.tokenizers.pretokenize import pretokenize
 from mmgen.tokenizers.text import TextTokenizer, train_text_tokenizer
@@ -138,12 +138,12 @@ def loader_rate(folder: str, pad: int, seconds: float, seq_len: int, batch: int)
     return positions / elapsed, real / elapsed
 
 
-def trainer_rate(vocab_size: int, steps: int, seq_len: int, batch: int) -> float:
+def trainer_rate(vocab: Vocab, steps: int, seq_len: int, batch: int) -> float:
     """Token positions per second of a demo-sized training step in this process."""
     torch.manual_seed(0)
-    model = Transformer(demo().model, vocab_size)
+    model = Transformer(with_image_layout(demo().model, vocab), vocab.size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    tokens = torch.randint(0, vocab_size, (batch, seq_len + 1))
+    tokens = torch.randint(0, vocab.size, (batch, seq_len + 1))
     document_ids = torch.zeros(batch, seq_len, dtype=torch.long)
     bf16 = bf16_supported("cpu")
 
@@ -231,7 +231,7 @@ def main() -> None:
         # the loader is timed right before and after the trainer, and the slower figure kept, so a burst of
         # load from other processes on a shared machine cannot flatter the ratio
         before = loader_rate(folder, pad, args.seconds, training.seq_len, training.local_batch_size)
-        train = trainer_rate(tokenizer.vocab.size, args.train_steps, training.seq_len, training.local_batch_size)
+        train = trainer_rate(tokenizer.vocab, args.train_steps, training.seq_len, training.local_batch_size)
         after = loader_rate(folder, pad, args.seconds, training.seq_len, training.local_batch_size)
         positions, real = min(before, after)
         recorded = demo_recorded_rate(args.run)

@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
     from mmgen.config import RunPaths
     from mmgen.model.checkpoint import save_model_description
-    from mmgen.model.transformer import Transformer
+    from mmgen.model.transformer import Transformer, with_image_layout
     from mmgen.tokenizers.vocab import Vocab
 
     run = tmp_path_factory.mktemp("bad_inputs") / "run"
@@ -38,8 +38,9 @@ def tiny_run(tmp_path_factory) -> Path:
     cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
     paths = RunPaths(str(run))
     vocab = Vocab.load(paths.vocab)
-    save_model_description(paths.pretrain_dir, cfg.model, vocab.size)
-    model = Transformer(cfg.model, vocab.size)
+    model_cfg = with_image_layout(cfg.model, vocab)
+    save_model_description(paths.pretrain_dir, model_cfg, vocab.size)
+    model = Transformer(model_cfg, vocab.size)
     dcp.save(model.state_dict(), checkpoint_id=str(run / "pretrain" / "checkpoint" / "step-1"), no_dist=True)
     return run
 

@@ -121,17 +121,18 @@ def sft_run(tmp_path_factory) -> Path:
 
     from mmgen.config import load_config
     from mmgen.model.checkpoint import save_model_description
-    from mmgen.model.transformer import Transformer
+    from mmgen.model.transformer import Transformer, with_image_layout
     from mmgen.tokenizers.vocab import Vocab
 
     run = tmp_path_factory.mktemp("sft_validation") / "run"
     build_encoded_run(run)
     cfg = load_config(["--config", "debug", "--output_dir", str(run), *SMALL])
     paths = RunPaths(str(run))
-    vocab_size = Vocab.load(paths.vocab).size
+    vocab = Vocab.load(paths.vocab)
+    vocab_size, model_cfg = vocab.size, with_image_layout(cfg.model, vocab)
     for folder in (paths.pretrain_dir, paths.sft_dir()):
-        save_model_description(folder, cfg.model, vocab_size)
-        dcp.save(Transformer(cfg.model, vocab_size).state_dict(), checkpoint_id=f"{folder}/checkpoint/step-1",
+        save_model_description(folder, model_cfg, vocab_size)
+        dcp.save(Transformer(model_cfg, vocab_size).state_dict(), checkpoint_id=f"{folder}/checkpoint/step-1",
                  no_dist=True)  # fmt: skip
     status, err = run_stage("tokenizers/encode_sft.py", run)
     assert status == 0, err

@@ -60,6 +60,11 @@ def demo() -> ExperimentConfig:
     # A small decoder sees 2.6x the tokens per CPU-minute of the 256-wide one, which at a few million
     # tokens is worth more than width.
     cfg.model.dim = 128
+    # Each image code's row and column in its grid, learnt, beside RoPE's 1-D positions. Same world, tokens and
+    # 1,000 steps on validation: own captions 0.653 -> 0.945, text-to-image 0.815 -> 0.855, shape given image
+    # 0.947 -> 0.993, image bits/token 0.199 -> 0.171, text 1.307 -> 1.216; after SFT caption 0.977 -> 0.990,
+    # text-to-image 0.842 -> 0.862, VQA 0.765 -> 0.783 (BENCHMARKS, "Where each code sits").
+    cfg.model.image_grid_embedding = True
     # 570 steps instead of 300 raised validation shape-given-label 0.37 -> 0.86 and text-to-image 0.49 -> 0.70
     # (BENCHMARKS, "What each lever bought"; held-out figures in "The demo at 570 steps"); the curve still
     # climbs there (demo_long, 1,200 steps), so the demo trains as many steps as its CPU fits (demo_steps).
@@ -127,6 +132,7 @@ def debug() -> ExperimentConfig:
     cfg.model.n_layers = 2
     cfg.model.n_heads = 2
     cfg.model.max_seq_len = 512
+    cfg.model.image_grid_embedding = True  # as the demo, so that the tests run it through every stage
     cfg.training.local_batch_size = 2
     cfg.training.seq_len = 256
     cfg.training.steps = 6

@@ -257,6 +257,12 @@ class ModelConfig:
     """Attention kernel: SDPA (any device) or FlexAttention (GPU)."""
     max_seq_len: int = 1024
     """Longest sequence the model attends over (training packs and generation caches)."""
+    image_grid_embedding: bool = False
+    """Add a learnt row and a learnt column embedding to each image code (its place in the code grid), on top of
+    RoPE's 1-D positions; off in Chameleon."""
+    image_layout: tuple[int, int, int] = (-1, 0, 0)
+    """(BOI id, grid rows, grid columns) of the vocabulary the model trains on; set by the trainer when
+    ``image_grid_embedding`` is on, and kept in the model's description."""
 
 
 @dataclass

@@ -99,6 +99,8 @@ def grouped_continuation_logprobs(
                 for cache, (k, v) in zip(_attention_caches(model), prefix_kv):
                     cache.k[:, :, :P] = k[group]
                     cache.v[:, :, :P] = v[group]
+                if model.slot_tokens is not None:
+                    model.slot_tokens[:, :P] = prefixes[group]
                 slots = prefix_len[group, None] + torch.arange(L, device=device)
                 logits = model(tokens, input_pos=slots).float()
                 # the token at continuation index j is predicted by the logits of index j - 1 (the prefix's for j = 0)

@@ -201,6 +201,8 @@ def model_config_from_hf(hf: dict[str, Any]) -> ModelConfig:
 
 def hf_config_from_model(cfg: ModelConfig, vocab: Vocab, *, vq_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """config.json for an mmgen decoder and vocabulary (transformers ≥ 4.44 reads it)."""
+    if cfg.image_grid_embedding:
+        raise ValueError("Chameleon has no grid embedding of image codes; a model with image_grid_embedding cannot be exported")
     if not cfg.qk_norm:
         raise ValueError("Chameleon always applies QK-norm; a model with qk_norm=False cannot be exported")
     if cfg.qk_norm_eps != HF_QK_NORM_EPS:

@@ -19,6 +19,7 @@ instead of materialising float32 work on the full [tokens, vocab] logits.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -47,6 +48,14 @@ class HiddenStates(NamedTuple):
     """[B, T, dim], after the final norm."""
     head_weight: torch.Tensor
     """[V, dim]: the output head's weight as this forward pass used it (under FSDP2, the gathered one)."""
+
+
+def with_image_layout(cfg: ModelConfig, vocab) -> ModelConfig:
+    """``cfg`` with the BOI id and code grid of ``vocab`` (a ``Vocab``) that ``image_grid_embedding`` needs; as it is
+    when the embedding is off."""
+    if not cfg.image_grid_embedding:
+        return cfg
+    return dataclasses.replace(cfg, image_layout=(vocab.boi, *vocab.grid))
 
 
 def ffn_hidden_dim(cfg: ModelConfig) -> int:
@@ -130,6 +139,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerBlock(cfg) for i in range(cfg.n_layers)})
         self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, vocab_size, bias=False)
+        if cfg.image_grid_embedding:
+            _, rows, cols = cfg.image_layout
+            if rows <= 0 or cols <= 0:
+                raise ValueError("model.image_grid_embedding needs model.image_layout (BOI id, rows, columns), which the "
+                                 "trainer sets from the run's vocabulary")
+            self.image_rows = nn.Embedding(rows, cfg.dim)
+            self.image_cols = nn.Embedding(cols, cfg.dim)
+        # the token written at each KV-cache slot, while a cache is set up and the grid embedding is on: a decode
+        # step needs the slot of its image's BOI, which an earlier call wrote
+        self.slot_tokens: torch.Tensor | None = None
         self._tie()
 
     def _tie(self) -> None:
@@ -170,6 +189,9 @@ class Transformer(nn.Module):
                 if norm is not None:
                     norm.reset_parameters()
         self.norm.reset_parameters()
+        if self.cfg.image_grid_embedding:
+            nn.init.normal_(self.image_rows.weight, std=std)
+            nn.init.normal_(self.image_cols.weight, std=std)
         if not self.cfg.tie_embeddings:
             nn.init.normal_(self.output.weight, std=std)
 
@@ -210,12 +232,42 @@ class Transformer(nn.Module):
                     positions = torch.arange(T, device=tokens.device).expand(B, T)
         rotation = rope_rotation(positions, self.head_dim, self.cfg.rope_theta)
         h = self.tok_embeddings(tokens)
+        if self.cfg.image_grid_embedding:
+            h = h + self._grid_embedding(tokens, positions, input_pos)
         for block in self.layers.values():
             h = block(h, rotation, mask, input_pos)
         h = self.norm(h)
         if return_hidden:
             return HiddenStates(h, self.output.weight)
         return self.output(h)
+
+    def _grid_embedding(self, tokens: torch.Tensor, positions: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+        """Row plus column embedding of each image code's cell in its grid (codes follow their BOI in row-major
+        order); zero for every other token. A code's cell is its distance from the last BOI of its document."""
+        boi, rows, cols = self.cfg.image_layout
+        if input_pos is None:
+            B, T = tokens.shape
+            slots = torch.arange(T, device=tokens.device).expand(B, T)
+            last_boi = torch.where(tokens == boi, slots, -1).cummax(dim=1).values
+            # positions restart with each packed document, so slots - positions is where the document starts
+            last_boi = torch.where(last_boi >= slots - positions, last_boi, -1)
+        else:
+            cache = self.slot_tokens
+            if cache is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.setup_cache first")
+            B = tokens.shape[0]
+            cache[torch.arange(B, device=tokens.device)[:, None], input_pos] = tokens
+            all_slots = torch.arange(cache.shape[1], device=tokens.device)
+            boi_slots = torch.where(cache[:B] == boi, all_slots, -1)
+            # the causal rule of the KV cache: a slot at or before the query's was written by this sequence
+            visible = all_slots <= input_pos[..., None]
+            last_boi = torch.where(visible, boi_slots[:, None, :], -1).amax(dim=-1)
+            slots = input_pos
+        cell = slots - last_boi - 1
+        inside = (last_boi >= 0) & (cell >= 0) & (cell < rows * cols)
+        cell = cell.clamp(0, rows * cols - 1)
+        grid = self.image_rows(cell // cols) + self.image_cols(cell % cols)
+        return grid * inside[..., None].to(grid.dtype)
 
     def _training_mask(self, document_ids, B, T, device):
         if self.cfg.attention_backend == "flex":
@@ -254,8 +306,11 @@ class Transformer(nn.Module):
                 dtype=dtype or weight.dtype,
                 device=device or weight.device,
             )
+        if self.cfg.image_grid_embedding:
+            self.slot_tokens = torch.full((batch_size, max_seq_len), -1, dtype=torch.long, device=device or weight.device)
 
     def clear_cache(self) -> None:
+        self.slot_tokens = None
         for block in self.layers.values():
             block.attention.kv_cache = None
             block.attention.fuse_projections(False)

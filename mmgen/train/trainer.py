@@ -181,7 +181,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     paths = RunPaths(cfg.run_dir)
     vocab = Vocab.load(paths.vocab)
     tc = MMGenTrainer.Config(
-        model_spec=build_model_spec(cfg.model, vocab.size, cfg.name),
+        model_spec=build_model_spec(cfg.model, vocab.size, cfg.name, vocab),
         dump_folder=paths.pretrain_dir,
         loss_log=paths.loss_log,
         nonfinite=cfg.training.nonfinite,
@@ -255,7 +255,8 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
     check_training_tokens(paths, paths.tokens("train"))
-    spec = build_model_spec(cfg.model, Vocab.load(paths.vocab).size, cfg.name)
+    vocab = Vocab.load(paths.vocab)
+    spec = build_model_spec(cfg.model, vocab.size, cfg.name, vocab)
     check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
 
 
