@@ -65,6 +65,9 @@ def test_it_changes_the_logits_of_codes_only():
         a, b = plain(doc), grid(doc)
     torch.testing.assert_close(a[:, :3], b[:, :3])  # up to the BOI the two models are the same model
     assert not torch.allclose(a[:, 3:], b[:, 3:])
+    # lookups, not matrix products: the FLOPs per token MFU is counted with stay the same
+    assert grid.num_params() == plain.num_params() + (ROWS + COLS) * 32
+    assert grid.flops_per_token(64) == plain.flops_per_token(64)
 
 
 def test_cached_decoding_of_right_padded_prompts_matches_full_forward(model):

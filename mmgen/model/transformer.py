@@ -328,6 +328,8 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         if exclude_embedding and not self.cfg.tie_embeddings:
             n -= self.tok_embeddings.weight.numel()
+        if exclude_embedding and self.cfg.image_grid_embedding:
+            n -= self.image_rows.weight.numel() + self.image_cols.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int) -> int:
