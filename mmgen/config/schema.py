@@ -264,6 +264,10 @@ class ModelConfig:
     """(BOI id, grid rows, grid columns) of the vocabulary the model trains on; set by the trainer when
     ``image_grid_embedding`` is on, and kept in the model's description."""
 
+    def __post_init__(self) -> None:
+        # a model.json read back gives a list; configs compare equal to the ones they were saved from
+        self.image_layout = tuple(int(v) for v in self.image_layout)
+
 
 @dataclass
 class SampleConfig:
