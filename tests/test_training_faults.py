@@ -7,6 +7,7 @@ the test hook of ``mmgen.train.fault_injection``: the job pauses there and the t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,11 +25,12 @@ from bad_inputs import SMALL, build_encoded_run
 from mmgen.config.paths import StaleInputError
 from mmgen.files import CorruptFileError
 from mmgen.config.schema import ModelConfig
-from mmgen.model.checkpoint import (checkpoint_problem, checkpoint_steps, load_trained_model, read_checkpoint_metadata,
-                                    save_model_description)
+from mmgen.model.checkpoint import (checkpoint_problem, checkpoint_steps, load_trained_model, model_description,
+                                    read_checkpoint_metadata, save_model_description)
 from mmgen.model.transformer import Transformer
 from mmgen.nonfinite import NonFiniteError, NonFiniteGuard, all_finite
 from mmgen.train.checkpointing import MMGenCheckpointManager, check_shapes
+from mmgen.train.trainer import check_resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 # eight steps, a checkpoint every two, every checkpoint kept, a loss record every step
@@ -118,6 +120,19 @@ def test_a_model_json_that_still_lists_the_z_loss_weight_loads(tmp_path):
     dcp.save(Transformer(cfg, 40).state_dict(), checkpoint_id=str(tmp_path / "checkpoint" / "step-1"), no_dist=True)
     model, step = load_trained_model(str(tmp_path))
     assert step == 1 and model.cfg == cfg
+
+
+def test_a_model_json_written_before_a_model_field_existed_still_resumes_and_loads(tmp_path):
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2)
+    save_model_description(str(tmp_path), cfg, vocab_size=40)
+    old = json.loads((tmp_path / "model.json").read_text())
+    del old["model"]["image_grid_embedding"], old["model"]["image_layout"]
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    dcp.save(Transformer(cfg, 40).state_dict(), checkpoint_id=str(tmp_path / "checkpoint" / "step-1"), no_dist=True)
+    check_resumable(str(tmp_path), "checkpoint", model_description(cfg, 40))  # no error: the same model
+    with pytest.raises(StaleInputError, match="image_grid_embedding False there, True now"):
+        check_resumable(str(tmp_path), "checkpoint", model_description(dataclasses.replace(cfg, image_grid_embedding=True), 40))
+    assert load_trained_model(str(tmp_path))[0].cfg == cfg
 
 
 def test_a_checkpoint_of_another_model_shape_is_one_line_naming_both(tmp_path):

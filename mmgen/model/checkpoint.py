@@ -61,6 +61,9 @@ def read_model_description(run_dir: str) -> dict:
         saved = json.load(f)
         # the z-loss weight moved to training.z_loss_weight; files written before still list it with the model
         saved["model"].pop("z_loss_weight", None)
+        # fields added since the file was written take their defaults, which keep the model as it was trained
+        # (image_grid_embedding off), so the run still resumes and loads
+        saved["model"] = {**model_description(ModelConfig(), 0)["model"], **saved["model"]}
         return saved
 
 
