@@ -1,6 +1,7 @@
 """The learnt row and column embedding of image codes (``model.image_grid_embedding``): which tokens get it, and
 that cached decoding, packed documents, prefix reuse and the compiled decode step all see the cells a full
-forward pass sees."""
+forward pass sees. That the trainer writes the run's layout into the model's config is checked by test_bad_inputs
+(its debug run has the embedding on and must pass the resume check) and the pipeline tests, which train with it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from mmgen.interop.hf_chameleon import hf_config_from_model
 from mmgen.model import Transformer
 from mmgen.model.masks import positions_from_document_ids
 from mmgen.model.transformer import with_image_layout
-from mmgen.train.model_spec import build_model_spec
 
 ROWS, COLS = VOCAB.grid
 GRID_CFG = with_image_layout(ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, image_grid_embedding=True), VOCAB)
@@ -119,13 +119,6 @@ def test_compiled_decode_step_samples_as_eager(model):
     counter = GraphCounter()
     assert sample(model, VOCAB, prompts, params, compile=counter) == eager
     assert len(counter.graphs) == 1 and any(VOCAB.boi in o for o in eager)
-
-
-def test_the_trainer_writes_the_vocabulary_layout_into_the_model_config():
-    unset = dataclasses.replace(GRID_CFG, image_layout=(-1, 0, 0))
-    assert build_model_spec(unset, VOCAB.size, "t", VOCAB).model.model.image_layout == (VOCAB.boi, ROWS, COLS)
-    off = dataclasses.replace(unset, image_grid_embedding=False)
-    assert build_model_spec(off, VOCAB.size, "t", VOCAB).model.model.image_layout == (-1, 0, 0)
 
 
 def test_a_layout_is_needed_and_chameleon_cannot_hold_the_embedding():

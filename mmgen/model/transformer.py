@@ -245,24 +245,20 @@ class Transformer(nn.Module):
         """Row plus column embedding of each image code's cell in its grid (codes follow their BOI in row-major
         order); zero for every other token. A code's cell is its distance from the last BOI of its document."""
         boi, rows, cols = self.cfg.image_layout
+        B, T = tokens.shape
         if input_pos is None:
-            B, T = tokens.shape
-            slots = torch.arange(T, device=tokens.device).expand(B, T)
-            last_boi = torch.where(tokens == boi, slots, -1).cummax(dim=1).values
-            # positions restart with each packed document, so slots - positions is where the document starts
-            last_boi = torch.where(last_boi >= slots - positions, last_boi, -1)
+            written, slots = tokens, torch.arange(T, device=tokens.device).expand(B, T)
         else:
-            cache = self.slot_tokens
-            if cache is None:
+            if self.slot_tokens is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_cache first")
-            B = tokens.shape[0]
-            cache[torch.arange(B, device=tokens.device)[:, None], input_pos] = tokens
-            all_slots = torch.arange(cache.shape[1], device=tokens.device)
-            boi_slots = torch.where(cache[:B] == boi, all_slots, -1)
-            # the causal rule of the KV cache: a slot at or before the query's was written by this sequence
-            visible = all_slots <= input_pos[..., None]
-            last_boi = torch.where(visible, boi_slots[:, None, :], -1).amax(dim=-1)
-            slots = input_pos
+            self.slot_tokens[torch.arange(B, device=tokens.device)[:, None], input_pos] = tokens
+            # the causal rule of the KV cache: every slot up to a query's was written by this sequence, so a running
+            # maximum over the row never reads a stale slot
+            written, slots = self.slot_tokens[:B], input_pos
+        order = torch.arange(written.shape[1], device=tokens.device)
+        last_boi = torch.where(written == boi, order, -1).cummax(dim=1).values.gather(1, slots)
+        # positions restart with each packed document, so slots - positions is where the document starts
+        last_boi = torch.where(last_boi >= slots - positions, last_boi, -1)
         cell = slots - last_boi - 1
         inside = (last_boi >= 0) & (cell >= 0) & (cell < rows * cols)
         cell = cell.clamp(0, rows * cols - 1)

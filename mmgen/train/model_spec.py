@@ -22,8 +22,7 @@ from torchtitan.protocols.model_spec import ModelSpec
 
 from mmgen.config.schema import ModelConfig
 from mmgen.model.lora import LoRALinear, add_lora
-from mmgen.model.transformer import HiddenStates, Transformer, with_image_layout
-from mmgen.tokenizers.vocab import Vocab
+from mmgen.model.transformer import HiddenStates, Transformer
 
 
 class TitanTransformer(Transformer, BaseModel):
@@ -101,10 +100,7 @@ def parallelize_decoder(model, *, parallel_dims, training, parallelism, compile_
     return model
 
 
-def build_model_spec(model: ModelConfig, vocab_size: int, name: str, vocab: Vocab | None = None) -> ModelSpec:
-    """torchtitan's spec of the decoder; ``vocab`` (the run's) fills in the image layout the grid embedding needs."""
-    if vocab is not None:
-        model = with_image_layout(model, vocab)
+def build_model_spec(model: ModelConfig, vocab_size: int, name: str) -> ModelSpec:
     return ModelSpec(
         name="mmgen",
         flavor=name,

@@ -40,6 +40,7 @@ from mmgen.device import compute_dtype, default_device
 from mmgen.files import append_jsonl, read_jsonl, write_atomic
 from mmgen.fingerprints import check_tokens_inputs
 from mmgen.model.checkpoint import MODEL_FILE, checkpoint_steps, model_description, read_model_description, write_model_description
+from mmgen.model.transformer import with_image_layout
 from mmgen.nonfinite import NonFiniteGuard, all_finite
 from mmgen.retrieval.bank_documents import has_bank_corpus
 from mmgen.tokenizers.run import load_text_tokenizer
@@ -181,7 +182,7 @@ def build_trainer_config(cfg: ExperimentConfig) -> MMGenTrainer.Config:
     paths = RunPaths(cfg.run_dir)
     vocab = Vocab.load(paths.vocab)
     tc = MMGenTrainer.Config(
-        model_spec=build_model_spec(cfg.model, vocab.size, cfg.name, vocab),
+        model_spec=build_model_spec(with_image_layout(cfg.model, vocab), vocab.size, cfg.name),
         dump_folder=paths.pretrain_dir,
         loss_log=paths.loss_log,
         nonfinite=cfg.training.nonfinite,
@@ -256,7 +257,7 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
     check_training_tokens(paths, paths.tokens("train"))
     vocab = Vocab.load(paths.vocab)
-    spec = build_model_spec(cfg.model, vocab.size, cfg.name, vocab)
+    spec = build_model_spec(with_image_layout(cfg.model, vocab), vocab.size, cfg.name)
     check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
 
 
