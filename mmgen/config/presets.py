@@ -18,9 +18,9 @@ def demo_steps() -> int:
     AMX trains in bf16 at 0.73 s a step and runs the other stages faster: 900 steps took 24 minutes with the
     install in run R, before the world's questions (about a minute more of world and encoding); 1,000 steps with
     them took 29 min 19 s with the install in run X, on a nearly quiet host (BENCHMARKS, "Run X": 41 s to spare).
-    The grid embedding since adds 0.2 % a step; run Y with it was not timed quietly (31 min 51 s with 9 % steal,
-    29.0 minutes of the CPU left to it). If a quiet run outgrows the 30 minutes, this goes to 950. A wider decoder is no cheaper per token on either
-    (width 256: 2.1x and 2.6x width 128's time)."""
+    With the grid embedding (0.2 % a step) the demo took 27 min 30 s with the install in run Z, a fresh clone on
+    a nearly quiet host. A wider decoder is no cheaper per token on either (width 256: 2.1x and 2.6x width 128's
+    time)."""
     return 1000 if cpu_has_amx_bf16() else 570
 
 
