@@ -102,3 +102,5 @@ def test_the_demo_trains_as_many_steps_as_its_cpu_family_fits(monkeypatch, cpuin
     # a fresh world for about one pass: 40 documents and 53 caption pairs per step
     assert (cfg.world.train_documents, cfg.world.train_caption_pairs) == (40 * steps, steps * 160 // 3)
     assert load_config(["--config", "demo", "--training.steps", "100"]).training.steps == 100  # the user's word wins
+    long = load_config(["--config", "demo_long"])  # twice the steps, on twice the world
+    assert (long.training.steps, long.world.train_documents, long.checkpoint.interval) == (2 * steps, 80 * steps, -(-2 * steps // 3))
