@@ -48,10 +48,10 @@ def test_whole_step_is_one_graph_compiled_once_and_samples_as_eager(model, optio
     assert sample(model, VOCAB, PROMPTS, params, compile=counter) == eager
     assert len(counter.graphs) == 1
     graph = counter.graphs[0]
-    # the whole step is in it: the model's attention and the draw's argmax, with no random op and no
-    # tensor turned into a Python number (a host sync)
+    # the whole step is in it: the model's attention over the cache (its products, cached_math_attention on
+    # CPU) and the draw's argmax, with no random op and no tensor turned into a Python number (a host sync)
     called = [str(node.target) for node in graph.graph.nodes if node.op in ("call_function", "call_method")]
-    assert any("scaled_dot_product_attention" in c for c in called) and any("argmax" in c for c in called)
+    assert any("matmul" in c for c in called) and any("argmax" in c for c in called), called
     random_ops = [c for c in called if "exponential" in c or "rand" in c or "multinomial" in c]
     assert not random_ops and "item" not in called and "tolist" not in called, called
 
@@ -92,3 +92,28 @@ def test_prompts_of_similar_lengths_share_a_compilation(model):
     for prompt in ([VOCAB.bos], [VOCAB.bos, T0 + 1, T0 + 2, T0 + 3, T0 + 4]):
         assert sample(model, VOCAB, [prompt], params, compile=counter) == sample(model, VOCAB, [prompt], params)
     assert len(counter.graphs) == 1
+
+
+def test_steps_after_the_first_skip_guards_and_leave_the_callers_stance(model):
+    """Steps after a loop's first run without dynamo's guard checks; afterwards the stance is the caller's again,
+    so a call with another batch shape compiles its own graph (a skipped check would raise instead), and under a
+    caller's ``force_eager`` nothing is compiled."""
+    from torch._dynamo import eval_frame
+
+    params = SamplingParams(max_new_tokens=8, temperature=0.0, max_images=0)
+    counter = GraphCounter()
+    seen = []
+    original = eval_frame._stance
+
+    def checking(graph, example_inputs):  # each compiled step, when it runs, records the stance it runs under
+        run = counter(graph, example_inputs)
+        return lambda *args: (seen.append(eval_frame._stance.skip_guard_eval_unsafe), run(*args))[1]
+
+    assert sample(model, VOCAB, PROMPTS[:1], params, compile=checking) == sample(model, VOCAB, PROMPTS[:1], params)
+    assert seen[0] is False and all(seen[1:]) and len(seen) == params.max_new_tokens - 1
+    assert eval_frame._stance is original and not original.skip_guard_eval_unsafe
+    assert sample(model, VOCAB, PROMPTS[:2], params, compile=checking) == sample(model, VOCAB, PROMPTS[:2], params)
+    assert len(counter.graphs) == 2
+    with torch.compiler.set_stance("force_eager"):
+        assert sample(model, VOCAB, PROMPTS[:3], params, compile=counter) == sample(model, VOCAB, PROMPTS[:3], params)
+    assert len(counter.graphs) == 2

@@ -203,6 +203,27 @@ def test_batched_prompts_of_different_lengths_match_single_runs():
             torch.testing.assert_close(batched[b], alone, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("heads, kv_heads, queries", [(4, 4, 1), (4, 2, 1), (8, 2, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cached_math_attention_equals_sdpa_over_the_cache(heads, kv_heads, queries, dtype):
+    """A cached forward's few queries against the whole cache, under the cache's causal mask (stale slots past
+    each row's position included): two products and a softmax give SDPA's result, grouped heads included."""
+    from mmgen.model.attention import cached_math_attention
+    from mmgen.model.masks import cache_causal_mask
+
+    g = torch.Generator().manual_seed(0)
+    B, D, L = 3, 16, 24
+    q = torch.randn(B, heads, queries, D, generator=g).to(dtype)
+    k, v = (torch.randn(B, kv_heads, L, D, generator=g).to(dtype) for _ in range(2))
+    slots = torch.tensor([[2], [10], [23 - queries]]) + torch.arange(queries)  # rows at different depths
+    allowed = cache_causal_mask(slots, L)
+    got = cached_math_attention(q, k, v, allowed)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=kv_heads != heads)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    assert got.dtype == dtype
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention backend is GPU-only")
 def test_flex_matches_sdpa_on_gpu():
     sdpa = make_model().cuda()

@@ -356,13 +356,30 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
     last = _decide(logits, grammar, params, times())
     fed_counts = torch.zeros_like(row_len)
     whole_step = _compiled_whole_step(backend)
-    for step in itertools.count(1):
-        if _one_token_loop_ends(step, grammar, params, progress):
-            break
-        last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len, fed_counts,
-                                               is_cond, times())
-        decoding.forward_passes += 1
+    with contextlib.ExitStack() as after_first_step:
+        for step in itertools.count(1):
+            if _one_token_loop_ends(step, grammar, params, progress):
+                break
+            last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len,
+                                                   fed_counts, is_cond, times())
+            decoding.forward_passes += 1
+            if step == 1:
+                after_first_step.enter_context(_guards_checked())
     return grammar.samples()
+
+
+def _guards_checked() -> AbstractContextManager:
+    """Dynamo's stance for the steps after a loop's first: its guards are not evaluated again.
+
+    The first call checked them and picked (or compiled) the step's graph; every later step passes the same
+    objects, tensors of the same shapes and the same settings, so they would pass again, and checking them
+    (~650 guards on the model, cache, grammar and settings) was a fifth of a demo decode step. Dynamo still
+    tells graphs of other shapes apart and raises rather than recompile. A stance the caller set other than
+    the default is kept as it is."""
+    stance = getattr(torch._dynamo.eval_frame, "_stance", None)
+    if stance is None or stance.stance != "default" or stance.skip_guard_eval_unsafe or stance.backend is not None:
+        return contextlib.nullcontext()
+    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
 
 
 def _whole_step(forward, grammar: _Grammar, params: SamplingParams, vocab, last, row_len, fed_counts, is_cond,

@@ -204,6 +204,35 @@ def per_document_attention(q, k, v, docs: PackedDocuments, dropout: float) -> to
     return torch.cat(outs).index_select(0, docs.inverse).view(B, T, H * D)
 
 
+CACHED_MATH_MAX_QUERIES = 16
+"""Cached forwards of at most this many tokens per row (decode steps, Jacobi windows) take
+``cached_math_attention`` on CPU."""
+
+
+def _use_cached_math(q: torch.Tensor, mask) -> bool:
+    """q [B, H, t, D] of a cached forward: whether it runs ``cached_math_attention``."""
+    return q.device.type == "cpu" and q.shape[2] <= CACHED_MATH_MAX_QUERIES and isinstance(mask, torch.Tensor)
+
+
+def cached_math_attention(q, k, v, allowed: torch.Tensor) -> torch.Tensor:
+    """q [B, H, t, D] (a few new tokens), k/v [B, Hkv, L, D] (the whole KV cache), ``allowed`` [B, 1, t, L]
+    (bool) -> [B, H, t, D]: attention written out as two batched products and a softmax.
+
+    On CPU, SDPA's flash kernel sets up its query and key blocks on every call, which for one query token
+    costs more than the arithmetic (a third of a compiled demo decode step at batch 8); written out, a
+    compiled decode step fuses the products, the mask and the softmax into its own kernels
+    (docs/BENCHMARKS.md, "decode on the AMX Xeon"). Query heads that share a key/value head (grouped-query
+    attention) are stacked on the query axis, so the cache is never copied.
+    """
+    B, H, t, D = q.shape
+    Hkv, L = k.shape[1], k.shape[2]
+    grouped = q.reshape(B, Hkv, (H // Hkv) * t, D)
+    scores = (grouped @ k.transpose(-1, -2)).float().view(B, Hkv, H // Hkv, t, L) * D**-0.5
+    scores = scores.masked_fill(~allowed[:, :, None], float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype).view(B, Hkv, (H // Hkv) * t, L)
+    return (probs @ v).view(B, H, t, D)
+
+
 class Attention(nn.Module):
     def __init__(
         self,
@@ -275,7 +304,9 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)
             q = q.to(k.dtype)
         gqa = self.n_kv_heads != self.n_heads
-        if mask is None or isinstance(mask, torch.Tensor):
+        if input_pos is not None and _use_cached_math(q, mask):
+            out = cached_math_attention(q, k, v, mask)
+        elif mask is None or isinstance(mask, torch.Tensor):
             out = F.scaled_dot_product_attention(
                 q,
                 k,
