@@ -364,11 +364,11 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
                                                    fed_counts, is_cond, times())
             decoding.forward_passes += 1
             if step == 1:
-                after_first_step.enter_context(_guards_checked())
+                after_first_step.enter_context(_guards_already_checked())
     return grammar.samples()
 
 
-def _guards_checked() -> AbstractContextManager:
+def _guards_already_checked() -> AbstractContextManager:
     """Dynamo's stance for the steps after a loop's first: its guards are not evaluated again.
 
     The first call checked them and picked (or compiled) the step's graph; every later step passes the same
