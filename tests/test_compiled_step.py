@@ -9,6 +9,7 @@ from image_distribution import T2I, T2I_PROMPT, TINY, exact_image_distribution, 
 from test_sampler import HW, I0, T0, VOCAB
 from test_sampler import PROMPTS as SAMPLER_PROMPTS
 
+from mmgen.generation import sampler
 from mmgen.generation.sampler import CachedDecoding, SamplingParams, sample
 
 PROMPTS = SAMPLER_PROMPTS + [[VOCAB.bos, T0 + 2, VOCAB.boi, I0 + 3]]  # the last ends inside an image
@@ -54,6 +55,25 @@ def test_whole_step_is_one_graph_compiled_once_and_samples_as_eager(model, optio
     assert any("matmul" in c for c in called) and any("argmax" in c for c in called), called
     random_ops = [c for c in called if "exponential" in c or "rand" in c or "multinomial" in c]
     assert not random_ops and "item" not in called and "tolist" not in called, called
+
+
+def test_a_graph_per_span_of_the_cache_read_samples_as_eager(model, monkeypatch):
+    """A compiled loop reads the cache's first 64 slots while they hold everything written, then 128: two
+    graphs, the same samples as eager decoding over the whole cache."""
+    params = SamplingParams(max_new_tokens=100, temperature=1.0, max_images=2, seed=5, eos_stops=False)
+    eager = sample(model, VOCAB, PROMPTS, params)
+    spans, span_of = [], sampler._cache_span
+
+    def recorded(written, cache_len):
+        spans.append((written, cache_len, span_of(written, cache_len)))
+        return spans[-1][-1]
+
+    monkeypatch.setattr(sampler, "_cache_span", recorded)  # the loop looks it up in the module on every step
+    counter = GraphCounter()
+    assert sample(model, VOCAB, PROMPTS, params, compile=counter) == eager
+    assert len(counter.graphs) == 2
+    assert {span for _, _, span in spans} == {64, 128} and {cache for _, cache, _ in spans} == {128}
+    assert all(written <= span for written, _, span in spans)
 
 
 def test_compiled_samples_stop_at_eos_and_report_progress(model):

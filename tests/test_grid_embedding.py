@@ -70,18 +70,21 @@ def test_it_changes_the_logits_of_codes_only():
     assert grid.flops_per_token(64) == plain.flops_per_token(64)
 
 
-def test_cached_decoding_of_right_padded_prompts_matches_full_forward(model):
+@pytest.mark.parametrize("read_written_slots_only", [False, True])
+def test_cached_decoding_of_right_padded_prompts_matches_full_forward(model, read_written_slots_only):
     prompts = [[VOCAB.bos, T0 + 3, VOCAB.boi, I0 + 4], [VOCAB.bos, *IMAGE, T0 + 1], [VOCAB.bos, T0 + 2, T0 + 5]]
     continuation = torch.tensor([[I0 + 1, I0 + 2, I0 + 3], [VOCAB.boi, I0 + 5, I0 + 6], [VOCAB.boi, I0, I0 + 7]])
     P = max(len(p) for p in prompts)
     padded = torch.tensor([p + [VOCAB.boi] * (P - len(p)) for p in prompts])  # padding that looks like a BOI
     lengths = torch.tensor([len(p) for p in prompts])
     with torch.no_grad():
-        model.setup_cache(3, P + 3)
-        prefill = model(padded, input_pos=torch.arange(P))
+        model.setup_cache(3, P + 3 + 8 * read_written_slots_only)
+        span = (lambda written: written) if read_written_slots_only else (lambda written: None)
+        prefill = model(padded, input_pos=torch.arange(P), cache_span=span(P))
         cached = [prefill[torch.arange(3), lengths - 1]]
         for t in range(3):
-            cached.append(model(continuation[:, t : t + 1], input_pos=(lengths + t)[:, None])[:, 0])
+            cached.append(model(continuation[:, t : t + 1], input_pos=(lengths + t)[:, None],
+                                cache_span=span(int(lengths.max()) + t + 1))[:, 0])
         model.clear_cache()
         for b, p in enumerate(prompts):
             alone = model(torch.cat([torch.tensor(p), continuation[b]])[None])[0, len(p) - 1 :]

@@ -181,6 +181,24 @@ def test_kv_cache_token_by_token_matches_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
 
 
+def test_a_cache_span_reads_only_the_slots_written():
+    """With ``cache_span`` a cached forward attends over the cache's first slots only: the same logits as over
+    the whole cache while the span holds every slot written, others once it leaves one out."""
+    model = make_model()
+    x = rand_tokens(2, 12)
+    with torch.no_grad():
+        full = model(x)
+        model.setup_cache(2, 32)
+        steps = [model(x[:, :4], input_pos=torch.arange(4), cache_span=4)]
+        for t in range(4, 12):
+            steps.append(model(x[:, t : t + 1], input_pos=torch.tensor([t]), cache_span=t + 1))
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+        # slot 11 is written, but a span of 11 leaves it out of the query's own attention
+        short = model(x[:, 11:12], input_pos=torch.tensor([11]), cache_span=11)
+        model.clear_cache()
+    assert not torch.allclose(short, full[:, 11:12], atol=1e-3)
+
+
 def test_batched_prompts_of_different_lengths_match_single_runs():
     model = make_model()
     prompts = [rand_tokens(7, seed=5), rand_tokens(3, seed=6), rand_tokens(5, seed=7)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -161,6 +163,32 @@ def test_repetition_penalty_lowers_seen_tokens_only():
     seen = torch.tensor([[True, True, False, False]])
     out = repetition_penalty(logits, seen, 2.0)
     assert out.tolist() == [[1.0, -2.0, 3.0, 0.5]]
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_greedy_samples_penalise_the_prompts_and_their_own_text_tokens(model, compile):
+    """Greedy decoding with a penalty equals a loop that recomputes the whole sequence and penalises every
+    text token of the prompt and of what it sampled so far (the sampler keeps them in its own buffer)."""
+    penalty, steps = 3.0, 12
+    params = SamplingParams(max_new_tokens=steps, temperature=0.0, max_images=0, eos_stops=False,
+                            repetition_penalty=penalty)
+    text_only = torch.full((VOCAB.size,), float("-inf"))
+    text_only[slice(*VOCAB.text_range)] = 0.0
+    text_only[VOCAB.eos] = 0.0
+    expected = []
+    with torch.inference_mode():
+        for prompt in PROMPTS:
+            seq = list(prompt)
+            for _ in range(steps):
+                seen = torch.zeros(1, VOCAB.size, dtype=torch.bool)
+                seen[0, [t for t in seq if VOCAB.is_text(t)]] = True
+                logits = model(torch.tensor([seq]))[:, -1].float()
+                seq.append(int((repetition_penalty(logits, seen, penalty) + text_only).argmax()))
+            expected.append(seq[len(prompt):])
+    got = sample(model, VOCAB, PROMPTS, params, compile="eager" if compile else False)
+    assert got == expected
+    # the penalty changed what was sampled, so the buffer of seen tokens was read
+    assert got != sample(model, VOCAB, PROMPTS, dataclasses.replace(params, repetition_penalty=1.0))
 
 
 def test_guide_formula_and_cdk_head():

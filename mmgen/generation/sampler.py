@@ -77,10 +77,10 @@ from mmgen.progress import progress_bar
 _DONE_CHECK_EVERY = 8
 _COMPILED_CACHE_MULTIPLE = 64
 _COMPILED_VARIANTS = 64
-"""How many graphs of one compiled function a process may keep: one per model configuration, sampling settings
-and batch shape (and per window width with Jacobi decoding). Dynamo's default limit, 8, is reached by a report
-that samples with a few settings and batch sizes; past it the whole step (``fullgraph``) fails and the model's
-forward silently runs eager."""
+"""How many graphs of one compiled function a process may keep: one per model configuration, sampling settings,
+batch shape and span of the cache read (and per window width with Jacobi decoding). Dynamo's default limit, 8,
+is reached by a report that samples with a few settings and batch sizes; past it the whole step (``fullgraph``)
+fails and the model's forward silently runs eager."""
 _PROGRESS_EVERY = 32
 
 
@@ -177,11 +177,12 @@ class CachedDecoding:
         self.forward_passes += 1
         return self.logits(fed, slot)
 
-    def logits(self, fed: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    def logits(self, fed: torch.Tensor, slot: torch.Tensor, span: int | None = None) -> torch.Tensor:
         """``step`` without counting the pass: a compiled whole step calls this, and its loop counts (a counter
-        changed inside a graph would be a constant baked into it, recompiled every step)."""
+        changed inside a graph would be a constant baked into it, recompiled every step). ``span``: the cache
+        slots the step reads (``Transformer.forward``'s ``cache_span``)."""
         slots = slot[:, None] + torch.arange(fed.shape[1], device=fed.device)
-        return self.decode(fed, input_pos=slots).float()
+        return self.decode(fed, input_pos=slots, cache_span=span).float()
 
 
 @torch.inference_mode()
@@ -338,15 +339,16 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
 
     The same tokens as ``_decode`` for a seed, up to the compiler's float rounding: the draw's random
     numbers (``race_times``) come from the same generator in the same order, drawn outside the graph and
-    fed to it, so the graph holds no random op and its shapes never change (no recompiles across steps);
-    the only host sync is the loop's check for the end (``_one_token_loop_ends``). The KV cache holds the
-    tokens, so ``seq`` is not written.
+    fed to it, so the graph holds no random op, and its shapes change only with the cache slots it reads
+    (``_cache_span``: a graph per power of two); the only host sync is the loop's check for the end
+    (``_one_token_loop_ends``). The KV cache holds the tokens, so ``seq`` is not written.
     """
     B = len(prompts)
     grammar = _Grammar(prompts, vocab, params, seq.device)
     is_cond = torch.arange(seq.shape[0], device=seq.device) < B
     generator = torch.Generator(device=seq.device).manual_seed(params.seed)
-    logits = decoding.prefill(seq[:, : int(row_len.max())], row_len)[:, None]
+    longest, cache_len, span = int(row_len.max()), seq.shape[1], 0
+    logits = decoding.prefill(seq[:, :longest], row_len)[:, None]
 
     def times():
         if params.temperature <= 0:
@@ -356,15 +358,19 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
     last = _decide(logits, grammar, params, times())
     fed_counts = torch.zeros_like(row_len)
     whole_step = _compiled_whole_step(backend)
-    with contextlib.ExitStack() as after_first_step:
+    with contextlib.ExitStack() as guards_checked:
         for step in itertools.count(1):
             if _one_token_loop_ends(step, grammar, params, progress):
                 break
+            new_span = _cache_span(longest + step, cache_len)  # step k writes slot longest + k - 1 at most
+            if new_span != span:  # another graph: its first step checks the guards (and compiles a new one)
+                guards_checked.close()
             last, row_len, fed_counts = whole_step(decoding.logits, grammar, params, vocab, last, row_len,
-                                                   fed_counts, is_cond, times())
+                                                   fed_counts, is_cond, times(), new_span)
             decoding.forward_passes += 1
-            if step == 1:
-                after_first_step.enter_context(_guards_already_checked())
+            if new_span != span:
+                guards_checked.enter_context(_guards_already_checked())
+                span = new_span
     return grammar.samples()
 
 
@@ -383,12 +389,24 @@ def _guards_already_checked() -> AbstractContextManager:
 
 
 def _whole_step(forward, grammar: _Grammar, params: SamplingParams, vocab, last, row_len, fed_counts, is_cond,
-                times):
-    """One decode step: feed every row its token, run the model on the KV cache, decide and record each
-    prompt's next token. Returns (the decided tokens [B], the rows' decided lengths, whether each fed token
-    counted)."""
+                times, span: int):
+    """One decode step: feed every row its token, run the model on the first ``span`` slots of the KV cache,
+    decide and record each prompt's next token. Returns (the decided tokens [B], the rows' decided lengths,
+    whether each fed token counted)."""
     row_len, fed_counts, window = _next_window(vocab, grammar.done, last, row_len, fed_counts, is_cond)
-    return _decide(forward(window, row_len), grammar, params, times), row_len, fed_counts
+    return _decide(forward(window, row_len, span), grammar, params, times), row_len, fed_counts
+
+
+def _cache_span(written: int, cache_len: int) -> int:
+    """The cache slots a compiled step reads when at most ``written`` are written: the next power of two from
+    ``_COMPILED_CACHE_MULTIPLE`` up, within the cache. Each span is a graph of its own, so a loop compiles
+    O(log length) graphs, and its attention reads at most twice the slots written, not the whole cache (a
+    demo decode step's attention at batch 8: 149 µs a layer over 128 slots, 58 µs over 64; docs/BENCHMARKS.md,
+    "Decode at batch 8")."""
+    span = _COMPILED_CACHE_MULTIPLE
+    while span < written:
+        span *= 2
+    return min(span, cache_len)
 
 
 @functools.cache
@@ -436,9 +454,13 @@ class _Grammar:
         self.image_left = torch.tensor(due, dtype=torch.long, device=device)  # codes + EOI still due
         self.n_images = (self.image_left > 0).long()
         self.done = torch.zeros(B, dtype=torch.bool, device=device)
-        self.seen = torch.zeros(B, V, dtype=torch.bool, device=device)  # text tokens so far (repetition penalty)
-        for b, prompt in enumerate(prompts):
-            self.seen[b, [t for t in prompt if vocab.is_text(int(t))]] = True
+        # text tokens so far, kept only for a repetition penalty: updating a [B, V] buffer costs a compiled
+        # step more than its draw
+        self.seen = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(B, V, dtype=torch.bool, device=device)
+            for b, prompt in enumerate(prompts):
+                self.seen[b, [t for t in prompt if vocab.is_text(int(t))]] = True
 
     def state(self) -> torch.Tensor:
         """Each prompt's modality state at its next token."""
@@ -473,7 +495,9 @@ class _Grammar:
         self.n_images += opened.long()
         self.image_left = torch.where(opened, self.image_len - 1, (self.image_left - count).clamp(min=0))
         is_text = live & vocab.is_text(last)
-        self.seen.scatter_(1, last[:, None], self.seen.gather(1, last[:, None]) | is_text[:, None])
+        if self.seen is not None:
+            # an indexed write, not scatter_: inductor copies a bool buffer twice around a scatter_
+            self.seen[rows, last] = self.seen[rows, last] | is_text
         if self.params.eos_stops:
             self.done = self.done | (live & (last == vocab.eos))
         self.done = self.done | (self.n_out >= self.params.max_new_tokens)
@@ -488,7 +512,9 @@ def _target(logits, state, grammar: _Grammar, params: SamplingParams):
     greedy, their probabilities after temperature, top-k and top-p."""
     B = grammar.out.shape[0]
     mask = grammar.mask_table[state][:, None]
-    target = penalise_repeats(logits[:B], grammar.seen[:, None], params.repetition_penalty) + mask
+    target = logits[:B] if grammar.seen is None else penalise_repeats(logits[:B], grammar.seen[:, None],
+                                                                        params.repetition_penalty)
+    target = target + mask
     if logits.shape[0] > B:
         guided = _guided_image_logits(logits, B, mask, params)
         target = torch.where((state == IMAGE)[:, None, None], guided, target)

@@ -301,7 +301,8 @@ class Attention(nn.Module):
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.setup_cache first")
-            k, v = self.kv_cache.update(input_pos, k, v)
+            # the cache mask's width is the slots this forward reads (Transformer.forward's cache_span)
+            k, v = self.kv_cache.update(input_pos, k, v, None if mask is None else mask.shape[-1])
             q = q.to(k.dtype)
         gqa = self.n_kv_heads != self.n_heads
         if input_pos is not None and _use_cached_math(q, mask):

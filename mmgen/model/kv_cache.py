@@ -46,10 +46,11 @@ class KVCache(nn.Module):
         return self.k.shape[2]
 
     def update(
-        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, span: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v [B, H, t, D] at slots input_pos [B, t]; return the whole cache."""
+        """Write k, v [B, H, t, D] at slots input_pos [B, t] (all below ``span``); return the cache's first
+        ``span`` slots (None: all of them)."""
         slots = input_pos[:, None, :]
         self.k[self.rows[: k.shape[0]], self.heads, slots] = k.to(self.k.dtype)
         self.v[self.rows[: v.shape[0]], self.heads, slots] = v.to(self.v.dtype)
-        return self.k, self.v
+        return self.k[:, :, :span], self.v[:, :, :span]

@@ -204,6 +204,7 @@ class Transformer(nn.Module):
         document_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         input_pos: torch.Tensor | None = None,
+        cache_span: int | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor | HiddenStates:
         """tokens [B, T] -> logits [B, T, V] in the compute dtype.
@@ -211,7 +212,10 @@ class Transformer(nn.Module):
         document_ids [B, T]: packed documents; attention stays inside each and
         positions restart per document unless ``positions`` is given.
         input_pos [B, T] or [T]: KV-cache slots to write (cached generation);
-        positions default to the slots.
+        positions default to the slots. cache_span: attention reads only the
+        cache's first ``cache_span`` slots (None: all), which must hold every
+        slot written so far and in this call: a decode loop reads what it has
+        written, not the whole cache (unchecked: checking would sync the host).
         return_hidden: return ``HiddenStates`` (final-norm output and head
         weight) instead of logits, for a loss that applies the head itself.
         """
@@ -220,7 +224,7 @@ class Transformer(nn.Module):
             if document_ids is not None:
                 raise ValueError("document_ids cannot be combined with the KV cache")
             input_pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
-            mask = cache_causal_mask(input_pos, self._cache_len())
+            mask = cache_causal_mask(input_pos, min(cache_span or self._cache_len(), self._cache_len()))
             if positions is None:
                 positions = input_pos
         else:
@@ -233,7 +237,8 @@ class Transformer(nn.Module):
         rotation = rope_rotation(positions, self.head_dim, self.cfg.rope_theta)
         h = self.tok_embeddings(tokens)
         if self.cfg.image_grid_embedding:
-            h = h + self._grid_embedding(tokens, positions, input_pos)
+            span = mask.shape[-1] if input_pos is not None else None
+            h = h + self._grid_embedding(tokens, positions, input_pos, span)
         for block in self.layers.values():
             h = block(h, rotation, mask, input_pos)
         h = self.norm(h)
@@ -241,7 +246,8 @@ class Transformer(nn.Module):
             return HiddenStates(h, self.output.weight)
         return self.output(h)
 
-    def _grid_embedding(self, tokens: torch.Tensor, positions: torch.Tensor, input_pos: torch.Tensor | None) -> torch.Tensor:
+    def _grid_embedding(self, tokens: torch.Tensor, positions: torch.Tensor, input_pos: torch.Tensor | None,
+                        cache_span: int | None = None) -> torch.Tensor:
         """Row plus column embedding of each image code's cell in its grid (codes follow their BOI in row-major
         order); zero for every other token. A code's cell is its distance from the last BOI of its document."""
         boi, rows, cols = self.cfg.image_layout
@@ -254,7 +260,7 @@ class Transformer(nn.Module):
             self.slot_tokens[torch.arange(B, device=tokens.device)[:, None], input_pos] = tokens
             # the causal rule of the KV cache: every slot up to a query's was written by this sequence, so a running
             # maximum over the row never reads a stale slot
-            written, slots = self.slot_tokens[:B], input_pos
+            written, slots = self.slot_tokens[:B, :cache_span], input_pos
         order = torch.arange(written.shape[1], device=tokens.device)
         last_boi = torch.where(written == boi, order, -1).cummax(dim=1).values.gather(1, slots)
         # positions restart with each packed document, so slots - positions is where the document starts
