@@ -55,6 +55,28 @@ def test_the_tiny_run_itself_passes_every_stage_check(tiny_run):
     assert (tiny_run / "samples" / "sample-0.json").exists()
 
 
+def test_a_mixed_corpus_with_fewer_documents_than_processes_is_one_error_line(tiny_run, tmp_path):
+    """Every rank draws from every corpus of a mixture: one with fewer documents than the training processes
+    stops pretraining before they start, in one line naming it (not a traceback per rank)."""
+    import numpy as np
+
+    from mmgen.data.token_shards import TokenShards, npy_bytes, write_mixture
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    train = run / "tokens" / "train"
+    n = len(TokenShards(str(train)))
+    shutil.move(str(train), str(tmp_path / "whole"))
+    shutil.copytree(tmp_path / "whole", train / "c0")
+    shutil.copytree(tmp_path / "whole", train / "c1")
+    (train / "c1" / "duplicates.npy").write_bytes(npy_bytes(np.arange(1, n)))  # one document left to train on
+    manifest = json.loads((train / "c0" / "manifest.json").read_text())
+    write_mixture(str(train), [{"folder": "c0", "weight": 0.5}, {"folder": "c1", "weight": 0.5}],
+                  {"vocab_size": manifest["vocab_size"]})
+    status, err = run_stage("train/pretrain.py", run, "--processes", "2")
+    assert_one_error_line(status, err, "c1 holds 1 documents to train on, fewer than the 2 training processes")
+
+
 # ----- corrupt files of a run folder -----
 
 JSON_MODES = sorted(CORRUPTIONS)

@@ -256,6 +256,11 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
     check_training_tokens(paths, paths.tokens("train"))
+    for corpus, _ in TokenShards(paths.tokens("train")).components:  # each rank draws from every mixed corpus
+        kept = len(corpus.kept_indices())
+        if kept < cfg.processes:
+            raise TokenShardError(f"{corpus.folder} holds {kept} documents to train on, fewer than the "
+                                  f"{cfg.processes} training processes (each draws its own): encode more into it")
     vocab = Vocab.load(paths.vocab)
     spec = build_model_spec(with_image_layout(cfg.model, vocab), vocab.size, cfg.name)
     check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
