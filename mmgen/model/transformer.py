@@ -249,7 +249,8 @@ class Transformer(nn.Module):
     def _grid_embedding(self, tokens: torch.Tensor, positions: torch.Tensor, input_pos: torch.Tensor | None,
                         cache_span: int | None = None) -> torch.Tensor:
         """Row plus column embedding of each image code's cell in its grid (codes follow their BOI in row-major
-        order); zero for every other token. A code's cell is its distance from the last BOI of its document."""
+        order); zero for every other token. A code's cell is its distance from the last BOI of its document.
+        Cached: the BOI is looked for in the first ``cache_span`` slots written (``forward``'s)."""
         boi, rows, cols = self.cfg.image_layout
         B, T = tokens.shape
         if input_pos is None:
