@@ -224,7 +224,8 @@ class Transformer(nn.Module):
             if document_ids is not None:
                 raise ValueError("document_ids cannot be combined with the KV cache")
             input_pos = input_pos.expand(B, T) if input_pos.dim() == 1 else input_pos
-            mask = cache_causal_mask(input_pos, min(cache_span or self._cache_len(), self._cache_len()))
+            cache_span = min(cache_span or self._cache_len(), self._cache_len())
+            mask = cache_causal_mask(input_pos, cache_span)
             if positions is None:
                 positions = input_pos
         else:
@@ -237,8 +238,7 @@ class Transformer(nn.Module):
         rotation = rope_rotation(positions, self.head_dim, self.cfg.rope_theta)
         h = self.tok_embeddings(tokens)
         if self.cfg.image_grid_embedding:
-            span = mask.shape[-1] if input_pos is not None else None
-            h = h + self._grid_embedding(tokens, positions, input_pos, span)
+            h = h + self._grid_embedding(tokens, positions, input_pos, cache_span)
         for block in self.layers.values():
             h = block(h, rotation, mask, input_pos)
         h = self.norm(h)

@@ -34,7 +34,7 @@ def check_sft_inputs(cfg: ExperimentConfig) -> str:
     fs, local = fsspec.core.url_to_fs(manifest)
     if not fs.exists(local):
         raise FileNotFoundError(f"missing input {manifest} (run tokenizers/encode_sft.py --config {cfg.name} first)")
-    check_training_tokens(paths, paths.tokens("sft-train"))
+    check_training_tokens(paths, paths.tokens("sft-train"), cfg.processes)
     checkpoints = posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder)
     steps = checkpoint_steps(checkpoints)
     if not steps:

@@ -255,24 +255,25 @@ def check_pretraining_inputs(cfg: ExperimentConfig) -> None:
         fs, local = fsspec.core.url_to_fs(path)
         if not fs.exists(local):
             raise FileNotFoundError(f"missing input {path} (run {stage} --config {cfg.name} first)")
-    check_training_tokens(paths, paths.tokens("train"))
-    for corpus, _ in TokenShards(paths.tokens("train")).components:  # each rank draws from every mixed corpus
-        kept = len(corpus.kept_indices())
-        if kept < cfg.processes:
-            raise TokenShardError(f"{corpus.folder} holds {kept} documents to train on, fewer than the "
-                                  f"{cfg.processes} training processes (each draws its own): encode more into it")
+    check_training_tokens(paths, paths.tokens("train"), cfg.processes)
     vocab = Vocab.load(paths.vocab)
     spec = build_model_spec(with_image_layout(cfg.model, vocab), vocab.size, cfg.name)
     check_resumable(paths.pretrain_dir, cfg.checkpoint.folder, described(spec))
 
 
-def check_training_tokens(paths: RunPaths, tokens: str) -> None:
-    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with the run's tokenizers."""
+def check_training_tokens(paths: RunPaths, tokens: str, processes: int) -> None:
+    """The run's vocabulary and text tokenizer read, and ``tokens`` holds documents encoded with the run's tokenizers,
+    in every mixed corpus at least one per training process (each rank draws from every corpus)."""
     vocab = Vocab.load(paths.vocab)
     load_text_tokenizer(paths, vocab)
     shards = TokenShards(tokens)
     if len(shards) == 0:
         raise TokenShardError(f"{tokens} holds no documents to train on")
+    for corpus, _ in shards.components:
+        kept = len(corpus.kept_indices())
+        if kept < processes:
+            raise TokenShardError(f"{corpus.folder} holds {kept} documents to train on, fewer than the "
+                                  f"{processes} training processes (each draws its own): encode more into it")
     if int(shards.manifest.get("vocab_size", vocab.size)) != vocab.size:
         raise StaleInputError(f"{tokens} was encoded with a vocabulary of {shards.manifest['vocab_size']} tokens, "
                               f"but {paths.vocab} has {vocab.size}: encode again")
