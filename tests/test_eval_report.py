@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -66,7 +67,9 @@ def test_report_writes_every_metric(tmp_path):
     # a validation report, for choosing settings, is written beside the held-out one and leaves it alone
     held_out_bytes = (tmp_path / "run" / "eval" / "metrics.json").read_bytes()
     cfg.eval.split = "validation"
+    shutil.rmtree(paths.tokens("heldout"))  # it reads no held-out document either, not even for bits per token
     validation = write_report(cfg, paths, model.eval(), tokenizer, step=0, log=lambda _: None)
+    assert validation["documents"] == 4 and np.isfinite(validation["text_bits_per_token"])
     assert (tmp_path / "run" / "eval" / "metrics.json").read_bytes() == held_out_bytes
     assert json.loads((tmp_path / "run" / "eval" / "metrics_validation.json").read_text())["split"] == "validation"
     assert (tmp_path / "run" / "eval" / "report_validation.html").exists()

@@ -318,7 +318,7 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     heldout_documents: int = 100
-    """Held-out token-shard documents scored for text/image bits per token (0: all)."""
+    """Held-out token-shard documents scored for text/image bits per token (0: all); with split 'validation', as many of the world's validation documents."""
     split: Literal["heldout", "validation"] = "heldout"
     """Scenes the shapes-world measurements use: 'validation' while choosing settings, 'heldout' for reported figures."""
     caption_images: int = 300

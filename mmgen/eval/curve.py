@@ -15,9 +15,8 @@ from typing import Callable
 import fsspec
 
 from mmgen.config import ExperimentConfig, RunPaths
-from mmgen.data.token_shards import TokenShards
 from mmgen.eval.likelihood import bits_per_token
-from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, t2i_eval
+from mmgen.eval.shapes_eval import caption_eval, classify_eval, eval_scenes, split_documents, t2i_eval
 from mmgen.eval.summary import read_json
 from mmgen.model.checkpoint import checkpoint_steps, load_trained_model
 from mmgen.progress import print_above, progress_bar
@@ -34,11 +33,10 @@ def tokens_per_step(cfg: ExperimentConfig, paths: RunPaths) -> int:
 
 
 def curve_point(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, items: int) -> dict[str, float]:
-    """The curve's measurements of one model on ``items`` scenes and held-out documents."""
+    """The curve's measurements of one model on ``items`` scenes and documents of the evaluation split."""
     e, world = cfg.eval, cfg.world
     scenes = lambda offset, **kw: eval_scenes(items, world, seed=e.seed + offset, split=e.split, **kw)
-    shards = TokenShards(paths.tokens("heldout"))
-    point = bits_per_token(model, (shards[i] for i in range(min(items, len(shards)))),
+    point = bits_per_token(model, split_documents(paths, tokenizer, world, e.split, items),
                            image_range=tokenizer.vocab.image_range, pad_id=tokenizer.vocab.pad,
                            max_len=cfg.model.max_seq_len, batch_size=e.batch_size)
     point["caption"] = caption_eval(model, tokenizer, scenes(0), e, world.image_size)["accuracy"]

@@ -1,17 +1,17 @@
 """The evaluation report of a run: ``<run>/eval/metrics.json`` and ``<run>/eval/report.html``.
 
 Measures, on held-out data only: bits per token per modality (held-out token
-shards), caption accuracy, text-to-image accuracy (through the scene
-analyser, itself checked on exact renders and on VQ round trips in the same
-run), generative classification of shape and colour in both directions, CM3
-infilling of images and text spans when pretraining used the CM3 form
-(``data.cm3_rate``), the image tokenizer's PSNR (read from its metrics
-file), and, in a world with named entities, knowledge of them (``knowledge.py``:
-head and tail, with and without retrieval, the retriever's recall of their
-definitions). Every accuracy comes
-with its chance level measured on the same predictions. Both files are
-written under a temporary name and renamed, so a reader never sees half a
-report.
+shards; with ``eval.split validation`` every figure, these included, is read
+on the world's validation split instead), caption accuracy, text-to-image
+accuracy (through the scene analyser, itself checked on exact renders and on
+VQ round trips in the same run), generative classification of shape and colour
+in both directions, CM3 infilling of images and text spans when pretraining
+used the CM3 form (``data.cm3_rate``), the image tokenizer's PSNR (read from
+its metrics file), and, in a world with named entities, knowledge of them
+(``knowledge.py``: head and tail, with and without retrieval, the retriever's
+recall of their definitions). Every accuracy comes with its chance level
+measured on the same predictions. Both files are written under a temporary
+name and renamed, so a reader never sees half a report.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from mmgen.eval.infill_eval import infill_eval
 from mmgen.data.entities import has_entities
 from mmgen.eval.knowledge import evaluate_knowledge, load_knowledge_retriever
 from mmgen.eval.likelihood import bits_per_token
-from mmgen.eval.shapes_eval import shapes_accuracies, world_documents
+from mmgen.eval.shapes_eval import shapes_accuracies, split_documents, world_documents
 from mmgen.eval.summary import read_json
 from mmgen.files import exists, write_atomic
 from mmgen.progress import print_above
@@ -54,10 +54,9 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
         log(f"[report] {name} done in {timings[name]:.1f}s")
         return result
 
-    shards = TokenShards(paths.tokens("heldout"))
-    count = len(shards) if e.heldout_documents <= 0 else min(e.heldout_documents, len(shards))
+    documents = split_documents(paths, tokenizer, world, e.split, e.heldout_documents)
     bits = timed("bits per token", lambda: bits_per_token(
-        model, (shards[i] for i in range(count)), image_range=tokenizer.vocab.image_range,
+        model, documents, image_range=tokenizer.vocab.image_range,
         pad_id=tokenizer.vocab.pad, max_len=cfg.model.max_seq_len, batch_size=e.batch_size))
     metrics.update(bits)
 
@@ -66,8 +65,10 @@ def evaluate(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, step: int
     caption, t2i, classes = shown["caption"], shown["t2i"], shown["classes"]
     infills = None
     if cfg.data.cm3_rate > 0 and e.infill_documents > 0:
-        # while settings are chosen (split 'validation'), documents of the world's validation split, not held-out ones
-        documents = shards if e.split == "heldout" else world_documents(tokenizer, world, e.infill_documents, e.split)
+        # while settings are chosen (split 'validation'), documents of the world's validation split, not held-out
+        # ones; held-out: every shard, since documents without a span are passed over
+        documents = (TokenShards(paths.tokens("heldout")) if e.split == "heldout"
+                     else world_documents(tokenizer, world, e.infill_documents, e.split))
         infills = timed("infilling", lambda: infill_eval(
             model, tokenizer, documents, documents=e.infill_documents, seed=e.seed, temperature=e.infill_temperature,
             cfg_scale=e.infill_cfg_scale, batch_size=e.batch_size, text_cue=cfg.data.cm3_text_cue))

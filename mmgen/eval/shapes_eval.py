@@ -20,6 +20,7 @@ from mmgen.config.schema import EvalConfig, WorldConfig
 from mmgen.data.document import Document
 from mmgen.data.shapes_world import (COLORS, SHAPES, describe_scene, random_document, random_scene, render_scene,
                                      scene_split, split_rng)
+from mmgen.data.token_shards import TokenShards
 from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
                                    permutation_chance)
 from mmgen.eval.classify import classify_both_ways
@@ -58,6 +59,16 @@ def world_documents(tokenizer, world: WorldConfig, count: int, split: str) -> li
     docs = [Document(parts=[item if isinstance(item, str) else render_scene(item, world.image_size)
                             for item in random_document(rng, world, split)]) for _ in range(count)]  # fmt: skip
     return [np.asarray(ids, dtype=np.int64) for ids in tokenizer.encode_documents(docs)]
+
+
+def split_documents(paths, tokenizer, world: WorldConfig, split: str, count: int) -> Sequence[np.ndarray]:
+    """The first ``count`` documents (0: every held-out one) of the evaluation ``split``, token ids: the held-out
+    token shards, or while settings are chosen the world's validation documents (``world_documents``), so a
+    validation report reads no held-out document, its bits per token included."""
+    if split == "heldout":
+        shards = TokenShards(paths.tokens("heldout"))
+        return [shards[i] for i in range(len(shards) if count <= 0 else min(count, len(shards)))]
+    return world_documents(tokenizer, world, count if count > 0 else len(TokenShards(paths.tokens("heldout"))), split)
 
 
 def _untimed(name: str, fn: Callable[[], Any]) -> Any:
