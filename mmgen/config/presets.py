@@ -14,7 +14,8 @@ from mmgen.cpu_features import cpu_has_amx_bf16
 def demo_steps() -> int:
     """Pretraining steps of the demo: as many as its 30 minutes (install included) leave once the other stages
     have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). The AVX2-only AMD EPYC trains in
-    fp32 at about 1 s a step: 570 steps, 20 minutes of stages in run O, ~25 with the install. An Intel Xeon with
+    fp32 at about 1.2 s a step: 570 steps, 20 minutes of stages in run O; with the world's questions and the grid
+    embedding 28 min 14 s with the install in run AE, a fresh machine (1 min 46 s to spare). An Intel Xeon with
     AMX trains in bf16 at 0.73 s a step and runs the other stages faster: 900 steps took 24 minutes with the
     install in run R, before the world's questions (about a minute more of world and encoding); 1,000 steps with
     them took 29 min 19 s with the install in run X, on a nearly quiet host (BENCHMARKS, "Run X": 41 s to spare).
