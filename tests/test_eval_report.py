@@ -105,5 +105,9 @@ def test_learning_curve_scores_every_kept_checkpoint(tmp_path):
         assert set(ACCURACY_KEYS) <= set(p) and all(0 <= p[k] <= 1 for k in ACCURACY_KEYS)
         assert np.isfinite(p["image_bits_per_token"])
     assert curve_png(points, "test")[:8] == b"\x89PNG\r\n\x1a\n"
+    cfg.eval.split = "validation"
+    shutil.rmtree(paths.tokens("heldout"))  # a validation curve reads no held-out document
+    validation = learning_curve(cfg, paths, tokenizer, "cpu", log=lambda _: None)
+    assert [p["step"] for p in validation] == [3, 6] and all(p["documents"] == 3 for p in validation)
     write_tensorboard(points, str(tmp_path / "tb"))
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

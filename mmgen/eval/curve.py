@@ -32,11 +32,12 @@ def tokens_per_step(cfg: ExperimentConfig, paths: RunPaths) -> int:
     return cfg.training.local_batch_size * cfg.training.seq_len * int(ranks)
 
 
-def curve_point(cfg: ExperimentConfig, paths: RunPaths, model, tokenizer, items: int) -> dict[str, float]:
-    """The curve's measurements of one model on ``items`` scenes and documents of the evaluation split."""
+def curve_point(cfg: ExperimentConfig, model, tokenizer, items: int, documents) -> dict[str, float]:
+    """The curve's measurements of one model on ``items`` scenes and ``documents`` (token ids) of the evaluation
+    split."""
     e, world = cfg.eval, cfg.world
     scenes = lambda offset, **kw: eval_scenes(items, world, seed=e.seed + offset, split=e.split, **kw)
-    point = bits_per_token(model, split_documents(paths, tokenizer, world, e.split, items),
+    point = bits_per_token(model, documents,
                            image_range=tokenizer.vocab.image_range, pad_id=tokenizer.vocab.pad,
                            max_len=cfg.model.max_seq_len, batch_size=e.batch_size)
     point["caption"] = caption_eval(model, tokenizer, scenes(0), e, world.image_size)["accuracy"]
@@ -57,10 +58,12 @@ def learning_curve(cfg: ExperimentConfig, paths: RunPaths, tokenizer, device, *,
     per_step = tokens_per_step(cfg, paths)
     points = []
     steps = checkpoint_steps(posixpath.join(paths.pretrain_dir, cfg.checkpoint.folder))
+    # the same documents score every checkpoint: read (or, for validation, written) once
+    documents = split_documents(paths, tokenizer, cfg.world, cfg.eval.split, items) if steps else []
     for step in progress_bar(steps, desc="learning curve", unit="checkpoint"):
         model, _ = load_trained_model(paths.pretrain_dir, checkpoint_folder=cfg.checkpoint.folder, step=step,
                                       device=device)
-        point = {"step": step, "tokens": step * per_step, **curve_point(cfg, paths, model, tokenizer, items)}
+        point = {"step": step, "tokens": step * per_step, **curve_point(cfg, model, tokenizer, items, documents)}
         log(f"[curve] step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in point.items() if isinstance(v, float)))
         points.append(point)
     return points
