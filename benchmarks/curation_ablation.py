@@ -15,7 +15,8 @@ shared. Then, in ``<run>/curation_ablation/``:
 - ``raw/``: pretraining on the run's token shards, the noisy corpus as it is;
 - ``curated/``: the training documents and caption pairs curated by ``curate_corpus`` (data/curate.py's call;
   reports in ``curated/curate/``): the CLIP-score filter (``curate.clip_*``) on both, concept balancing
-  (``curate.concepts``, ``curate.concept_cap``) on the pairs only, since a document names many concepts;
+  (``curate.concepts``, ``curate.concept_cap``; ``curate.concept_balance sample`` keeps every pair and lets the
+  loader draw each pass by the balancing's probabilities) on the pairs only, since a document names many concepts;
   encoded with the run's tokenizers and mixed by ``world.pretrain_caption_share`` like the raw arm; then
   pretraining with the same steps, batch and sequence length, so the same number of tokens;
 - ``filtered/``: as ``curated/`` without concept balancing: the same curated documents
@@ -47,6 +48,7 @@ from mmgen.config import ConfigError, ExperimentConfig, RunPaths
 from mmgen.data.world_noise import concept_counts, concept_groups
 from mmgen.device import generation_device
 from mmgen.data.corpus import open_corpus
+from mmgen.data.token_shards import TokenShards
 from mmgen.eval.curation_ablation import arm_metrics, markdown_tables, recaption_figures
 from mmgen.eval.curation_thresholds import document_thresholds, grid, recaption_thresholds, recaptioned_pairs
 from mmgen.eval.summary import read_json
@@ -103,9 +105,16 @@ def curated_corpus(cfg: ExperimentConfig, paths: RunPaths, arm: Path, name: str,
 
 
 def corpus_size(tokens_dir: str) -> dict[str, int]:
-    """Documents, caption pairs and tokens of a training split encoded from the world's two corpora (c0, c1)."""
-    docs, pairs = (read_json(f"{tokens_dir}/c{k}/manifest.json") for k in (0, 1))
-    return {"documents": docs["documents"], "caption_pairs": pairs["documents"], "tokens": docs["tokens"] + pairs["tokens"]}
+    """Documents, caption pairs and tokens of a training split encoded from the world's two corpora (c0, c1); the
+    tokens one pass draws where balancing keeps the data (sampling probabilities)."""
+    docs, pairs = (TokenShards(f"{tokens_dir}/c{k}") for k in (0, 1))
+
+    def per_pass(shards: TokenShards) -> int:
+        p = shards.sampling_probabilities()
+        return int(shards.lengths.sum() if p is None else (p * shards.lengths).sum())
+
+    return {"documents": docs.manifest["documents"], "caption_pairs": pairs.manifest["documents"],
+            "tokens": per_pass(docs) + per_pass(pairs)}  # fmt: skip
 
 
 def evaluated(cfg: ExperimentConfig, paths: RunPaths, arm: Path, tokenizer, groups: dict[str, list[str]]) -> dict:

@@ -11,12 +11,12 @@ from PIL import Image
 
 from bad_inputs import assert_one_error_line, run_stage
 from corpus_helpers import make_tokenizers, write_captions, write_imagefolder, write_mmc4, write_obelics
-from mmgen.config.schema import CurateConfig
-from mmgen.data.concepts import balance_by_concept, match_concepts, read_concepts
+from mmgen.config.schema import CurateConfig, DataConfig
+from mmgen.data.concepts import balance_by_concept, match_concepts, read_concepts, sampling_probabilities
 from mmgen.data.corpus import open_corpus
 from mmgen.data.corpus_writer import write_corpus
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError
+from mmgen.data.reading import SAMPLING_KEY, CorpusError
 from mmgen.data.shapes_world import describe_scene
 from mmgen.retrieval.corpus_curation import Pipeline
 from mmgen.retrieval.curation import repeats_earlier, score_threshold
@@ -147,6 +147,47 @@ def test_concept_balancing_caps_the_head_and_spares_the_tail():
     assert p.record.concepts["before"][concepts.index("red circle")] == 30
 
 
+def test_balancing_that_keeps_the_data_gives_each_document_its_chance_per_pass():
+    concepts = read_concepts("world")
+    texts = ["a red circle"] * 200 + ["a blue square"] * 5 + ["a red circle and a blue square"] + ["nothing"] * 3
+    matches = match_concepts(texts, concepts)
+    p = sampling_probabilities(matches, len(concepts), cap=20)
+    red = 20 / 201  # 201 documents name the red circle
+    assert np.allclose(p[:200], red) and (p[200:] == 1).all()  # a tail concept keeps the document that also names the head
+    kept = np.mean([balance_by_concept(matches, len(concepts), cap=20, keep_unmatched=True, seed=s) for s in range(300)], axis=0)
+    assert abs(kept[:200].mean() - red) < 0.01 and (kept[200:206] == 1).all()  # the chance that drop mode keeps one
+    cfg = CurateConfig(clip_filter="off", concepts="world", concept_cap=20, concept_balance="sample", keep_unmatched=False)
+    pipe = Pipeline(cfg, "captions", embedder=ColourEmbedder, concepts=concepts)
+    docs = pipe.run([pair("red", t) for t in texts])
+    assert len(docs) == 206 and pipe.record.steps[-1].removed == {"concept_unmatched": 3}
+    assert [d.metadata.get(SAMPLING_KEY) for d in docs[198:202]] == [round(red, 6)] * 2 + [None] * 2
+    per_pass = pipe.record.concepts["after"]
+    assert per_pass[concepts.index("red circle")] == pytest.approx(200 * red + 1, abs=0.1) and pipe.record.concepts["per_pass"]
+    assert per_pass[concepts.index("blue square")] == 6
+
+
+@pytest.mark.parametrize("kind", ["obelics", "mmc4", "captions"])
+def test_sampling_probabilities_survive_the_written_corpus(tmp_path, kind):
+    docs = [Document(parts=[f"a red circle {i}", solid("red")], image_metadata=[{}],
+                     metadata={SAMPLING_KEY: 0.25} if i % 2 else {}) for i in range(4)]  # fmt: skip
+    write_corpus(docs, kind, str(tmp_path / "out"))
+    again = list(open_corpus(str(tmp_path / "out"), kind, options=DataConfig(dedup_images=False)))
+    assert [d.metadata.get(SAMPLING_KEY) for d in again] == [None, 0.25, None, 0.25]
+    with pytest.raises(CorpusError, match="ImageFolder"):
+        write_corpus([Document(parts=[solid("red")], metadata={"label": "red", SAMPLING_KEY: 0.5})], "imagefolder",
+                     str(tmp_path / "folder"))  # fmt: skip
+
+
+def test_a_bad_sampling_probability_skips_its_record_counted(tmp_path):
+    write_corpus([pair("red", "a red circle")], "captions", str(tmp_path / "c"))
+    line = json.loads((tmp_path / "c" / "captions.jsonl").read_text())
+    rows = [{**line, SAMPLING_KEY: v} for v in (0.5, 0, 1.5, "high", True)]
+    (tmp_path / "c" / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    corpus = open_corpus(str(tmp_path / "c"), "captions", options=DataConfig(dedup_documents=False, dedup_images=False))
+    assert [d.metadata[SAMPLING_KEY] for d in corpus] == [0.5]
+    assert corpus.stats.skipped == {"bad_sampling_probability": 4}
+
+
 def test_cluster_balancing_and_near_duplicates():
     docs = [pair("red", f"red {i}") for i in range(12)] + [pair("blue", "blue"), pair("green", "green")]
     cfg = CurateConfig(clip_filter="off", clusters=2, cluster_cap=2)
@@ -249,6 +290,19 @@ def test_cli_bad_input_is_one_error_line(run_with_encoder, args, names):
     pairs = ["--curate.input", str(run_with_encoder / "pairs" / "c.jsonl")]
     status, err = run_stage("data/curate.py", run_with_encoder, *pairs, *(a.format(run=run_with_encoder) for a in args))
     assert_one_error_line(status, err, *names)
+
+
+def test_cli_balancing_that_keeps_the_data_writes_probabilities(run_with_encoder, tmp_path):
+    out = tmp_path / "curated"
+    args = ["--curate.clip_filter", "off", "--curate.concepts", "world", "--curate.concept_balance", "sample"]
+    status, err = run_stage("data/curate.py", run_with_encoder, "--curate.input", str(run_with_encoder / "pairs" / "c.jsonl"),
+                            "--curate.output", str(out), *args)  # fmt: skip
+    assert status == 0, err
+    assert len(list(open_corpus(str(out)))) == 4  # nothing is dropped; the pairs name no world concept: probability 1
+    folder = write_imagefolder(tmp_path / "folder")
+    status, err = run_stage("data/curate.py", run_with_encoder, "--curate.input", str(folder), "--curate.output",
+                            str(tmp_path / "out2"), *args)  # fmt: skip
+    assert_one_error_line(status, err, "ImageFolder", "curate.concept_balance")
 
 
 def test_decoder_captioner_captions_each_image_without_the_lead(tiny_tokenizer):

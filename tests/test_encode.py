@@ -97,6 +97,20 @@ def test_mixture_of_every_kind_encodes_with_summary_provenance_and_modality(tmp_
     assert abs(tokens[2] / sum(tokens) - 0.5) < 0.1 and abs(tokens[0] / sum(tokens) - 0.25) < 0.1
 
 
+def test_sampling_probabilities_of_a_curated_corpus_reach_the_loader(tmp_path, corpora, tokenizers):
+    pairs = tmp_path / "pairs" / "pairs.jsonl"
+    write_captions(pairs)
+    lines = [json.loads(line) for line in pairs.read_text().splitlines()]
+    lines[1]["sampling_probability"] = lines[3]["sampling_probability"] = 0.2  # as data/curate.py writes them
+    pairs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run = new_run(tmp_path, tokenizers)
+    encode(run, "--data.train_corpus", str(pairs), "--data.heldout_corpus", str(corpora["captions"]))
+    shards = TokenShards(str(run / "tokens" / "train"))
+    assert shards.sampling_probabilities() == pytest.approx([1, 0.2, 1, 0.2])
+    assert shards.metadata(1)["sampling_probability"] == 0.2 and "sampling_probability" not in shards.metadata(0)
+    assert TokenShards(str(run / "tokens" / "heldout")).sampling_probabilities() is None
+
+
 def test_shapes_world_pretrains_on_its_documents_and_caption_pairs_by_share(tmp_path, tokenizers):
     run = new_run(tmp_path, tokenizers)
     world = ("--world.train_documents", "30", "--world.train_caption_pairs", "20", "--world.heldout_documents", "4")

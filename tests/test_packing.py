@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from mmgen.data.packing import IGNORE_INDEX, PackedBatches
+from mmgen.data.reading import SAMPLING_KEY
+from mmgen.files import CorruptFileError
 from mmgen.data.token_shards import TokenShardError, TokenShards, TokenShardWriter, write_manifest, write_mixture
 
 
@@ -175,3 +177,63 @@ def test_another_world_size_restarts_each_corpus_at_its_earliest_epoch(tmp_path,
     fresh.streams[0].load({"epoch": epochs[1], "cursor": 0})
     a, b = next(iter(one)), next(iter(fresh))
     assert torch.equal(a[0]["input"], b[0]["input"])  # the epoch starts over from its first document
+
+
+def sampled_mixture(tmp_path):
+    """Component ``a``: 40 documents, the first 20 (token 7) drawn with probability 0.25, the rest (token 9)
+    always; component ``b``: plain (token 8)."""
+    writer = TokenShardWriter(str(tmp_path / "a"), vocab_size=1000, tokens_per_shard=60)
+    for i in range(40):
+        writer.add([7 if i < 20 else 9] * 10, {"row": i, **({SAMPLING_KEY: 0.25} if i < 20 else {})})
+    writer.finish()
+    write_manifest(str(tmp_path / "a"), writer.shards, vocab_size=1000)
+    write_component(tmp_path / "b", 10, 8, 10)
+    write_mixture(str(tmp_path), [{"folder": "a", "weight": 0.5}, {"folder": "b", "weight": 0.5}])
+    return TokenShards(str(tmp_path))
+
+
+def test_sampling_probabilities_draw_each_pass_anew(tmp_path):
+    shards = sampled_mixture(tmp_path)
+    entries = [s.get("sampling", False) for s in TokenShards(str(tmp_path / "a")).manifest["shards"]]
+    assert entries[0] and not entries[-1]  # only shards holding a probability below 1 get a sampling file
+    p = shards.sampling_probabilities()
+    assert p.tolist() == [0.25] * 20 + [1.0] * 30 and TokenShards(str(tmp_path / "b")).sampling_probabilities() is None
+    stream = PackedBatches(shards, seq_len=64, batch_size=1, pad_id=0, seed=1).streams[0]
+    passes = [set(stream._epoch_order(e).tolist()) for e in range(200)]
+    assert all(set(range(20, 40)) <= drawn for drawn in passes)  # probability 1: in every pass
+    share = np.mean([len(drawn & set(range(20))) / 20 for drawn in passes])
+    assert abs(share - 0.25) < 0.02, share
+    assert len(set().union(*passes) & set(range(20))) == 20  # nothing is dropped for good
+    # the ranks split the same draw of each pass
+    ranks = [PackedBatches(shards, seq_len=64, batch_size=1, pad_id=0, seed=1, dp_rank=r, dp_world_size=2).streams[0]
+             for r in range(2)]  # fmt: skip
+    for e in range(5):
+        assert set(ranks[0]._epoch_order(e)) | set(ranks[1]._epoch_order(e)) == set(stream._epoch_order(e))
+
+
+def test_sampled_corpus_keeps_its_token_share_and_resumes_exactly(tmp_path):
+    shards = sampled_mixture(tmp_path)
+    reference = PackedBatches(shards, seq_len=40, batch_size=2, pad_id=0, seed=2)
+    it = iter(reference)
+    expected = [next(it) for _ in range(200)]  # about 30 passes over component a
+    tokens = torch.cat([inputs["input"] for inputs, _ in expected])
+    counts = {t: int((tokens == t).sum()) for t in (7, 8, 9)}
+    assert abs((counts[7] + counts[9]) / sum(counts.values()) - 0.5) < 0.05  # the mixture's share holds
+    assert 0.16 < counts[7] / (counts[7] + counts[9]) < 0.24, counts  # 20 × 0.25 of every 25 drawn: 0.2
+    partial = PackedBatches(shards, seq_len=40, batch_size=2, pad_id=0, seed=2)
+    it = iter(partial)
+    for _ in range(17):
+        next(it)
+    resumed = PackedBatches(shards, seq_len=40, batch_size=2, pad_id=0, seed=2)
+    resumed.load_state_dict(json.loads(json.dumps(partial.state_dict())))
+    it = iter(resumed)
+    for ref in expected[17:60]:
+        assert torch.equal(next(it)[0]["input"], ref[0]["input"])
+
+
+def test_a_bad_sampling_file_is_a_clear_error(tmp_path):
+    sampled_mixture(tmp_path)
+    first = TokenShards(str(tmp_path / "a")).manifest["shards"][0]["name"]
+    np.save(tmp_path / "a" / f"{first}.sampling.npy", np.array([0.5, 0.0], dtype=np.float32))
+    with pytest.raises(CorruptFileError, match=r"sampling.npy is not a readable token-shard sampling file.*\(0, 1\]"):
+        TokenShards(str(tmp_path)).sampling_probabilities()

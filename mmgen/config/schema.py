@@ -452,6 +452,8 @@ class CurateConfig:
     """Concept balancing (MetaCLIP): a file of one concept per line, or 'world' (the shapes world's colour-shape combinations); empty: off."""
     concept_cap: int = 100
     """Documents a concept keeps about at most (each of a more frequent concept's documents kept with probability cap/count)."""
+    concept_balance: Literal["drop", "sample"] = "drop"
+    """'drop': the documents concept balancing does not keep are removed, once; 'sample': every document stays, with its chance to be kept as a sampling probability that the loader draws each pass by (MetaCLIP's online balancing: the head's variety stays reachable)."""
     keep_unmatched: bool = True
     """Keep documents whose text names no concept (MetaCLIP drops them)."""
     clusters: int = 0

@@ -5,7 +5,8 @@
 metadata (the shapes world keeps each scene's ground truth there). A document is the caption and the
 image in ``data.caption_order`` ('both' by default: even rows put the caption first and odd rows the
 image first, so a model learns both directions, text to
-image and image to text, as CM3leon trains). Files may be plain, ``.zip`` or ``.gz`` like MMC4's.
+image and image to text, as CM3leon trains). An optional top-level ``sampling_probability`` is the pair's chance
+to be drawn in one pass (``mmgen.data.reading.SAMPLING_KEY``). Files may be plain, ``.zip`` or ``.gz`` like MMC4's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import fsspec
 from mmgen.data.curation import Curator, ImageItem
 from mmgen.data.document import Document
 from mmgen.data.mmc4 import read_jsonl_shard
-from mmgen.data.reading import ReadStats, SkipRow
+from mmgen.data.reading import ReadStats, SkipRow, sampling_field
 
 SUFFIXES = (".jsonl", ".jsonl.zip", ".jsonl.gz")
 
@@ -29,7 +30,7 @@ def parse_record(record: dict[str, Any], caption_order: str, row: int = 0) -> tu
     if not isinstance(metadata, dict):
         metadata = {"value": metadata}
     item = ImageItem(ref=image, metadata=metadata)
-    return in_caption_order(caption, item, caption_order, row), {"image": image}
+    return in_caption_order(caption, item, caption_order, row), {"image": image, **sampling_field(record)}
 
 
 def in_caption_order(caption: str, image: ImageItem, caption_order: str, row: int) -> list[str | ImageItem]:

@@ -5,6 +5,11 @@ case-insensitively); a concept that ``cap`` or fewer documents match keeps them 
 each of its documents with probability ``cap / count``, and a document survives when any of its concepts
 keeps it. The head of a long-tailed distribution is flattened to about ``cap`` per concept while the tail is
 untouched. Documents that match no concept are kept or dropped by choice (MetaCLIP drops them).
+
+Dropping documents once removes the head's variety for good; with the data repeated over several passes, that
+cost more than the tail gained (docs/BENCHMARKS.md, issue 18 part 5). ``sampling_probabilities`` gives the same
+balance per pass instead: every document stays, and the loader draws each pass's documents with those
+probabilities (MetaCLIP's online balancing).
 """
 
 from __future__ import annotations
@@ -50,16 +55,29 @@ def match_concepts(texts: Sequence[str], concepts: Sequence[str]) -> list[list[i
     return [sorted({index[m.group(0)] for m in pattern.finditer(text.lower())}) for text in texts]
 
 
+def concept_probabilities(matches: Sequence[Sequence[int]], n_concepts: int, *, cap: int) -> np.ndarray:
+    """Each concept's keep probability: min(1, cap / the number of documents naming it)."""
+    counts = Counter(c for m in matches for c in m)
+    return np.array([min(1.0, cap / counts[c]) if counts[c] else 1.0 for c in range(n_concepts)])
+
+
 def balance_by_concept(matches: Sequence[Sequence[int]], n_concepts: int, *, cap: int, keep_unmatched: bool,
                        seed: int = 0) -> np.ndarray:  # fmt: skip
     """Keep mask: MetaCLIP's sampling, each concept's documents kept with probability min(1, cap / its count)."""
-    counts = Counter(c for m in matches for c in m)
-    p_concept = np.array([min(1.0, cap / counts[c]) if counts[c] else 1.0 for c in range(n_concepts)])
+    p_concept = concept_probabilities(matches, n_concepts, cap=cap)
     rng = np.random.default_rng(seed)
     keep = np.empty(len(matches), dtype=bool)
     for i, m in enumerate(matches):
         keep[i] = keep_unmatched if not m else bool((rng.random(len(m)) < p_concept[list(m)]).any())
     return keep
+
+
+def sampling_probabilities(matches: Sequence[Sequence[int]], n_concepts: int, *, cap: int) -> np.ndarray:
+    """Each document's chance to be kept by ``balance_by_concept`` (any of its concepts keeping it: one minus the
+    product of their drop probabilities), 1 for a document naming no concept. Balancing that keeps the data
+    draws each pass over the corpus with these probabilities instead of dropping documents once."""
+    p_concept = concept_probabilities(matches, n_concepts, cap=cap)
+    return np.array([1.0 - float(np.prod(1.0 - p_concept[list(m)])) if m else 1.0 for m in matches])
 
 
 def concept_counts(matches: Sequence[Sequence[int]], n_concepts: int) -> np.ndarray:

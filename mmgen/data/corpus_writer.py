@@ -10,7 +10,8 @@ The inverse of the readers, for stages that rewrite a corpus (``data/curate.py``
 
 Images are re-encoded as PNG (the decoded pixels are what was curated; original bytes and formats are not
 kept). Document metadata survives, less what the reader adds on every read (``content_hash``) and with the
-reader's provenance kept as ``origin`` (source, row). The folder is written under a temporary name and renamed
+reader's provenance kept as ``origin`` (source, row); a document's sampling probability (``SAMPLING_KEY``) goes where its kind's
+reader finds it, and an ImageFolder, which has nowhere to keep it, refuses it. The folder is written under a temporary name and renamed
 over ``out_dir`` when complete, so a reader never sees half a corpus.
 """
 
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError
+from mmgen.data.reading import SAMPLING_KEY, CorpusError
 from mmgen.data.shapes_world import OBELICS_SCHEMA, png_bytes
 
 ROWS_PER_SHARD = 1000
@@ -97,12 +98,16 @@ def _captions(docs: list[Document], fs, root: str) -> None:
         with fs.open(posixpath.join(root, relative), "wb") as f:
             f.write(png_bytes(doc.images[0]))
         metadata = doc.image_metadata[0] if doc.image_metadata else {}
-        lines.append(json.dumps({"image": relative, "caption": " ".join(doc.texts), "metadata": metadata}))
+        sampling = {SAMPLING_KEY: doc.metadata[SAMPLING_KEY]} if SAMPLING_KEY in doc.metadata else {}
+        lines.append(json.dumps({"image": relative, "caption": " ".join(doc.texts), "metadata": metadata, **sampling}))
     with fs.open(posixpath.join(root, "captions.jsonl"), "w") as f:
         f.write("".join(line + "\n" for line in lines))
 
 
 def _imagefolder(docs: list[Document], fs, root: str) -> None:
+    if any(SAMPLING_KEY in doc.metadata for doc in docs):
+        raise CorpusError("an ImageFolder corpus has no place for sampling probabilities (curate.concept_balance "
+                          "'sample'): write it as caption pairs (data.corpus_kind captions) or use 'drop'")
     for row, doc in enumerate(docs):
         label = doc.metadata.get("label")
         if not isinstance(label, str) or not label or "/" in label:

@@ -25,7 +25,7 @@ import fsspec
 
 from mmgen.data.curation import Curator, ImageItem, Parsed
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError, ReadStats, SkipRow
+from mmgen.data.reading import CorpusError, ReadStats, SkipRow, sampling_field
 
 SUFFIXES = (".jsonl", ".jsonl.zip", ".jsonl.gz")
 
@@ -130,4 +130,4 @@ def parse_record(record: dict[str, Any]) -> Parsed:
         items.append(" ".join(sentences))
     items.extend(before.get(len(texts), []))
     metadata = {k: record[k] for k in ("url", "could_have_url_duplicate") if k in record}
-    return items, metadata
+    return items, {**metadata, **sampling_field(record)}

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from mmgen.data.curation import Curator, ImageItem
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError, ReadStats, SkipRow, list_files, source_name
+from mmgen.data.reading import CorpusError, ReadStats, SkipRow, list_files, sampling_field, source_name
 
 __all__ = ["CorpusError", "ReadStats", "SkipRow", "list_shards", "read_obelics", "read_shard"]
 
@@ -104,6 +104,7 @@ def parse_record(record: dict[str, Any]) -> tuple[list[str | ImageItem], dict[st
         raise SkipRow("all_null")
     metadata = _json(record.get("metadata"), list)
     general = _json(record.get("general_metadata"), dict) or {}
+    general.update(sampling_field(general))  # checked: the loader draws the document by it
     if metadata is not None and len(metadata) != len(texts):
         raise SkipRow("bad_metadata")
     items: list[str | ImageItem] = []

@@ -19,6 +19,10 @@ Order: every epoch of every corpus draws a fresh permutation from
 ``(seed, corpus, epoch)``; data-parallel rank ``r`` of ``n`` takes positions
 ``r, r + n, …`` of it. Cross-shard duplicates that encode marked are left out.
 
+Sampling: a corpus whose documents carry sampling probabilities (``TokenShards.sampling_probabilities``,
+written by data/curate.py's balancing that keeps the data) draws each epoch's documents anew, each with its
+probability, from ``(seed, corpus, epoch)`` before the ranks split the epoch; an epoch is one such pass.
+
 Mixing: a mixture folder (several corpora, each with a weight) is read by
 stride scheduling on tokens — the next document comes from the corpus whose
 consumed tokens divided by its weight is smallest — so every prefix of the
@@ -56,6 +60,7 @@ class _Stream:
         self.start = start
         self.transforms = transforms
         self.kept = corpus.kept_indices()
+        self.probabilities = corpus.sampling_probabilities()
         if len(self.kept) < dp_world_size:
             raise ValueError(
                 f"{corpus.folder} holds {len(self.kept)} documents, fewer than {dp_world_size} data-parallel ranks"
@@ -68,6 +73,10 @@ class _Stream:
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         perm = np.random.default_rng((self.seed, self.index, epoch)).permutation(self.kept)
+        if self.probabilities is not None:  # this pass's draw, the same on every rank
+            drawn = np.random.default_rng((self.seed, self.index, epoch, 1)).random(len(perm)) < self.probabilities[perm]
+            if drawn.sum() >= self.dp_world_size:  # else (a tiny corpus) the whole pass: no rank goes empty
+                perm = perm[drawn]
         return perm[self.dp_rank :: self.dp_world_size]
 
     def peek(self, infinite: bool) -> TrainingDocument | None:

@@ -25,6 +25,22 @@ _NETWORK_PROTOCOLS = ("http://", "https://")
 MAX_DOWNLOAD_BYTES = 64 << 20  # no image worth tokenizing is larger; a bigger body is not read to the end
 
 
+SAMPLING_KEY = "sampling_probability"
+"""Document metadata: the chance that the loader draws the document in one pass over its corpus, in (0, 1]
+(written by data/curate.py's balancing that keeps the data, ``curate.concept_balance sample``); absent: 1.
+Caption-pair and MMC4 records carry it as a top-level field, OBELICS rows in ``general_metadata``."""
+
+
+def sampling_field(record: dict) -> dict:
+    """``{SAMPLING_KEY: p}`` of a record that carries one, else ``{}``; ``SkipRow`` when it is no number in (0, 1]."""
+    if SAMPLING_KEY not in record:
+        return {}
+    p = record[SAMPLING_KEY]
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise SkipRow("bad_sampling_probability")
+    return {SAMPLING_KEY: float(p)}
+
+
 class CorpusError(ValueError):
     """A corpus file (or URL) that is wrong as a whole; the message names it."""
 

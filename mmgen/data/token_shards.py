@@ -9,6 +9,8 @@ A shard ``<name>`` is a few files, each memory-mappable ``.npy`` on local disk:
   source, and a content hash (0: none) used to find duplicates across shards
 - ``<name>.meta.jsonl``   per document: provenance and image ground truth, JSON
 - ``<name>.index.npy``    the document offsets (int64, ``n_docs + 1``), so document ``i`` is O(1)
+- ``<name>.sampling.npy`` (only when a document has one; its manifest entry then says ``"sampling": true``)
+  float32 per document: its chance to be drawn in one pass of the loader (``SAMPLING_KEY``), 1 for the others
 
 Every file is written under a temporary name and renamed, the index last: a shard without its index is
 unfinished and never listed. The folder's ``manifest.json`` lists finished shards in order and is written
@@ -29,6 +31,7 @@ from typing import Any, Iterable, Sequence
 import fsspec
 import numpy as np
 
+from mmgen.data.reading import SAMPLING_KEY
 from mmgen.files import CorruptFileError, reading, write_atomic
 
 SPECIAL, TEXT, IMAGE = 0, 1, 2
@@ -84,6 +87,7 @@ class TokenShardWriter:
         self._docs: list[np.ndarray] = []
         self._meta: list[dict[str, Any]] = []
         self._rows: list[tuple[int, int, int]] = []
+        self._sampling: list[float] = []
         self._tokens = 0
 
     def add(self, ids: Sequence[int], meta: dict[str, Any], *, content_hash: int = 0) -> None:
@@ -97,6 +101,7 @@ class TokenShardWriter:
         self._docs.append(np.asarray(ids, dtype=self.dtype))
         self._meta.append(meta)
         self._rows.append((source_id, -1 if row is None else int(row), int(content_hash)))
+        self._sampling.append(float(meta.get(SAMPLING_KEY, 1.0)))
         self._tokens += len(ids)
         if self._tokens >= self.tokens_per_shard:
             self.flush()
@@ -116,8 +121,12 @@ class TokenShardWriter:
                          npy_bytes(modality_of(tokens, self.vocab.text_range, self.vocab.image_range)), self.fs)  # fmt: skip
         write_atomic(base + ".docs.npy", npy_bytes(np.array(self._rows, dtype=np.int64).reshape(-1, 3)), self.fs)
         write_atomic(base + ".meta.jsonl", meta, self.fs)
+        entry = {"name": name, "documents": len(self._docs), "tokens": int(offsets[-1])}
+        if any(p != 1.0 for p in self._sampling):
+            write_atomic(base + ".sampling.npy", npy_bytes(np.array(self._sampling, dtype=np.float32)), self.fs)
+            entry["sampling"] = True
         write_atomic(base + ".index.npy", npy_bytes(offsets), self.fs)  # last: marks the shard finished
-        self.shards.append({"name": name, "documents": len(self._docs), "tokens": int(offsets[-1])})
+        self.shards.append(entry)
         self.shard_index += 1
         self._reset()
 
@@ -237,6 +246,30 @@ class TokenShards:
         keep = np.ones(len(self), dtype=bool)
         keep[self.duplicates] = False
         return np.flatnonzero(keep)
+
+    def sampling_probabilities(self) -> np.ndarray | None:
+        """Each document's chance to be drawn in one pass of the loader (float64, ``len(self)``), or None when
+        every document's is 1 (no shard of the folder, or of any mixture component, has a sampling file)."""
+        if self.is_mixture:
+            parts = [c.sampling_probabilities() for c, _ in self.components]
+            if all(p is None for p in parts):
+                return None
+            return np.concatenate([np.ones(len(c)) if p is None else p for (c, _), p in zip(self.components, parts)])
+        entries = self.manifest["shards"]
+        if not any(e.get("sampling") for e in entries):
+            return None
+        parts = []
+        for k, (entry, shard) in enumerate(zip(entries, self._shards)):
+            n = len(shard.offsets) - 1
+            if not entry.get("sampling"):
+                parts.append(np.ones(n))
+                continue
+            with reading(shard.base + ".sampling.npy", "token-shard sampling file"):
+                p = np.asarray(self._side(k, ".sampling.npy"), dtype=np.float64)
+                if p.shape != (n,) or not ((p > 0) & (p <= 1)).all():
+                    raise ValueError(f"it needs {n} probabilities in (0, 1], one per document")
+            parts.append(p)
+        return np.concatenate(parts)
 
     def _locate(self, i: int) -> tuple[int, int]:
         if not 0 <= i < len(self):

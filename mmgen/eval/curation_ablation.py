@@ -95,7 +95,7 @@ def markdown_tables(result: dict) -> str:
     arms = result["arms"]
     versus = comparisons(list(arms))
     lines = [f"Training tokens per arm: {result['training_tokens_each']:,}; held-out {result['split']} scenes.", "",
-             "| arm | documents | caption pairs | training tokens in the corpus | passes over it |", "|---|---|---|---|---|"]
+             "| arm | documents | caption pairs | training tokens in the corpus (drawn per pass) | passes over it |", "|---|---|---|---|---|"]
     for name, arm in arms.items():
         c = arm["corpus"]
         lines.append(f"| {name} | {c['documents']:,} | {c['caption_pairs']:,} | {c['tokens']:,} | "

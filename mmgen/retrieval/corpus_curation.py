@@ -11,7 +11,8 @@ Steps, in order, each optional and each recorded (documents in and out, removals
    (DataComp);
 5. ``recaption`` (BLIP's CapFilt): the images of caption pairs step 4 removed are captioned by the trained
    decoder, and a new caption that scores at least ``recaption_threshold`` makes the pair again;
-6. ``concepts``: MetaCLIP's balancing of the texts against a concept list (``mmgen.data.concepts``);
+6. ``concepts``: MetaCLIP's balancing of the texts against a concept list (``mmgen.data.concepts``), dropping
+   documents once or (``concept_balance sample``) keeping them all with a sampling probability per pass;
 7. ``clusters``: at most ``cluster_cap`` documents per FAISS k-means cluster of image embeddings.
 
 A removed image removes a caption pair or ImageFolder document; an interleaved document (OBELICS, MMC4) only
@@ -30,9 +31,10 @@ import numpy as np
 from PIL import Image
 
 from mmgen.config.schema import CurateConfig
-from mmgen.data.concepts import balance_by_concept, concept_counts, match_concepts
+from mmgen.data.concepts import balance_by_concept, concept_counts, match_concepts, sampling_probabilities
 from mmgen.data.curation import merge_texts
 from mmgen.data.document import Document
+from mmgen.data.reading import SAMPLING_KEY
 from mmgen.eval.attributes import caption_states_scene
 from mmgen.generation.captioning import caption_images, sft_caption_images
 from mmgen.retrieval.curation import (alignment_scores, assign_images_to_sentences, balance_by_cluster, repeats_earlier,
@@ -311,13 +313,29 @@ class Pipeline:
         return out
 
     def balance_concepts(self, docs: list[Document]) -> list[Document]:
+        """MetaCLIP's balancing: the documents it does not keep removed ('drop'), or every document kept with its
+        chance to be kept as its sampling probability ('sample'; ``after`` then counts documents per pass)."""
         c = self.cfg
-        step = self._step("concepts", {"concepts": c.concepts, "cap": c.concept_cap, "keep_unmatched": c.keep_unmatched}, docs)
+        step = self._step("concepts", {"concepts": c.concepts, "cap": c.concept_cap, "keep_unmatched": c.keep_unmatched,
+                                       "balance": c.concept_balance}, docs)  # fmt: skip
+        n = len(self.concepts)
         matches = match_concepts([" ".join(d.texts) for d in docs], self.concepts)
-        keep = balance_by_concept(matches, len(self.concepts), cap=c.concept_cap, keep_unmatched=c.keep_unmatched, seed=c.seed)
-        kept_matches = [m for m, k in zip(matches, keep) if k]
-        self.record.concepts = {"names": list(self.concepts), "before": concept_counts(matches, len(self.concepts)).tolist(),
-                                "after": concept_counts(kept_matches, len(self.concepts)).tolist()}  # fmt: skip
+        before = concept_counts(matches, n).tolist()
+        if c.concept_balance == "sample":
+            keep = np.array([bool(m) or c.keep_unmatched for m in matches])
+            probabilities = sampling_probabilities(matches, n, cap=c.concept_cap)
+            for doc, p in zip(docs, probabilities):
+                if p < 1.0:
+                    doc.metadata[SAMPLING_KEY] = round(float(p), 6)
+            per_pass = np.zeros(n)
+            for m, p, k in zip(matches, probabilities, keep):
+                per_pass[list(m)] += p * k
+            self.record.concepts = {"names": list(self.concepts), "before": before, "after": per_pass.round(1).tolist(),
+                                    "per_pass": True}
+        else:
+            keep = balance_by_concept(matches, n, cap=c.concept_cap, keep_unmatched=c.keep_unmatched, seed=c.seed)
+            self.record.concepts = {"names": list(self.concepts), "before": before,
+                                    "after": concept_counts([m for m, k in zip(matches, keep) if k], n).tolist()}
         return self._keep(docs, keep, step, lambda m: "concept_unmatched" if not m else "concept_cap", matches)
 
     def balance_clusters(self, docs: list[Document]) -> list[Document]:

@@ -10,7 +10,7 @@ from mmgen.config import ConfigError, ExperimentConfig, RunPaths
 from mmgen.data.concepts import read_concepts
 from mmgen.data.corpus import detect_kind, open_corpus
 from mmgen.data.corpus_writer import write_corpus
-from mmgen.data.reading import CorpusError
+from mmgen.data.reading import SAMPLING_KEY, CorpusError
 from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, load_pretrained_model, load_trained_model
 from mmgen.progress import progress_bar
@@ -31,6 +31,9 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
     out_dir = c.output or paths.curated_corpus
     if _inside(url, out_dir):
         raise ConfigError(f"curate.output {out_dir} holds the input {url}: writing it would replace the input")
+    if c.concepts and c.concept_balance == "sample" and kind == "imagefolder":
+        raise ConfigError("curate.concept_balance 'sample' writes a sampling probability per document, which an "
+                          "ImageFolder has no place for: write the corpus as caption pairs or use 'drop'")
     corpus = open_corpus(url, kind, options=cfg.data)  # image_size 0: images are written back as they came
     concepts = read_concepts(c.concepts) if c.concepts else None
     # what the chosen steps need is loaded before the corpus is read, so a missing input fails at once
@@ -66,6 +69,10 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
         removed = ", ".join(f"{r} {n}" for r, n in sorted((step.removed + step.images_removed).items())) or "nothing removed"
         made = f", made {step.added}" if step.added else f", rewrote {step.changed}" if step.changed else ""
         log(f"{step.name}: {step.documents_in} -> {step.documents_out} documents ({removed}{made})")
+    if pipeline.record.concepts.get("per_pass"):
+        sampled = sum(0 < d.metadata.get(SAMPLING_KEY, 1) < 1 for d in kept)
+        log(f"concepts: {sampled} documents drawn with a probability below 1 per pass, "
+            f"{sum(d.metadata.get(SAMPLING_KEY, 1) for d in kept):.0f} of {written} expected per pass")
     for noise, truth in pipeline.record.ground_truth.items():
         if truth.get("scored"):
             recaptioned = (f"; of those it removed, {truth.get('recaptioned', 0)} recaptioned, "

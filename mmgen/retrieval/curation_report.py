@@ -55,14 +55,15 @@ def score_plot(scores: list[float], kinds: list[str], threshold: float | None, r
     return _figure_png(fig)
 
 
-def counts_plot(before: list[int], after: list[int], names: list[str] | None, title: str) -> bytes:
+def counts_plot(before: list[int], after: list[float], names: list[str] | None, title: str,
+                after_label: str = "after") -> bytes:  # fmt: skip
     """Documents per concept (or cluster) before and after balancing, most frequent first."""
     plt = _pyplot()
     order = np.argsort(before)[::-1]
     fig, ax = plt.subplots(figsize=(8, 3.5))
     x = np.arange(len(order))
     ax.bar(x - 0.2, np.asarray(before)[order], width=0.4, label="before")
-    ax.bar(x + 0.2, np.asarray(after)[order], width=0.4, label="after")
+    ax.bar(x + 0.2, np.asarray(after)[order], width=0.4, label=after_label)
     if names and len(names) <= 40:
         ax.set_xticks(x, [names[i] for i in order], rotation=60, ha="right", fontsize=7)
     ax.set(ylabel="documents", title=title)
@@ -114,8 +115,10 @@ def write_curation_report(record: CurationRecord, out_dir: str, *, title: str, s
         plots.append(("clip_scores.png", score_plot(record.clip_scores, record.clip_kinds, record.clip_threshold,
                                                     record.recaption_scores)))  # fmt: skip
     if record.concepts:
+        per_pass = record.concepts.get("per_pass", False)
         plots.append(("concepts.png", counts_plot(record.concepts["before"], record.concepts["after"],
-                                                  record.concepts["names"], "documents per concept")))  # fmt: skip
+                                                  record.concepts["names"], "documents per concept",
+                                                  "drawn per pass (expected)" if per_pass else "after")))  # fmt: skip
     if record.clusters:
         plots.append(("clusters.png", counts_plot(record.clusters["before"], record.clusters["after"], None,
                                                   "documents per image cluster")))  # fmt: skip

@@ -32,7 +32,7 @@ import fsspec
 
 from mmgen.data.corpus import Corpus
 from mmgen.data.document import Document
-from mmgen.data.reading import CorpusError, ReadStats
+from mmgen.data.reading import SAMPLING_KEY, CorpusError, ReadStats
 from mmgen.data.token_shards import TokenShardWriter, write_manifest, write_mixture
 from mmgen.files import write_atomic
 from mmgen.progress import progress_bar
@@ -62,7 +62,8 @@ def pretokenize(
     last_log = time.monotonic()
     for chunk in _chunks(documents, image_batch_size):
         for doc, ids in zip(chunk, tokenizer.encode_documents(chunk)):
-            meta = {"source": doc.metadata.get("source"), "row": doc.metadata.get("row"), "images": doc.image_metadata}
+            meta = {"source": doc.metadata.get("source"), "row": doc.metadata.get("row"), "images": doc.image_metadata,
+                    **({SAMPLING_KEY: doc.metadata[SAMPLING_KEY]} if SAMPLING_KEY in doc.metadata else {})}
             writer.add(ids, meta, content_hash=int(doc.metadata.get("content_hash", 0)))
             counts["documents"] += 1
             counts["tokens"] += len(ids)
