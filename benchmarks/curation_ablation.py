@@ -192,7 +192,8 @@ def main() -> None:
     top = Path(cfg.run_dir) / "curation_ablation"
     arms = {name: top / name for name in names}
     recaptioned = top / "recaptioned"
-    for arm in (*arms.values(), recaptioned):
+    curated = top / "curated"  # the filtered arm's documents are curated there too, so it needs the tokenizers
+    for arm in {*arms.values(), recaptioned, curated}:
         arm.mkdir(parents=True, exist_ok=True)
         link(arm, "tokenizers", f"{paths.root}/tokenizers")
 
@@ -201,8 +202,8 @@ def main() -> None:
         pretrain(cfg, arms["raw"], overrides)
     curation = {}
     if {"filtered", "curated"} & set(arms):  # both arms train on the same filtered documents, kept in curated/
-        documents = curated_corpus(cfg, paths, top / "curated", "documents", paths.corpus_split("train"), concepts="")
-        curation["documents"] = top / "curated" / "curate" / "documents"
+        documents = curated_corpus(cfg, paths, curated, "documents", paths.corpus_split("train"), concepts="")
+        curation["documents"] = curated / "curate" / "documents"
     for name, concepts in (("filtered", ""), ("curated", cfg.curate.concepts)):
         if name in arms:
             pairs = curated_corpus(cfg, paths, arms[name], "captions", paths.caption_pairs("train"), concepts=concepts)

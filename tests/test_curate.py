@@ -160,7 +160,7 @@ def test_balancing_that_keeps_the_data_gives_each_document_its_chance_per_pass()
     pipe = Pipeline(cfg, "captions", embedder=ColourEmbedder, concepts=concepts)
     docs = pipe.run([pair("red", t) for t in texts])
     assert len(docs) == 206 and pipe.record.steps[-1].removed == {"concept_unmatched": 3}
-    assert [d.metadata.get(SAMPLING_KEY) for d in docs[198:202]] == [round(red, 6)] * 2 + [None] * 2
+    assert [d.metadata.get(SAMPLING_KEY) for d in docs[198:202]] == [pytest.approx(red)] * 2 + [None] * 2
     per_pass = pipe.record.concepts["after"]
     assert per_pass[concepts.index("red circle")] == pytest.approx(200 * red + 1, abs=0.1) and pipe.record.concepts["per_pass"]
     assert per_pass[concepts.index("blue square")] == 6

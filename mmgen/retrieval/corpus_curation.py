@@ -326,7 +326,7 @@ class Pipeline:
             probabilities = sampling_probabilities(matches, n, cap=c.concept_cap)
             for doc, p in zip(docs, probabilities):
                 if p < 1.0:
-                    doc.metadata[SAMPLING_KEY] = round(float(p), 6)
+                    doc.metadata[SAMPLING_KEY] = float(p)
             per_pass = np.zeros(n)
             for m, p, k in zip(matches, probabilities, keep):
                 per_pass[list(m)] += p * k
