@@ -193,7 +193,7 @@ def main() -> None:
     arms = {name: top / name for name in names}
     recaptioned = top / "recaptioned"
     curated = top / "curated"  # the filtered arm's documents are curated there too, so it needs the tokenizers
-    for arm in {*arms.values(), recaptioned, curated}:
+    for arm in {*arms.values(), recaptioned, *([curated] if {"filtered", "curated"} & set(arms) else [])}:
         arm.mkdir(parents=True, exist_ok=True)
         link(arm, "tokenizers", f"{paths.root}/tokenizers")
 
