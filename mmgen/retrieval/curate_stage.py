@@ -70,7 +70,7 @@ def curate_corpus(cfg: ExperimentConfig, paths: RunPaths, *, log: Callable[[str]
         made = f", made {step.added}" if step.added else f", rewrote {step.changed}" if step.changed else ""
         log(f"{step.name}: {step.documents_in} -> {step.documents_out} documents ({removed}{made})")
     if pipeline.record.concepts.get("per_pass"):
-        sampled = sum(0 < d.metadata.get(SAMPLING_KEY, 1) < 1 for d in kept)
+        sampled = sum(SAMPLING_KEY in d.metadata for d in kept)  # the concept step writes it only below 1
         log(f"concepts: {sampled} documents drawn with a probability below 1 per pass, "
             f"{sum(d.metadata.get(SAMPLING_KEY, 1) for d in kept):.0f} of {written} expected per pass")
     for noise, truth in pipeline.record.ground_truth.items():
