@@ -3,12 +3,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 from mmgen.config.schema import ModelConfig
 from mmgen.interop.hf_chameleon import hf_config_from_model, hf_state_to_mmgen
 from mmgen.model import Transformer
 from mmgen.tokenizers.vocab import Vocab
+
+
+def require_transformers() -> None:
+    """Stop with one line when transformers, the baselines' library and one of the test tools, is missing (the
+    demo installs mmgen without them)."""
+    if importlib.util.find_spec("transformers") is None:
+        raise SystemExit("error: the benchmark's baselines need transformers, one of the test tools: "
+                         "run scripts/setup.sh test")
 
 
 def build_models(cfg: ModelConfig, vocab: Vocab, *, seed: int = 0):

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from configs import demo_config, medium_config  # noqa: E402
 from figures import Figure, number, show  # noqa: E402
+from hf_reference import require_transformers  # noqa: E402
 
 from mmgen.cpu_features import cpu_model_name  # noqa: E402
 from mmgen.files import write_atomic  # noqa: E402
@@ -228,6 +229,7 @@ def main() -> None:
         raise SystemExit(f"error: unknown section(s) {', '.join(sorted(unknown))}; sections are 1-6")
     if not args.no_docs and not os.path.exists(args.docs):
         raise SystemExit(f"error: {args.docs} does not exist (give --docs PATH or --no-docs)")
+    require_transformers()
     torch.set_num_threads(1)
     stamp, start_load, start = machine(), load_average(), time.perf_counter()
     print(f"{stamp['cpu']}, {stamp['cores']} cores ({stamp['isa']}), torch {stamp['torch']}, load {start_load}")

@@ -37,7 +37,7 @@ import statistics
 import time
 
 import torch
-from hf_reference import build_models
+from hf_reference import build_models, require_transformers
 
 import mmgen.train  # noqa: F401  (CPU compat layer before torchtitan loads)
 from mmgen.config.schema import ModelConfig, TrainingConfig
@@ -169,6 +169,7 @@ def alternate(runners: dict, batches: list, warmup: int) -> dict[str, list[tuple
 
 def main() -> None:
     args = parse_args()
+    require_transformers()
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers

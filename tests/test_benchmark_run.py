@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from figures import Figure  # noqa: E402
-from run import BEGIN, END, markdown, replace_section  # noqa: E402
+from run import BEGIN, END, main, markdown, replace_section  # noqa: E402
 
 STAMP = {"cpu": "Test CPU", "cores": "2", "isa": "avx2", "gpu": "none", "torch": "2.x", "transformers": "5.x",
          "date": "2026-01-01 00:00 UTC"}
@@ -34,3 +37,17 @@ def test_section_goes_before_the_first_heading_then_is_replaced_on_rerun():
     assert twice.count(BEGIN) == 1 and twice.count(END) == 1
     assert "float32 matmul peak" in twice and "image\\|label" not in twice
     assert twice.startswith("# Title\n\nIntro.\n\n") and twice.endswith("## Older section\n\nKept.\n")
+
+
+def test_without_transformers_the_benchmark_says_what_to_install(monkeypatch, capsys):
+    """The demo installs mmgen without the test tools; the benchmark, whose baselines are transformers', then stops
+    with one line naming the command that installs them, before measuring anything."""
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "transformers" else find_spec(name, *args))
+    monkeypatch.setattr(sys, "argv", ["benchmarks/run.py", "--quick", "--no-docs"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert str(stopped.value) == ("error: the benchmark's baselines need transformers, one of the test tools: "
+                                  "run scripts/setup.sh test")
+    assert capsys.readouterr().out == ""
