@@ -8,29 +8,29 @@ budget, and what each choice was measured to buy, is in docs/BENCHMARKS.md ("The
 from __future__ import annotations
 
 from mmgen.config.schema import ExperimentConfig
-from mmgen.cpu_features import cpu_has_amx_bf16
+from mmgen.cpu_features import cpu_has_bf16
 
 
 def demo_steps() -> int:
     """Pretraining steps of the demo: as many as its 30 minutes (install included) leave once the other stages
-    have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). The AVX2-only AMD EPYC trains in
-    fp32 at about 1.2 s a step: 570 steps, 20 minutes of stages in run O; with the world's questions and the grid
-    embedding 28 min 14 s with the install in run AE, a fresh machine (1 min 46 s to spare). An Intel Xeon with
-    AMX trains in bf16 at 0.73 s a step and runs the other stages faster: 900 steps took 24 minutes with the
-    install in run R, before the world's questions (about a minute more of world and encoding); 1,000 steps with
-    them took 29 min 19 s with the install in run X, on a nearly quiet host (BENCHMARKS, "Run X": 41 s to spare).
-    With the grid embedding (0.2 % a step) the demo took 27 min 30 s with the install in run Z, a fresh clone on
-    a nearly quiet host. A wider decoder is no cheaper per token on either (width 256: 2.1x and 2.6x width 128's
-    time)."""
-    return 1000 if cpu_has_amx_bf16() else 570
+    have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). What decides is native bf16, which
+    trains this decoder 1.6x faster than fp32 where the CPU has it. The AVX2-only AMD EPYC trains in fp32 at
+    about 1.2 s a step: 570 steps, 28 min 14 s with the install in run AE, a fresh machine (1 min 46 s to spare;
+    15 min 12 s on a faster host of the family, run AH). An Intel Xeon with AMX trains in bf16 at 0.73 s a step:
+    1,000 steps took 29 min 19 s with the install in run X and 27 min 30 s in run Z, fresh clones on nearly quiet
+    hosts. An AMD EPYC with AVX512-BF16 but no AMX trains in bf16 at about 0.55 s a step: 1,000 steps took
+    XX_AJ with the install in run AJ (570 steps took 13 min 24 s, run AI). A wider decoder is no cheaper per token
+    on any of them (width 256: 2.1x and 2.6x width 128's time on the AMX Xeon and the AVX2 EPYC)."""
+    return 1000 if cpu_has_bf16() else 570
 
 
 def demo(steps: int = 0) -> ExperimentConfig:
     """The 30-minute demo: ``steps`` pretraining steps (0: ``demo_steps()``, what the CPU family fits) on a world
     sized for about one pass over it."""
     cfg = ExperimentConfig(name="demo")
-    # Sized for each of the two CPU families these machines come in (demo_steps: 2-core AMD EPYC with AVX2 only,
-    # fp32, ~7,200 training tokens/s for this decoder on two ranks; Intel Xeon with AMX, bf16, ~12,400).
+    # Sized for each of the CPU families these machines come in (demo_steps: 2-core AMD EPYC with AVX2 only,
+    # fp32, ~7,200 training tokens/s for this decoder on two ranks; Intel Xeon with AMX, bf16, ~12,400; AMD EPYC
+    # with AVX512-BF16, bf16, ~15,000).
     # Fresh documents rather than repeated passes: four passes over 6,000 documents memorised the training
     # images (held-out image bits rose); the generator writes about what pretraining reads in one pass.
     steps = steps or demo_steps()
