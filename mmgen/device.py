@@ -132,8 +132,8 @@ def machine_description() -> dict:
     """What a figure was measured on: CPU model, cores, whether bf16 is native (and on AMX tiles), GPU if any,
     torch version.
 
-    The two CPU families these machines come in train the demo at very different speeds (fp32 on AVX2 vs
-    bf16 on AVX512-BF16/AMX), so every recorded figure carries this.
+    The CPU families these machines come in train the demo at very different speeds (fp32 on AVX2 vs
+    bf16 on AVX512-BF16 or AMX), so every recorded figure carries this.
     """
     return {
         "cpu": cpu_model_name(),

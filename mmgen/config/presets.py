@@ -13,14 +13,15 @@ from mmgen.cpu_features import cpu_has_bf16
 
 def demo_steps() -> int:
     """Pretraining steps of the demo: as many as its 30 minutes (install included) leave once the other stages
-    have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). What decides is native bf16, which
-    trains this decoder 1.6x faster than fp32 where the CPU has it. The AVX2-only AMD EPYC trains in fp32 at
-    about 1.2 s a step: 570 steps, 28 min 14 s with the install in run AE, a fresh machine (1 min 46 s to spare;
-    15 min 12 s on a faster host of the family, run AH). An Intel Xeon with AMX trains in bf16 at 0.73 s a step:
-    1,000 steps took 29 min 19 s with the install in run X and 27 min 30 s in run Z, fresh clones on nearly quiet
-    hosts. An AMD EPYC with AVX512-BF16 but no AMX trains in bf16 at about 0.55 s a step: 1,000 steps took
-    XX_AJ with the install in run AJ (570 steps took 13 min 24 s, run AI). A wider decoder is no cheaper per token
-    on any of them (width 256: 2.1x and 2.6x width 128's time on the AMX Xeon and the AVX2 EPYC)."""
+    have theirs, on the CPU family at hand (BENCHMARKS, "Know the hardware"). What decides is native bf16 (on
+    the AVX512-BF16 EPYC this decoder trains 1.6x faster in bf16 than in fp32). The AVX2-only AMD EPYC trains
+    in fp32 at about 1.2 s a step: 570 steps, 28 min 14 s with the install in run AE, a fresh machine (1 min
+    46 s to spare; 15 min 12 s on a faster host of the family, run AH). An Intel Xeon with AMX trains in bf16
+    at 0.73 s a step: 1,000 steps took 29 min 19 s with the install in run X and 27 min 30 s in run Z, fresh
+    clones on nearly quiet hosts. An AMD EPYC with AVX512-BF16 but no AMX trains in bf16 at about 0.5 s a
+    step: 1,000 steps took 17 min 16 s with the install in run AJ, a fresh clone (at 570 steps, the rule
+    before, 13 min 24 s in run AI). A wider decoder is no cheaper per token on any of them (width 256: 2.1x
+    and 2.6x width 128's time on the AMX Xeon and the AVX2 EPYC)."""
     return 1000 if cpu_has_bf16() else 570
 
 
