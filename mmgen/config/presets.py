@@ -114,10 +114,10 @@ def demo(steps: int = 0) -> ExperimentConfig:
 
 
 def demo_long() -> ExperimentConfig:
-    """The demo with twice the pretraining steps of its CPU family (2,000 on AMX, 1,140 on AVX2) on a world twice
-    the size (fresh documents, about one pass): where the learning curve goes. On the 2-core AMX Xeon, 2,000 steps
-    took image infilling to 0.85 and text infilling's gain over its baseline above zero, VQA only to 0.81
-    (BENCHMARKS, "Twice the pretraining"); about 45 minutes there, not a 30-minute demo."""
+    """The demo with twice the pretraining steps of its CPU family (2,000 with native bf16, 1,140 on AVX2) on a
+    world twice the size (fresh documents, about one pass): where the learning curve goes. On the 2-core AMX
+    Xeon, 2,000 steps took image infilling to 0.85 and text infilling's gain over its baseline above zero, VQA
+    only to 0.81 (BENCHMARKS, "Twice the pretraining"); about 45 minutes there, not a 30-minute demo."""
     cfg = demo(2 * demo_steps())
     cfg.name = "demo_long"
     return cfg
