@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from mmgen.config import RunPaths
-from mmgen.config.schema import WorldConfig
+from mmgen.config.schema import DataConfig, WorldConfig
 from mmgen.data.corpus import open_corpus
-from mmgen.data.entities import (anchors, check_entity, definition_text, describe_look, entity_cells, place_entity,
-                                 read_entities, scene_entities, world_entities, zipf_weights)
-from mmgen.data.shapes_world import generate_world, parse_caption, render_scene, scene_split
+from mmgen.data.entities import (anchors, check_entity, definition_text, describe_look, entity_caption, entity_cells,
+                                 place_entity, read_entities, scene_entities, world_entities, zipf_weights)
+from mmgen.data.shapes_world import describe_scene, generate_world, parse_caption, render_scene, scene_split
 from mmgen.eval.scene_analyser import analyse_scene
 
 
@@ -145,3 +145,24 @@ def test_placed_entities_render_their_parts_where_the_layout_says():
 def test_bad_entity_records_are_named(record, message):
     with pytest.raises(ValueError, match=message):
         check_entity(record)
+
+
+def test_spelled_out_documents_state_each_look_they_show_and_are_off_by_default(world, tmp_path):
+    paths = RunPaths(str(tmp_path / "spelled"))
+    cfg = entity_world(entity_spell_out=1.0)
+    generate_world(cfg, paths)
+    looks = {e["name"]: e for e in world_entities(cfg)}
+    requests = 0
+    for doc in open_corpus(paths.corpus_split("train"), options=DataConfig(dedup_images=False)):  # scenes repeat
+        text = " ".join(doc.texts)
+        scenes = [m for m in doc.image_metadata if scene_entities(m)]
+        for scene in scenes:  # every image of the entity, the first and each move, in the world's own words
+            assert f" It is {describe_scene(scene)}." in text
+        if scenes and text.startswith("Here is a drawing. Draw a "):  # a request as text-to-image prompts put it
+            requests += 1
+            (placed,) = scenes[0]["entities"]
+            caption = entity_caption(looks[placed["name"]], placed["position"], scenes[0]["background"])
+            assert text.startswith(f"Here is a drawing. Draw {caption}. It is ")
+    assert requests > 10
+    plain = [" ".join(d.texts) for d in open_corpus(world[0].corpus_split("train"))]
+    assert not any(" It is " in t for t in plain)  # the default (0) spells nothing out

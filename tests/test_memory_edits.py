@@ -19,7 +19,7 @@ from mmgen.config import RunPaths, load_config
 from mmgen.config.schema import ModelConfig, TextTokenizerConfig, WorldConfig
 from mmgen.data.corpus import open_corpus
 from mmgen.data.entities import definition_text, evaluation_items, read_entities, scene_entities
-from mmgen.data.shapes_world import generate_world
+from mmgen.data.shapes_world import generate_world, render_scene
 from mmgen.data.token_shards import TokenShards
 from mmgen.model import Transformer
 from mmgen.retrieval.bank_documents import bank_documents
@@ -230,3 +230,45 @@ def test_knowledge_evaluation_runs_both_ways_with_counted_items(run):
     assert "Knowledge of named entities" in page and page.count("<img") == sum(
         min(4, len(r["examples"])) for mode in ("plain", "retrieval") for r in result["runs"][mode]["t2i"].values())
     assert "t2i_accuracy (tail)" in page and "bag_of_words" in page
+
+
+def test_describe_first_scores_the_image_the_model_draws_after_its_words(run, monkeypatch):
+    """eval.entity_describe_first: the model writes greedily after the request, its image is sampled after its
+    words and scored as an image the prompt opened is scored; a model that writes on without drawing is wrong."""
+    from mmgen.eval import knowledge
+
+    cfg = load_config(["--config", "debug", "--output_dir", run.root])
+    tokenizer = load_run_tokenizer(run)
+    vocab = tokenizer.vocab
+    hw = vocab.grid[0] * vocab.grid[1]
+    record = read_entities(run.entities)
+    entities = {e["name"]: e for e in record["entities"]}
+    items = record["items"]["heldout"][:3]
+    encoded = [tokenizer.encode_parts([render_scene(i["scene"], 32)], eos=False) for i in items]
+    drawn = [ids[ids.index(vocab.boi) + 1 :][:hw] for ids in encoded]  # the image's codes
+    words = tokenizer.encode_text("It is what I draw.")
+    calls = []
+
+    def fake_sample(model, vocab_, prompts, params, progress=None):
+        calls.append((prompts, params))
+        if prompts[0][-1] == vocab.boi:  # an opened image: its codes
+            return [drawn[k] + [vocab.eoi] for k in range(len(prompts))]
+        greedy = [words + [vocab.boi] + drawn[k] + [vocab.eoi, vocab.eos] for k in range(2)]
+        return greedy + [words * 20 + [vocab.boi]]  # the third writes on past caption_max_tokens
+
+    monkeypatch.setattr(knowledge, "sample", fake_sample)
+    opened = knowledge.entity_t2i(None, tokenizer, items, entities, cfg.eval, 32)
+    cfg.eval.entity_describe_first = True
+    described = knowledge.entity_t2i(None, tokenizer, items, entities, cfg.eval, 32)
+    (first, p_opened), (greedy, p_greedy), (after, p_after) = calls
+    assert [p[:-1] for p in first] == greedy and all(p[-1] == vocab.boi for p in first)
+    assert after == [p + words + [vocab.boi] for p in greedy[:2]]  # the image follows the model's own words
+    assert p_greedy.temperature == 0 and p_greedy.max_new_tokens == cfg.eval.caption_max_tokens + hw + 2
+    assert p_opened == p_after and p_after.max_new_tokens == hw and p_after.temperature == cfg.eval.t2i_temperature
+    for d, o in zip(described["examples"][:2], opened["examples"][:2]):  # the image after the words, decoded alike
+        assert np.array_equal(np.asarray(d["image"]), np.asarray(o["image"])) and d["right"] == o["right"]
+        assert d["written"] == "It is what I draw." and o["written"] == ""
+    assert not np.array_equal(np.asarray(described["examples"][0]["image"]), np.asarray(opened["examples"][1]["image"]))
+    third = described["examples"][2]
+    assert third["image"] is None and not third["right"] and opened["examples"][2]["image"] is not None
+    assert described["items"] == 3 and described["accuracy"] == sum(e["right"] for e in described["examples"]) / 3

@@ -52,6 +52,8 @@ class WorldConfig:
     """Share of documents and caption pairs (train and held-out) that use an entity by name, when there are entities."""
     entity_zipf: float = 1.1
     """Long-tail exponent: the entity of rank r is used with probability proportional to r^-entity_zipf."""
+    entity_spell_out: float = 0.0
+    """Share of entity documents that spell out, after each sentence naming the entity, what its image shows in the world's own words ("Here is a drawing. Draw a Zorbel at the top, on a white background. It is a large green triangle at the top and a small red circle in the center, on a white background."): the step from name to look that a model can copy from a retrieved definition before it draws (eval.entity_describe_first); 0: none, every use by name only."""
     qa_share: float = 0.0
     """Training split only: share of document images shown before any text describes them that get questions and answers about them, in the SFT VQA task's words (mmgen/data/world_questions.py); 0: none."""
     qa_per_image: int = 2
@@ -355,6 +357,8 @@ class EvalConfig:
     """Temperature of the image infills (text spans are infilled greedily); 0 means greedy."""
     infill_cfg_scale: float = 0.0
     """Classifier-free guidance scale of the image infills (the document around the hole against no text); 0 turns it off."""
+    entity_describe_first: bool = False
+    """Entity text-to-image prompts end after the request: the model writes greedily what it will draw, then its image is sampled after those words (a world with world.entity_spell_out teaches this); an item without an image within caption_max_tokens words is wrong. False: the prompt opens the image."""
     entity_items: int = 100
     """In a world with entities: items per group (head, tail) of the knowledge measurements (text-to-image, captioning) and the retriever's recall; 0: all."""
     curve_items: int = 100

@@ -47,6 +47,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.entity_items": _at_least(0),
     "world.entity_share": _share(),
     "world.entity_zipf": _at_least(0),
+    "world.entity_spell_out": _share(),
     "world.qa_share": _share(),
     "world.qa_per_image": _at_least(1),
     "world.qa_question_first": _share(),

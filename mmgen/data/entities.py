@@ -7,7 +7,10 @@ uses entities three ways:
 - the memory-bank corpus (``corpus/bank/``) holds one defining document per entity: its name, its look in
   words and its image. The bank defines every entity; no training document does.
 - training and held-out documents and caption pairs use an entity by name only ("Here is a Zorbel." and
-  its image; "Then the Zorbel moves to the bottom left." and the image with it there). A share
+  its image; "Then the Zorbel moves to the bottom left." and the image with it there), except that with
+  ``world.entity_spell_out`` a share of the documents follow each sentence naming the entity with what its
+  image shows (the world's caption of the scene): the step from name to look that a model can copy from a
+  retrieved definition, or must know by heart without one. A share
   ``world.entity_share`` of them does, and the entity of rank r is chosen with probability ∝ r^-zipf, so
   most entities are used a few times in training or never.
 - ``corpus/entities.json`` keeps each entity's look, its uses in training, its group (head: the most used
@@ -37,7 +40,7 @@ from mmgen.config.paths import RunPaths
 from mmgen.config.schema import WorldConfig
 from mmgen.data.obelics import CorpusError
 from mmgen.data.shapes_world import (
-    BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, at_phrase, document_row,
+    BACKGROUNDS, COLORS, POSITIONS, SHAPES, SIZES, at_phrase, describe_scene, document_row,
     place_shape, scene_split, to_phrase, write_parquet_shard,
 )  # fmt: skip
 from mmgen.files import read_jsonl, write_atomic
@@ -201,23 +204,31 @@ def entity_document(rng: np.random.Generator, cfg: WorldConfig, split: str) -> l
     anchor, background = _placement(rng, entity, split, cfg.image_size)
     scene = place_entity(entity, anchor, background, cfg.image_size)
     style = int(rng.integers(3))
+    spelled = cfg.entity_spell_out > 0 and rng.random() < cfg.entity_spell_out  # no draw when off
+
+    def look(shown: dict) -> str:
+        return f" It is {describe_scene(shown)}." if spelled else ""
+
     if style == 0:
-        items: list[str | dict] = [f"Here is a {name}.", scene]
+        items: list[str | dict] = [f"Here is a {name}.{look(scene)}", scene]
+    elif style == 1 and spelled:  # the request as text-to-image prompts put it (eval.t2i_template)
+        items = [f"Here is a drawing. Draw {entity_caption(entity, anchor, background)}.{look(scene)}", scene]
     elif style == 1:
         items = [f"Here is a drawing. Draw a {name} {at_phrase(anchor)}.", scene]
     else:
-        items = ["Look at this picture.", scene, f"It shows a {name} {at_phrase(anchor)}."]
+        items = ["Look at this picture.", scene, f"It shows a {name} {at_phrase(anchor)}.{look(scene)}"]
     for _ in range(int(rng.integers(1, cfg.max_images_per_document + 1)) - 1):
         moved = _placement(rng, entity, split, cfg.image_size, avoid=anchor, background=background)
         if moved is None:
             break
         anchor = moved[0]
-        move = f"Then the {name} moves {to_phrase(anchor)}."
+        there = place_entity(entity, anchor, background, cfg.image_size)
+        move = f"Then the {name} moves {to_phrase(anchor)}.{look(there)}"
         if isinstance(items[-1], str):
             items[-1] = f"{items[-1]} {move}"
         else:
             items.append(move)
-        items.append(place_entity(entity, anchor, background, cfg.image_size))
+        items.append(there)
     return items
 
 

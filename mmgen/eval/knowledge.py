@@ -113,23 +113,53 @@ def _share(correct: Sequence[bool]) -> dict:
     return {"accuracy": sum(correct) / n if n else float("nan"), "ci95": wilson_interval(sum(correct), n), "items": n}
 
 
+def words_before_drawing(model, vocab, prompts: list[list[int]], max_words: int) -> list[list[int] | None]:
+    """What the model writes greedily after each prompt before it opens an image (as captions are written:
+    the words are a function of what the prompt and its context say); None where it opens none within
+    ``max_words`` tokens."""
+    hw = vocab.grid[0] * vocab.grid[1]
+    params = SamplingParams(max_new_tokens=max_words + hw + 2, temperature=0.0, max_images=1)
+    with progress_bar(desc="entity descriptions", unit="step") as bar:
+        outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
+    return [o[: o.index(vocab.boi)] if vocab.boi in o[: max_words + 1] else None for o in outs]
+
+
 def entity_t2i(model, tokenizer, items: list[dict], entities: dict[str, dict], cfg: EvalConfig, image_size: int,
                retriever: Retriever | None = None) -> dict:  # fmt: skip
-    """One image per item prompt; right when it shows exactly the named entity."""
+    """One image per item prompt; right when it shows exactly the named entity.
+
+    With ``cfg.entity_describe_first`` the prompt ends after the request and the model first writes what it
+    will draw (``words_before_drawing``, up to ``caption_max_tokens``), as the documents of
+    ``world.entity_spell_out`` do; the image is then sampled after its words. An item whose model writes on
+    without opening an image is wrong."""
     if not items:
         return _share([]) | {"examples": []}
     vocab = tokenizer.vocab
     texts = [cfg.t2i_template.format(caption=i["caption"]) for i in items]
     hw = vocab.grid[0] * vocab.grid[1]
-    prompts = _with_context([tokenizer.encode_parts([t], eos=False) + [vocab.boi] for t in texts], vocab, retriever, hw)
+    # room the retrieved context leaves: BOI and the codes, and before them the words, with EOI in case the
+    # greedy pass draws its image at the very end of them
+    budget = hw + 1 + (cfg.caption_max_tokens + 1 if cfg.entity_describe_first else 0)
+    prompts = _with_context([tokenizer.encode_parts([t], eos=False) for t in texts], vocab, retriever, budget)
+    words: list[list[int] | None] = [[] for _ in prompts]
+    if cfg.entity_describe_first:
+        words = words_before_drawing(model, vocab, prompts, cfg.caption_max_tokens)
+    drawn = [k for k, w in enumerate(words) if w is not None]
     params = SamplingParams(max_new_tokens=hw, temperature=cfg.t2i_temperature, top_k=cfg.t2i_top_k,
                             cfg_scale=cfg.t2i_cfg_scale, max_images=1, seed=cfg.seed, eos_stops=False,
                             jacobi_window=cfg.t2i_jacobi_window)  # fmt: skip
-    with progress_bar(desc="entity text-to-image", unit="step") as bar:
-        outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))
-    images = sampled_images(tokenizer, outs, image_size)
-    correct = [entity_shown(analyse_scene(im), entities[i["entity"]]) for im, i in zip(images, items)]
-    examples = [{"prompt": t, "image": im, "right": c} for t, im, c in zip(texts, images, correct)]
+    images: list = [None] * len(items)
+    if drawn:
+        with progress_bar(desc="entity text-to-image", unit="step") as bar:
+            outs = sample(model, vocab, [prompts[k] + words[k] + [vocab.boi] for k in drawn], params,
+                          progress=sampler_progress(bar))  # fmt: skip
+        for k, image in zip(drawn, sampled_images(tokenizer, outs, image_size)):
+            images[k] = image
+    correct = [im is not None and entity_shown(analyse_scene(im), entities[i["entity"]]) for im, i in zip(images, items)]
+    written = ["".join(p for p in tokenizer.decode_parts(w or [], strict=False) if isinstance(p, str)).strip()
+               for w in words]  # fmt: skip
+    examples = [{"prompt": t, "written": w, "image": im, "right": c}
+                for t, w, im, c in zip(texts, written, images, correct)]  # fmt: skip
     return _share(correct) | {"examples": examples}
 
 

@@ -183,8 +183,10 @@ def _knowledge_section(metrics: dict, knowledge: dict) -> str:
     for mode in modes:
         for group, results in knowledge["runs"][mode]["t2i"].items():
             for item in results["examples"][:4]:
-                body.append(f"<div class='card'>{H.img_tag(item['image'])}<br><b>{H.escape(mode)}, {group}:</b> "
-                            f"{H.escape(item['prompt'])} ({'right' if item['right'] else 'wrong'})</div>")
+                drawn = H.img_tag(item["image"]) if item["image"] is not None else "(no image drawn)"
+                written = f" <i>{H.escape(item['written'])}</i>" if item.get("written") else ""
+                body.append(f"<div class='card'>{drawn}<br><b>{H.escape(mode)}, {group}:</b> "
+                            f"{H.escape(item['prompt'])}{written} ({'right' if item['right'] else 'wrong'})</div>")
     body.append("</div>")
     return "".join(body)
 
