@@ -1,0 +1,92 @@
+"""Drawing a named entity in two steps, measured apart: the words a model writes for an entity prompt, and
+its drawing from the true words (a world with ``world.entity_spell_out``; docs/BENCHMARKS.md, Issue 13 part 3).
+
+    python benchmarks/entity_steps.py --config demo --world.entities 300 --world.entity_spell_out 1 \\
+        --eval.split validation [--section.field VALUE ...]  PRETRAIN_DIR[@STEP,STEP,...] ...
+
+For each checkpoint, on the tail entities' items of ``eval.split`` (``eval.entity_items`` of them) with the
+run's retriever when it has one: the share of prompts whose greedy words state exactly the scene's shapes,
+sizes, colours and cells, the share of the scene's shapes stated with all four right, and the share of
+images drawn right after the request and the true sentence ("It is <the scene's caption>."), sampled at the
+report's settings, each with its 95 % interval.
+"""
+
+import sys
+
+from mmgen.cli import run_cli
+from mmgen.config import RunPaths, load_config
+from mmgen.data.entities import read_entities
+from mmgen.data.shapes_world import describe_scene, parse_caption
+from mmgen.eval.intervals import wilson_interval
+from mmgen.eval.knowledge import (_with_context, entity_shown, load_knowledge_retriever, pick_items,
+                                  words_before_drawing)  # fmt: skip
+from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.eval.shapes_eval import sampled_images
+from mmgen.generation.sampler import SamplingParams, sample
+from mmgen.model.checkpoint import load_trained_model
+from mmgen.tokenizers.run import load_run_tokenizer
+
+
+def shapes_of(scene_shapes) -> list[tuple]:
+    return sorted((s["shape"], s["color"], s["size"], s["position"]) for s in scene_shapes)
+
+
+def share(hits: int, n: int) -> str:
+    lo, hi = wilson_interval(hits, n)
+    return f"{hits / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(pretraining folders, config flags): every flag takes one value (``--section.field VALUE``)."""
+    targets, flags, k = [], [], 0
+    while k < len(argv):
+        if argv[k].startswith("--"):
+            flags += argv[k : k + 2]
+            k += 2
+        else:
+            targets.append(argv[k])
+            k += 1
+    return targets, flags
+
+
+def main() -> None:
+    targets, flags = split_arguments(sys.argv[1:])
+    cfg = load_config(flags, description=__doc__)
+    if not targets:
+        raise SystemExit("error: name at least one pretraining folder (PRETRAIN_DIR[@STEP,...])")
+    paths, e = RunPaths(cfg.run_dir), cfg.eval
+    tokenizer = load_run_tokenizer(paths, "cpu")
+    vocab = tokenizer.vocab
+    hw = vocab.grid[0] * vocab.grid[1]
+    record = read_entities(paths.entities)
+    entities = {x["name"]: x for x in record["entities"]}
+    items = pick_items(record, e.split, e.entity_items, seed=e.seed)["tail"]
+    retriever = load_knowledge_retriever(cfg, paths, "cpu")
+    requests = [tokenizer.encode_parts([e.t2i_template.format(caption=i["caption"])], eos=False) for i in items]
+    told = [tokenizer.encode_parts([e.t2i_template.format(caption=i["caption"]) + f" It is {describe_scene(i['scene'])}."],
+                                   eos=False) for i in items]  # fmt: skip
+    requests = _with_context(requests, vocab, retriever, hw + 2 + e.caption_max_tokens)
+    told = [p + [vocab.boi] for p in _with_context(told, vocab, retriever, hw + 1)]
+    params = SamplingParams(max_new_tokens=hw, temperature=e.t2i_temperature, top_k=e.t2i_top_k, cfg_scale=e.t2i_cfg_scale,
+                            seed=e.seed, eos_stops=False)  # fmt: skip
+    print(f"{len(items)} tail entity prompts of the {e.split} split, retrieval {'on' if retriever else 'off'}")
+    for target in targets:
+        folder, _, steps = target.partition("@")
+        for step in [int(s) for s in steps.split(",")] if steps else [-1]:
+            model, step = load_trained_model(folder, step=step)
+            words = words_before_drawing(model, vocab, requests, e.caption_max_tokens)
+            exact = stated = total = 0
+            for w, i in zip(words, items):
+                text = "".join(p for p in tokenizer.decode_parts(w or [], strict=False) if isinstance(p, str))
+                said, truth = shapes_of(parse_caption(text)), shapes_of(i["scene"]["shapes"])
+                exact += said == truth
+                stated += sum(t in said for t in truth)
+                total += len(truth)
+            images = sampled_images(tokenizer, sample(model, vocab, told, params), cfg.world.image_size)
+            drawn = sum(entity_shown(analyse_scene(im), entities[i["entity"]]) for im, i in zip(images, items))
+            print(f"{folder} step {step}: words exact {share(exact, len(items))}, shapes stated {share(stated, total)}, "
+                  f"drawn right from the true words {share(drawn, len(items))}", flush=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)
