@@ -18,10 +18,10 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.entities import read_entities
 from mmgen.data.shapes_world import describe_scene, parse_caption
 from mmgen.eval.intervals import wilson_interval
-from mmgen.eval.knowledge import (_with_context, entity_shown, load_knowledge_retriever, pick_items,
-                                  words_before_drawing)  # fmt: skip
+from mmgen.eval.knowledge import entity_shown, load_knowledge_retriever, pick_items, with_context, words_before_drawing
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.eval.shapes_eval import sampled_images
+from mmgen.generation.captioning import sampled_text
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -65,8 +65,8 @@ def main() -> None:
     requests = [tokenizer.encode_parts([e.t2i_template.format(caption=i["caption"])], eos=False) for i in items]
     told = [tokenizer.encode_parts([e.t2i_template.format(caption=i["caption"]) + f" It is {describe_scene(i['scene'])}."],
                                    eos=False) for i in items]  # fmt: skip
-    requests = _with_context(requests, vocab, retriever, hw + 2 + e.caption_max_tokens)
-    told = [p + [vocab.boi] for p in _with_context(told, vocab, retriever, hw + 1)]
+    requests = with_context(requests, vocab, retriever, hw + 2 + e.caption_max_tokens)
+    told = [p + [vocab.boi] for p in with_context(told, vocab, retriever, hw + 1)]
     params = SamplingParams(max_new_tokens=hw, temperature=e.t2i_temperature, top_k=e.t2i_top_k, cfg_scale=e.t2i_cfg_scale,
                             seed=e.seed, eos_stops=False)  # fmt: skip
     print(f"{len(items)} tail entity prompts of the {e.split} split, retrieval {'on' if retriever else 'off'}")
@@ -77,8 +77,7 @@ def main() -> None:
             words = words_before_drawing(model, vocab, requests, e.caption_max_tokens)
             exact = stated = total = 0
             for w, i in zip(words, items):
-                text = "".join(p for p in tokenizer.decode_parts(w or [], strict=False) if isinstance(p, str))
-                said, truth = shapes_of(parse_caption(text)), shapes_of(i["scene"]["shapes"])
+                said, truth = shapes_of(parse_caption(sampled_text(tokenizer, w or []))), shapes_of(i["scene"]["shapes"])
                 exact += said == truth
                 stated += sum(t in said for t in truth)
                 total += len(truth)

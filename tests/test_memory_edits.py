@@ -272,3 +272,8 @@ def test_describe_first_scores_the_image_the_model_draws_after_its_words(run, mo
     third = described["examples"][2]
     assert third["image"] is None and not third["right"] and opened["examples"][2]["image"] is not None
     assert described["items"] == 3 and described["accuracy"] == sum(e["right"] for e in described["examples"]) / 3
+    from mmgen.eval.report import _knowledge_section
+
+    metrics = {"entities": len(entities), "entities_head": 0, "knowledge_retrieval_t2i_accuracy_tail": 0.0}
+    page = _knowledge_section(metrics, {"runs": {"retrieval": {"t2i": {"tail": described}}}, "recall": {}})
+    assert page.count("<img") == 2 and "(no image drawn)" in page and page.count("<i>It is what I draw.</i>") == 2

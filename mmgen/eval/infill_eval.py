@@ -35,12 +35,9 @@ from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interva
 from mmgen.eval.intervals import paired_difference_interval, wilson_interval, with_interval
 from mmgen.eval.likelihood import grouped_continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
+from mmgen.generation.captioning import sampled_text
 from mmgen.generation.infill import infill_prompt
 from mmgen.generation.sampler import SamplingParams, sample_in_batches
-
-
-def _text(tokenizer, ids: Sequence[int]) -> str:
-    return "".join(p for p in tokenizer.decode_parts([int(t) for t in ids], strict=False) if isinstance(p, str))
 
 
 def _grid(vocab, new: Sequence[int]) -> torch.Tensor | None:
@@ -131,10 +128,10 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         decode = dict(max_new_tokens=max(lengths) * 2 + 8, temperature=0.0, max_images=0, eos_stops=False)
         infills = batched(prompts, "infill text", **decode)
         continued = batched(lefts, "left-context baseline", **decode)
-        truths = [_text(tokenizer, ids[slice(*span)]).strip() for ids, span in text_items]
-        filled = [_text(tokenizer, _first_text(o, vocab.eos)).strip() for o in infills]
-        filled_cut = [_text(tokenizer, _first_text(o, vocab.eos, n)).strip() for o, n in zip(infills, lengths)]
-        left = [_text(tokenizer, _first_text(o, vocab.eos, n)).strip() for o, n in zip(continued, lengths)]
+        truths = [sampled_text(tokenizer, ids[slice(*span)]) for ids, span in text_items]
+        filled = [sampled_text(tokenizer, _first_text(o, vocab.eos)) for o in infills]
+        filled_cut = [sampled_text(tokenizer, _first_text(o, vocab.eos, n)) for o, n in zip(infills, lengths)]
+        left = [sampled_text(tokenizer, _first_text(o, vocab.eos, n)) for o, n in zip(continued, lengths)]
         true_spans = [ids[slice(*span)].tolist() for ids, span in text_items]
 
         def similarity(guesses):

@@ -32,7 +32,7 @@ from mmgen.data.shapes_world import render_scene
 from mmgen.eval.intervals import wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.eval.shapes_eval import sampled_images
-from mmgen.generation.captioning import sampled_captions
+from mmgen.generation.captioning import sampled_captions, sampled_text
 from mmgen.generation.sampler import SamplingParams, sample
 from mmgen.progress import print_above, progress_bar, sampler_progress
 from mmgen.retrieval.augment import retrieved_prefix
@@ -102,7 +102,7 @@ class Retriever:
         return prompt_with_context(prompt, records, vocab, seq_len=self.seq_len, max_new_tokens=max_new_tokens).tokens
 
 
-def _with_context(prompts: list[list[int]], vocab, retriever: Retriever | None, max_new_tokens: int) -> list[list[int]]:
+def with_context(prompts: list[list[int]], vocab, retriever: Retriever | None, max_new_tokens: int) -> list[list[int]]:
     if retriever is None:
         return prompts
     return [retriever.context_for(p, vocab, max_new_tokens) for p in progress_bar(prompts, desc="retrieve", unit="prompt")]
@@ -140,7 +140,7 @@ def entity_t2i(model, tokenizer, items: list[dict], entities: dict[str, dict], c
     # room the retrieved context leaves: BOI and the codes, and before them the words, with EOI in case the
     # greedy pass draws its image at the very end of them
     budget = hw + 1 + (cfg.caption_max_tokens + 1 if cfg.entity_describe_first else 0)
-    prompts = _with_context([tokenizer.encode_parts([t], eos=False) for t in texts], vocab, retriever, budget)
+    prompts = with_context([tokenizer.encode_parts([t], eos=False) for t in texts], vocab, retriever, budget)
     words: list[list[int] | None] = [[] for _ in prompts]
     if cfg.entity_describe_first:
         words = words_before_drawing(model, vocab, prompts, cfg.caption_max_tokens)
@@ -156,8 +156,7 @@ def entity_t2i(model, tokenizer, items: list[dict], entities: dict[str, dict], c
         for k, image in zip(drawn, sampled_images(tokenizer, outs, image_size)):
             images[k] = image
     correct = [im is not None and entity_shown(analyse_scene(im), entities[i["entity"]]) for im, i in zip(images, items)]
-    written = ["".join(p for p in tokenizer.decode_parts(w or [], strict=False) if isinstance(p, str)).strip()
-               for w in words]  # fmt: skip
+    written = [sampled_text(tokenizer, w or []) for w in words]
     examples = [{"prompt": t, "written": w, "image": im, "right": c}
                 for t, w, im, c in zip(texts, written, images, correct)]  # fmt: skip
     return _share(correct) | {"examples": examples}
@@ -171,7 +170,7 @@ def entity_captions(model, tokenizer, items: list[dict], names: Sequence[str], c
     vocab = tokenizer.vocab
     images = [render_scene(i["scene"], image_size) for i in items]
     prompts = [tokenizer.encode_parts([cfg.caption_prompt, im, cfg.caption_lead], eos=False) for im in images]
-    prompts = _with_context(prompts, vocab, retriever, cfg.caption_max_tokens)
+    prompts = with_context(prompts, vocab, retriever, cfg.caption_max_tokens)
     params = SamplingParams(max_new_tokens=cfg.caption_max_tokens, temperature=0.0, max_images=0, seed=cfg.seed)
     with progress_bar(desc="entity captions", unit="step") as bar:
         outs = sample(model, vocab, prompts, params, progress=sampler_progress(bar))

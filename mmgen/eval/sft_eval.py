@@ -32,11 +32,8 @@ from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, read_model_description
 from mmgen.model.lora import add_lora, trainable_share
 from mmgen.model.transformer import Transformer
+from mmgen.generation.captioning import sampled_text
 from mmgen.generation.sampler import SamplingParams, sample_in_batches
-
-
-def _text(tokenizer, ids: Sequence[int]) -> str:
-    return "".join(p for p in tokenizer.decode_parts(list(ids), strict=False) if isinstance(p, str)).strip()
 
 
 @torch.inference_mode()
@@ -60,7 +57,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         idx = by_task["caption"]
         outs = run("SFT captions", prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
         truths = [shards.metadata(i)["scene"] for i in idx]
-        stated = [caption_scene(_text(tokenizer, o)) for o in outs]
+        stated = [caption_scene(sampled_text(tokenizer, o)) for o in outs]
         metrics |= with_interval("caption_accuracy", attribute_accuracy(truths, stated),
                                  attribute_accuracy_interval(truths, stated, seed=seed), len(idx))
         metrics["caption_chance"] = permutation_chance(truths, stated, seed=seed)
@@ -68,7 +65,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         idx = by_task["vqa"]
         outs = run("SFT visual QA", prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
         metas = [shards.metadata(i) for i in idx]
-        answers = [_text(tokenizer, o).lower().strip(" .") for o in outs]
+        answers = [sampled_text(tokenizer, o).lower().strip(" .") for o in outs]
         right = sum(a == m["answer"] for a, m in zip(answers, metas))
         metrics |= with_interval("vqa_accuracy", right / len(idx), wilson_interval(right, len(idx)), len(idx))
         metrics["vqa_chance"] = float(np.mean([1 / len(ANSWER_CHOICES[m["kind"]]) for m in metas]))

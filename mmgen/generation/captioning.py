@@ -39,10 +39,11 @@ def _greedy_captions(model, tokenizer, prompts: list[list[int]], lead: str, max_
     return sampled_captions(tokenizer, outs, lead)
 
 
+def sampled_text(tokenizer, ids: Sequence[int]) -> str:
+    """The text of sampled tokens, images left out (decoded leniently: a cut-off image is dropped), stripped."""
+    return "".join(p for p in tokenizer.decode_parts([int(t) for t in ids], strict=False) if isinstance(p, str)).strip()
+
+
 def sampled_captions(tokenizer, outputs: Sequence[Sequence[int]], lead: str) -> list[str]:
     """The first sentence of ``lead`` and each sampled continuation's text."""
-    captions = []
-    for new in outputs:
-        text = "".join(p for p in tokenizer.decode_parts(new, strict=False) if isinstance(p, str))
-        captions.append(first_sentence(f"{lead} {text.strip()}"))
-    return captions
+    return [first_sentence(f"{lead} {sampled_text(tokenizer, new)}") for new in outputs]
