@@ -86,19 +86,20 @@ def test_cli_prints_one_line_without_traceback(argv, fragment, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0]
 
 
-@pytest.mark.parametrize("cpuinfo, name, bf16, amx, steps", [
+@pytest.mark.parametrize("cpuinfo, name, bf16, amx, steps, width", [
     ("model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n",
-     "Intel(R) Xeon(R) Platinum 8488C", True, True, 1000),
+     "Intel(R) Xeon(R) Platinum 8488C", True, True, 1000, 128),
     ("model name\t: AMD EPYC 9R14 96-Core Processor\nflags\t\t: fpu avx2 avx512f avx512_bf16\n",
-     "AMD EPYC 9R14 96-Core Processor", True, False, 1000),
-    ("model name\t: AMD EPYC 7R13 Processor\nflags\t\t: fpu avx2 fma\n", "AMD EPYC 7R13 Processor", False, False, 570),
-    ("", "", False, False, 570),  # no /proc/cpuinfo
+     "AMD EPYC 9R14 96-Core Processor", True, False, 1000, 192),
+    ("model name\t: AMD EPYC 7R13 Processor\nflags\t\t: fpu avx2 fma\n", "AMD EPYC 7R13 Processor", False, False, 570, 128),
+    ("", "", False, False, 570, 128),  # no /proc/cpuinfo
 ])
-def test_the_demo_trains_as_many_steps_as_its_cpu_family_fits(monkeypatch, cpuinfo, name, bf16, amx, steps):
+def test_the_demo_trains_as_many_steps_as_its_cpu_family_fits(monkeypatch, cpuinfo, name, bf16, amx, steps, width):
     monkeypatch.setattr(cpu_features, "_cpuinfo", lambda: cpuinfo)
     assert (cpu_features.cpu_model_name(), cpu_features.cpu_has_bf16(), cpu_features.cpu_has_amx_bf16()) == (name, bf16, amx)
     cfg = load_config(["--config", "demo"])
     assert cfg.training.steps == steps and cfg.checkpoint.interval == -(-steps // 3)
+    assert (cfg.model.dim, cfg.model.n_heads) == (width, width // 32)  # heads of 32 at every width
     # a fresh world for about one pass: 40 documents and 53 caption pairs per step
     assert (cfg.world.train_documents, cfg.world.train_caption_pairs) == (40 * steps, steps * 160 // 3)
     assert load_config(["--config", "demo", "--training.steps", "100"]).training.steps == 100  # the user's word wins

@@ -170,6 +170,11 @@ def test_compare_sft_on_validation_leaves_the_heldout_figures_alone(sft_run, tmp
         assert r["items_per_task"] == {"caption": 2, "t2i": 2, "vqa": 2}
         for key in ("caption_accuracy", "vqa_accuracy", "t2i_accuracy", "t2i_accuracy_cfg2"):
             assert 0.0 <= r[key] <= 1.0 and r[f"{key}_items"] == 2
+        # VQA by question kind: the questions asked split among the kinds, and their answers add up
+        kinds = [k for k in r if k.startswith("vqa_accuracy_") and k.endswith("_items") and k != "vqa_accuracy_items"]
+        assert kinds and sum(r[k] for k in kinds) == 2
+        right = sum(r[k.removesuffix("_items")] * r[k] for k in kinds)
+        assert right == pytest.approx(r["vqa_accuracy"] * 2)
 
 
 def test_a_run_made_before_validation_pairs_encodes_the_rest_and_says_why(sft_run, tmp_path):

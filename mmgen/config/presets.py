@@ -8,7 +8,7 @@ budget, and what each choice was measured to buy, is in docs/BENCHMARKS.md ("The
 from __future__ import annotations
 
 from mmgen.config.schema import ExperimentConfig
-from mmgen.cpu_features import cpu_has_bf16
+from mmgen.cpu_features import cpu_has_amx_bf16, cpu_has_bf16
 
 
 def demo_steps() -> int:
@@ -23,6 +23,16 @@ def demo_steps() -> int:
     before, 13 min 24 s in run AI). A wider decoder is no cheaper per token on any of them (width 256: 2.1x
     and 2.6x width 128's time on the AMX Xeon and the AVX2 EPYC)."""
     return 1000 if cpu_has_bf16() else 570
+
+
+def demo_width() -> int:
+    """Width of the demo's decoder on the CPU family at hand, in heads of 32. The AMX Xeon and the AVX2 EPYC
+    fill their 30 minutes with width 128 (demo_steps). The AVX512-BF16 EPYC without AMX left 12.7 of them
+    unused (run AJ), and width 192 at the same 1,000 steps, 1.5x the pretraining time there, scored better on
+    validation: text infilling's gain over its baseline +0.037 -> +0.097 (above zero), pretrained captions 0.895
+    -> 0.951, VQA 0.790 -> 0.827 (within); against width 128 at equal FLOPs in six layers, which drew better but
+    read shapes from images worse (BENCHMARKS, "Width, depth and sharper attention for VQA")."""
+    return 192 if cpu_has_bf16() and not cpu_has_amx_bf16() else 128
 
 
 def demo(steps: int = 0) -> ExperimentConfig:
@@ -72,8 +82,9 @@ def demo(steps: int = 0) -> ExperimentConfig:
     # 0.37 -> 0.49 and colour-given-image 0.48 -> 0.78, image-given-colour 0.55 -> 0.37 (BENCHMARKS).
     cfg.image_tokenizer.encoder = "patch"
     # A small decoder sees 2.6x the tokens per CPU-minute of the 256-wide one, which at a few million
-    # tokens is worth more than width.
-    cfg.model.dim = 128
+    # tokens is worth more than width, where the minutes are short (demo_width).
+    cfg.model.dim = demo_width()
+    cfg.model.n_heads = cfg.model.dim // 32
     # Each image code's row and column in its grid, learnt, beside RoPE's 1-D positions. Same world, tokens and
     # 1,000 steps on validation: own captions 0.653 -> 0.945, text-to-image 0.815 -> 0.855, shape given image
     # 0.947 -> 0.993, image bits/token 0.199 -> 0.171, text 1.307 -> 1.216; after SFT caption 0.977 -> 0.990,

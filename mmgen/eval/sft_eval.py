@@ -68,6 +68,12 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         answers = [sampled_text(tokenizer, o).lower().strip(" .") for o in outs]
         right = sum(a == m["answer"] for a, m in zip(answers, metas))
         metrics |= with_interval("vqa_accuracy", right / len(idx), wilson_interval(right, len(idx)), len(idx))
+        # which questions fail: finding the object a question names (colour, shape, position, size) or not
+        for kind in ANSWER_CHOICES:
+            asked = [a == m["answer"] for a, m in zip(answers, metas) if m["kind"] == kind]
+            if asked:
+                metrics[f"vqa_accuracy_{kind}"] = sum(asked) / len(asked)
+                metrics[f"vqa_accuracy_{kind}_items"] = len(asked)
         metrics["vqa_chance"] = float(np.mean([1 / len(ANSWER_CHOICES[m["kind"]]) for m in metas]))
     if by_task.get("t2i"):
         idx = by_task["t2i"]
