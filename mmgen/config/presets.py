@@ -20,8 +20,9 @@ def demo_steps() -> int:
     at 0.73 s a step: 1,000 steps took 29 min 19 s with the install in run X and 27 min 30 s in run Z, fresh
     clones on nearly quiet hosts. An AMD EPYC with AVX512-BF16 but no AMX trains in bf16 at about 0.5 s a
     step: 1,000 steps took 17 min 16 s with the install in run AJ, a fresh clone (at 570 steps, the rule
-    before, 13 min 24 s in run AI). A wider decoder is no cheaper per token on any of them (width 256: 2.1x
-    and 2.6x width 128's time on the AMX Xeon and the AVX2 EPYC)."""
+    before, 13 min 24 s in run AI), and 24 min 45 s in run AL with its wider decoder (demo_width). A wider
+    decoder is no cheaper per token on any of them (width 256: 2.1x and 2.6x width 128's time on the AMX Xeon
+    and the AVX2 EPYC)."""
     return 1000 if cpu_has_bf16() else 570
 
 
@@ -29,9 +30,10 @@ def demo_width() -> int:
     """Width of the demo's decoder on the CPU family at hand, in heads of 32. The AMX Xeon and the AVX2 EPYC
     fill their 30 minutes with width 128 (demo_steps). The AVX512-BF16 EPYC without AMX left 12.7 of them
     unused (run AJ), and width 192 at the same 1,000 steps, 1.5x the pretraining time there, scored better on
-    validation: text infilling's gain over its baseline +0.037 -> +0.097 (above zero), pretrained captions 0.895
-    -> 0.951, VQA 0.790 -> 0.827 (within); against width 128 at equal FLOPs in six layers, which drew better but
-    read shapes from images worse (BENCHMARKS, "Width, depth and sharper attention for VQA")."""
+    validation: text infilling's gain over its baseline +0.037 -> +0.097 (above zero), pretrained captions 0.954
+    -> 0.989, VQA 0.790 -> 0.827 (within); six narrower layers at equal FLOPs drew better but read shapes from
+    images worse (BENCHMARKS, "Width, depth and sharper attention for VQA"). The demo with it,
+    held out (run AL, 24 min 45 s with the install): text infilling's gain +0.093 [+0.033, +0.157], VQA 0.817."""
     return 192 if cpu_has_bf16() and not cpu_has_amx_bf16() else 128
 
 
