@@ -18,7 +18,9 @@ from mmgen.config import RunPaths, load_config
 from mmgen.data.entities import read_entities
 from mmgen.data.shapes_world import describe_scene, parse_caption
 from mmgen.eval.intervals import wilson_interval
-from mmgen.eval.knowledge import entity_shown, load_knowledge_retriever, pick_items, with_context, words_before_drawing
+from mmgen.eval.knowledge import (
+    entity_shown, load_knowledge_retriever, pick_items, shape_facts, with_context, words_before_drawing,
+)  # fmt: skip
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.eval.shapes_eval import sampled_images
 from mmgen.generation.captioning import sampled_text
@@ -27,20 +29,20 @@ from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
 
 
-def shapes_of(scene_shapes) -> list[tuple]:
-    return sorted((s["shape"], s["color"], s["size"], s["position"]) for s in scene_shapes)
-
-
 def share(hits: int, n: int) -> str:
     lo, hi = wilson_interval(hits, n)
     return f"{hits / n:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(pretraining folders, config flags): every flag takes one value (``--section.field VALUE``)."""
+    """(pretraining folders, config flags): a flag is ``--section.field VALUE``, ``--section.field=VALUE`` or
+    ``-h``/``--help``, as load_config reads them."""
     targets, flags, k = [], [], 0
     while k < len(argv):
-        if argv[k].startswith("--"):
+        if argv[k] in ("-h", "--help") or (argv[k].startswith("--") and "=" in argv[k]):
+            flags.append(argv[k])
+            k += 1
+        elif argv[k].startswith("--"):
             flags += argv[k : k + 2]
             k += 2
         else:
@@ -77,7 +79,7 @@ def main() -> None:
             words = words_before_drawing(model, vocab, requests, e.caption_max_tokens)
             exact = stated = total = 0
             for w, i in zip(words, items):
-                said, truth = shapes_of(parse_caption(sampled_text(tokenizer, w or []))), shapes_of(i["scene"]["shapes"])
+                said, truth = shape_facts(parse_caption(sampled_text(tokenizer, w or []))), shape_facts(i["scene"]["shapes"])
                 exact += said == truth
                 stated += sum(t in said for t in truth)
                 total += len(truth)

@@ -45,13 +45,16 @@ from mmgen.tokenizers.run import load_text_tokenizer
 GROUPS = ("head", "tail")
 
 
+def shape_facts(shapes: Sequence[dict]) -> list[tuple[str, str, str, str]]:
+    """(shape, colour, size, cell) of each shape, sorted: two scenes with equal facts show the same shapes."""
+    return sorted((s["shape"], s["color"], s["size"], s["position"]) for s in shapes)
+
+
 def entity_shown(read: dict, entity: dict) -> bool:
     """The read scene holds exactly the entity's shapes, in its layout, at one of its places."""
-    seen = sorted((s["shape"], s["color"], s["size"], s["position"]) for s in read["shapes"])
+    seen = shape_facts(read["shapes"])
     for anchor in anchors(entity):
-        drawn = sorted((p["shape"], p["color"], p["size"], cell)
-                       for p, cell in zip(entity["parts"], entity_cells(entity, anchor)))  # fmt: skip
-        if seen == drawn:
+        if seen == shape_facts([{**p, "position": cell} for p, cell in zip(entity["parts"], entity_cells(entity, anchor))]):
             return True
     return False
 
