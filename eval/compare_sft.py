@@ -9,7 +9,8 @@ checkpoint.
 
 Captioning and text-to-image attribute accuracy (text-to-image unguided and
 with classifier-free guidance), visual QA accuracy, each with its chance
-level; writes ``<run>/eval/sft_metrics.json``. With ``--eval.split validation``
+level, and each fine-tuned checkpoint's gain over the pretrained one on the same prompts
+(``<accuracy>_gain``, with a paired interval); writes ``<run>/eval/sft_metrics.json``. With ``--eval.split validation``
 (for choosing settings: guidance scale, SFT mixture, pretraining options) it
 scores the validation SFT prompts instead and writes
 ``<run>/eval/sft_metrics_validation.json``, leaving the held-out figures alone.
@@ -17,7 +18,7 @@ scores the validation SFT prompts instead and writes
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.device import generation_device
-from mmgen.eval.sft_eval import fine_tuning_runs, lora_trainable_share, sft_eval, sft_prompts
+from mmgen.eval.sft_eval import fine_tuning_runs, lora_trainable_share, paired_gains, sft_eval, sft_prompts
 from mmgen.files import write_json
 from mmgen.model.checkpoint import load_trained_model
 from mmgen.tokenizers.run import load_run_tokenizer
@@ -46,7 +47,9 @@ def main() -> None:
         share = lora_trainable_share(folder, model)
         if share is not None:
             results[name]["trainable_share"] = share
-    keys = [k for k in results["pretrained"] if isinstance(results["pretrained"][k], float)]
+        if name != "pretrained":
+            results[name] |= paired_gains(results[name], results["pretrained"], seed=cfg.sample.seed)
+    keys = list(dict.fromkeys(k for r in results.values() for k, v in r.items() if isinstance(v, float)))
     print(f"\n{'metric':<26}" + "".join(f"{n:>14}" for n in results))
     for key in keys:
         print(f"{key:<26}" + "".join(f"{r.get(key, float('nan')):>14.3f}" for r in results.values()))

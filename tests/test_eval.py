@@ -27,7 +27,8 @@ from mmgen.eval.classify import (
 )
 from mmgen.eval.likelihood import bits_per_token, common_prefix_length, continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
-from mmgen.eval.intervals import paired_difference_interval, ratio_interval, wilson_interval
+from mmgen.eval.intervals import (paired_difference_interval, paired_ratio_difference_interval, ratio_interval,
+                                  wilson_interval)
 from mmgen.eval.shapes_eval import eval_scenes
 from mmgen.model import per_token_loss
 from mmgen.tokenizers.vocab import Vocab
@@ -146,6 +147,24 @@ def test_a_paired_difference_is_told_apart_where_two_separate_intervals_overlap(
     mixed[np.flatnonzero(baseline == 1)[:15]] = 0.0
     lo, hi = paired_difference_interval(mixed, baseline)
     assert lo < 0 < hi
+
+
+def test_a_paired_ratio_difference_pools_attributes_and_resamples_items_together():
+    """Two checkpoints' attribute scores on the same 300 prompts (right, total per prompt): the second draws one
+    attribute more right on 20 prompts. The paired interval holds the pooled difference and lies above zero,
+    where the separate intervals overlap; with totals of one it is the paired mean difference's interval."""
+    rng = np.random.default_rng(1)
+    totals = rng.integers(5, 14, size=300).astype(float)
+    base = np.floor(totals * 0.85)
+    tuned = base.copy()
+    tuned[:20] += 1
+    assert ratio_interval(tuned, totals)[0] < ratio_interval(base, totals)[1]
+    lo, hi = paired_ratio_difference_interval(tuned, totals, base, totals)
+    assert 0 < lo < (tuned.sum() - base.sum()) / totals.sum() < hi
+    ones, hits = np.ones(300), (rng.random(300) < 0.5).astype(float)
+    assert paired_ratio_difference_interval(hits, ones, base / totals, ones) == paired_difference_interval(hits, base / totals)
+    with pytest.raises(ValueError, match="same items"):
+        paired_ratio_difference_interval(tuned, totals, base[:-1], totals[:-1])
 
 
 VOCAB = Vocab.build(text_vocab_size=20, codebook_size=16, grid=(2, 2))

@@ -21,6 +21,7 @@ from bad_inputs import ROOT, SMALL, assert_one_error_line, build_encoded_run, ru
 from PIL import Image
 
 from mmgen.config import RunPaths
+from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.data.shapes_world import describe_scene, generate_world, scene_split
 from world_helpers import files_of, world_cfg
 
@@ -171,10 +172,18 @@ def test_compare_sft_on_validation_leaves_the_heldout_figures_alone(sft_run, tmp
         for key in ("caption_accuracy", "vqa_accuracy", "t2i_accuracy", "t2i_accuracy_cfg2"):
             assert 0.0 <= r[key] <= 1.0 and r[f"{key}_items"] == 2
         # VQA by question kind: the questions asked split among the kinds, and their answers add up
-        kinds = [k for k in r if k.startswith("vqa_accuracy_") and k.endswith("_items") and k != "vqa_accuracy_items"]
+        kinds = [f"vqa_accuracy_{kind}_items" for kind in ANSWER_CHOICES if f"vqa_accuracy_{kind}_items" in r]
         assert kinds and sum(r[k] for k in kinds) == 2
         right = sum(r[k.removesuffix("_items")] * r[k] for k in kinds)
         assert right == pytest.approx(r["vqa_accuracy"] * 2)
+    # the fine-tuned checkpoint's gain over the pretrained one, item by item on the same prompts
+    tuned, base = results["sft"], results["pretrained"]
+    assert not any(k.endswith("_gain") for k in base)
+    for key in ("caption_accuracy", "vqa_accuracy", "t2i_accuracy", "t2i_accuracy_cfg2"):
+        assert tuned[f"{key}_gain"] == pytest.approx(tuned[key] - base[key]) and tuned[f"{key}_gain_items"] == 2
+        low, high = tuned[f"{key}_gain_ci95"]
+        assert low <= tuned[f"{key}_gain"] + 1e-9 and tuned[f"{key}_gain"] - 1e-9 <= high
+        assert len(tuned["item_scores"][key]) == 2
 
 
 def test_a_run_made_before_validation_pairs_encodes_the_rest_and_says_why(sft_run, tmp_path):
@@ -221,3 +230,16 @@ def test_the_report_shows_the_sft_comparison_of_its_own_split(tmp_path):
     assert "held-out SFT prompts" in heldout and "0.250" in heldout and "0.750" not in heldout
     assert "validation SFT prompts" in validation and "0.750" in validation and "0.250" not in validation
     assert paths.for_split(paths.sft_metrics, "heldout") == paths.sft_metrics != paths.for_split(paths.sft_metrics, "validation")
+
+
+def test_the_reports_sft_table_shows_a_fine_tuned_runs_gain_over_the_pretrained_one(tmp_path):
+    from mmgen.eval.report import _sft_table
+    from mmgen.files import write_json
+
+    paths = RunPaths(str(tmp_path))
+    write_json(paths.sft_metrics, {"pretrained": {"step": 3, "t2i_accuracy": 0.884},
+                                   "sft": {"step": 1, "t2i_accuracy": 0.902, "t2i_accuracy_gain": 0.018,
+                                           "t2i_accuracy_gain_ci95": [0.008, 0.028], "t2i_accuracy_gain_items": 300}})
+    table = _sft_table(paths, "heldout")
+    gain_row = table[table.index("<td>t2i_accuracy_gain</td>"):].split("</tr>")[0]
+    assert "<td>—</td>" in gain_row and "0.018 [0.008, 0.028], n = 300" in gain_row

@@ -27,6 +27,10 @@ def test_the_last_screen_names_what_was_produced_and_the_headline_figures(tmp_pa
     write(run / "eval/metrics.json", {"caption_accuracy": 0.5123, "caption_accuracy_ci95": [0.45, 0.57],
                                       "caption_accuracy_items": 300, "infill_text_exact_gain": -0.01,
                                       "infill_text_exact_gain_ci95": [-0.043, 0.02], "infill_text_exact_gain_items": 300})
+    write(run / "eval/sft_metrics.json", {"pretrained": {"t2i_accuracy": 0.884},
+                                          "sft": {"t2i_accuracy": 0.902, "t2i_accuracy_gain": 0.018,
+                                                  "t2i_accuracy_gain_ci95": [0.008, 0.028], "t2i_accuracy_gain_items": 300,
+                                                  "item_scores": {"t2i_accuracy": [[9, 10]] * 300}}})
 
     summary = demo_summary(RunPaths(str(run)))
     assert summary["outputs"]["checkpoints"] == {"pretrain": f"{run}/pretrain/checkpoint/step-20",
@@ -38,6 +42,9 @@ def test_the_last_screen_names_what_was_produced_and_the_headline_figures(tmp_pa
                      "text loss 6.90 -> 1.25", "image loss 7.00 -> 2.50", "PSNR 24.6 dB", "codebook usage 50%",
                      "report: pretrained", "0.512  [0.450, 0.570]", "-0.010  [-0.043, 0.020]", "VQ-VAE 1.5"):
         assert expected in screen, (expected, screen)
+    # the fine-tuned model's paired gain over the pretrained one, on its own line under its model
+    gain = next(line for line in screen.splitlines() if "gain over pretrained, paired" in line)
+    assert "sft comparison: sft" in gain and "0.018  [0.008, 0.028]" in gain and gain.endswith(" 300")
     assert max(len(line) for line in screen.splitlines() if "/" not in line) <= 90
     # the CPU family, which sets the demo's steps and training dtype
     for flags, family in (({"cpu_amx_bf16": True, "cpu_bf16": True}, "AMX-BF16, 2 cores"),

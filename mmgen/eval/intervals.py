@@ -5,8 +5,9 @@ which stays inside [0, 1] and is sound for small n and for shares near 0 or 1. A
 the attributes of each item (a scene of three shapes weighs more than one of a single shape) and the
 attributes of one item are not independent, so their interval is a percentile bootstrap over items of the
 pooled ratio. A difference between two readings of the same items (an infill against its left-context
-baseline) is paired: its interval resamples items, each keeping both readings, which is much narrower than two
-separate intervals when the readings agree on most items.
+baseline, a fine-tuned model against its pretrained one on the same prompts) is paired: its interval resamples
+items, each keeping both readings, which is much narrower than two separate intervals when the readings agree on
+most items.
 """
 
 from __future__ import annotations
@@ -45,12 +46,24 @@ def ratio_interval(correct: Sequence[float], totals: Sequence[float], *, rounds:
 def paired_difference_interval(a: Sequence[float], b: Sequence[float], *, rounds: int = 2000,
                                seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(a) - mean(b) for two readings of the same items, resampling items."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if len(d) == 0:
+    ones = np.ones(len(a))
+    return paired_ratio_difference_interval(a, ones, b, ones, rounds=rounds, seed=seed)
+
+
+def paired_ratio_difference_interval(correct_a: Sequence[float], totals_a: Sequence[float],
+                                     correct_b: Sequence[float], totals_b: Sequence[float], *, rounds: int = 2000,
+                                     seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of sum(correct_a) / sum(totals_a) - sum(correct_b) / sum(totals_b) for two
+    readings of the same items (two models on the same prompts), each resample keeping both readings of an item."""
+    ca, ta, cb, tb = (np.asarray(x, dtype=np.float64) for x in (correct_a, totals_a, correct_b, totals_b))
+    if len(ca) == 0:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, len(d), size=(rounds, len(d)))].mean(1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
+    if not len(ca) == len(ta) == len(cb) == len(tb):
+        raise ValueError(f"paired readings need the same items: {len(ca)}, {len(ta)}, {len(cb)}, {len(tb)}")
+    picks = np.random.default_rng(seed).integers(0, len(ca), size=(rounds, len(ca)))
+    differences = (ca[picks].sum(1) / np.maximum(ta[picks].sum(1), 1e-12)
+                   - cb[picks].sum(1) / np.maximum(tb[picks].sum(1), 1e-12))
+    lo, hi = np.percentile(differences, [2.5, 97.5])
     return float(lo), float(hi)
 
 

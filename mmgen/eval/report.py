@@ -121,14 +121,18 @@ def _sft_table(paths: RunPaths, split: str) -> str:
     if not exists(path):
         return ""
     runs = read_json(path)
-    keys = [k for k, v in next(iter(runs.values())).items() if isinstance(v, float)]
+    # every run's figures; a fine-tuned run's gains over the pretrained one are its own
+    keys = list(dict.fromkeys(k for r in runs.values() for k, v in r.items() if isinstance(v, float)))
     head = "".join(f"<th>{H.escape(name)} (step {r['step']})</th>" for name, r in runs.items())
-    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{value_text(r, k)}</td>" for r in runs.values())
+    rows = "".join(f"<tr><td>{H.escape(k)}</td>" + "".join(f"<td>{value_text(r, k) if k in r else '—'}</td>"
+                                                           for r in runs.values())
                    + "</tr>" for k in keys)
     final = [name for name in runs if name != "pretrained"][:1]
     named = f" The final model is <b>{H.escape(final[0])}</b>." if final else ""
     prompts = "held-out" if split == "heldout" else split
-    return (f"<h2>Fine-tuning ({prompts} SFT prompts)</h2><p>Value [95 % interval], items.{named}</p>"
+    return (f"<h2>Fine-tuning ({prompts} SFT prompts)</h2><p>Value [95 % interval], items; "
+            f"<code>*_gain</code>: a fine-tuned model's lead over the pretrained one on the same prompts, with a paired "
+            f"interval.{named}</p>"
             f"<table><tr><th>metric</th>{head}</tr>{rows}</table>")
 
 

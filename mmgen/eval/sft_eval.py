@@ -25,8 +25,9 @@ from mmgen.config.paths import RunPaths
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.data.token_shards import TokenShards
-from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, caption_scene, permutation_chance
-from mmgen.eval.intervals import wilson_interval, with_interval
+from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, attribute_score, caption_scene,
+                                   permutation_chance)
+from mmgen.eval.intervals import paired_ratio_difference_interval, wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, read_model_description
@@ -53,6 +54,8 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size, desc=desc)
 
     metrics: dict[str, float] = {}
+    # each item's (right, total) per accuracy, so two checkpoints scored on these prompts compare item by item
+    item_scores: dict[str, list[list[int]]] = {}
     if by_task.get("caption"):
         idx = by_task["caption"]
         outs = run("SFT captions", prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
@@ -61,12 +64,14 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
         metrics |= with_interval("caption_accuracy", attribute_accuracy(truths, stated),
                                  attribute_accuracy_interval(truths, stated, seed=seed), len(idx))
         metrics["caption_chance"] = permutation_chance(truths, stated, seed=seed)
+        item_scores["caption_accuracy"] = [list(attribute_score(t, s)) for t, s in zip(truths, stated)]
     if by_task.get("vqa"):
         idx = by_task["vqa"]
         outs = run("SFT visual QA", prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
         metas = [shards.metadata(i) for i in idx]
         answers = [sampled_text(tokenizer, o).lower().strip(" .") for o in outs]
         right = sum(a == m["answer"] for a, m in zip(answers, metas))
+        item_scores["vqa_accuracy"] = [[int(a == m["answer"]), 1] for a, m in zip(answers, metas)]
         metrics |= with_interval("vqa_accuracy", right / len(idx), wilson_interval(right, len(idx)), len(idx))
         # which questions fail: finding the object a question names (colour, shape, position, size) or not
         for kind in ANSWER_CHOICES:
@@ -91,10 +96,28 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
             name = "t2i_accuracy" if unguided else f"t2i_accuracy_cfg{scale:g}"
             metrics |= with_interval(name, attribute_accuracy(truths, read),
                                      attribute_accuracy_interval(truths, read, seed=seed), len(idx))
+            item_scores[name] = [list(attribute_score(t, r)) for t, r in zip(truths, read)]
             if unguided:
                 metrics["t2i_chance"] = permutation_chance(truths, read, seed=seed)
     metrics["items_per_task"] = {task: len(v) for task, v in by_task.items()}
+    metrics["item_scores"] = item_scores
     return metrics
+
+
+def paired_gains(tuned: dict, base: dict, *, seed: int = 0) -> dict:
+    """``<accuracy>_gain`` of a fine-tuned checkpoint over the base one for every accuracy both were scored on
+    item by item (``sft_eval``'s ``item_scores``, the same prompts): the difference of the pooled accuracies with
+    its paired bootstrap interval, much narrower than the two accuracies' own intervals when the checkpoints
+    agree on most prompts."""
+    gains: dict = {}
+    for name, scores in tuned.get("item_scores", {}).items():
+        other = base.get("item_scores", {}).get(name)
+        if other is None or len(other) != len(scores):
+            continue
+        (c_a, n_a), (c_b, n_b) = zip(*scores), zip(*other)
+        gains |= with_interval(f"{name}_gain", tuned[name] - base[name],
+                               paired_ratio_difference_interval(c_a, n_a, c_b, n_b, seed=seed), len(scores))
+    return gains
 
 
 def sft_prompts(paths: RunPaths, split: str, config_name: str) -> TokenShards:

@@ -89,7 +89,7 @@ def _outputs(paths: RunPaths, checkpoint_folder: str, sft_folders: list[str]) ->
     return found
 
 
-_HEADLINE = ("caption_accuracy", "t2i_accuracy", "classify_shape_accuracy_image_given_label",
+_HEADLINE = ("caption_accuracy", "t2i_accuracy", "t2i_accuracy_gain", "classify_shape_accuracy_image_given_label",
              "classify_shape_accuracy_label_given_image", "classify_color_accuracy_image_given_label",
              "classify_color_accuracy_label_given_image", "infill_image_accuracy", "infill_text_exact",
              "infill_text_exact_left_context", "infill_text_exact_gain", "vqa_accuracy")  # fmt: skip
@@ -113,6 +113,7 @@ def _headline(paths: RunPaths) -> dict[str, dict[str, Any]]:
 _LABELS = {
     "caption_accuracy": "caption (image -> text)",
     "t2i_accuracy": "text -> image",
+    "t2i_accuracy_gain": "  gain over pretrained, paired",
     "classify_shape_accuracy_image_given_label": "classify shape, image | label",
     "classify_shape_accuracy_label_given_image": "classify shape, label | image",
     "classify_color_accuracy_image_given_label": "classify colour, image | label",
