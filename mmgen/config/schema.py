@@ -54,6 +54,8 @@ class WorldConfig:
     """Long-tail exponent: the entity of rank r is used with probability proportional to r^-entity_zipf."""
     entity_spell_out: float = 0.0
     """Share of entity documents that spell out, after each sentence naming the entity, what its image shows in the world's own words ("Here is a drawing. Draw a Zorbel at the top, on a white background. It is a large green triangle at the top and a small red circle in the center, on a white background."): the step from name to look that a model can copy from a retrieved definition before it draws (eval.entity_describe_first); 0: none, every use by name only."""
+    caption_shuffle: float = 0.0
+    """Training split only: share of the captions of scenes with several shapes that list the shapes in a random order instead of reading order (mmgen/data/caption_order.py), so a caption's later words must find the object its earlier words named; 0: every caption in reading order."""
     qa_share: float = 0.0
     """Training split only: share of document images shown before any text describes them that get questions and answers about them, in the SFT VQA task's words (mmgen/data/world_questions.py); 0: none."""
     qa_per_image: int = 2

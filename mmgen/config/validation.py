@@ -48,6 +48,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "world.entity_share": _share(),
     "world.entity_zipf": _at_least(0),
     "world.entity_spell_out": _share(),
+    "world.caption_shuffle": _share(),
     "world.qa_share": _share(),
     "world.qa_per_image": _at_least(1),
     "world.qa_question_first": _share(),

@@ -14,7 +14,8 @@ Notable choices:
   images in a document are often edits of the previous one, narrated ("Then the small red circle ... moves
   to the center."), so the text depends on more than one image.
 - Optionally (``world.qa_share``, mmgen/data/world_questions.py), training images shown before their caption
-  also get questions and short answers about them, in the SFT VQA task's words.
+  also get questions and short answers about them, in the SFT VQA task's words; and training captions
+  (``world.caption_shuffle``, mmgen/data/caption_order.py) may name a scene's shapes in a random order.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import io
 import json
 import posixpath
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 import numpy as np
@@ -39,6 +40,7 @@ from mmgen.files import write_atomic
 from mmgen.progress import progress_bar
 
 if TYPE_CHECKING:
+    from mmgen.data.caption_order import CaptionOrder
     from mmgen.data.world_noise import WorldNoise
     from mmgen.data.world_questions import WorldQuestions
 
@@ -181,11 +183,13 @@ def _join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def describe_scene(scene: Scene) -> str:
+def describe_scene(scene: Scene, order: Sequence[int] | None = None) -> str:
     """The canonical caption, e.g. 'a large red circle at the top left and a small blue square in the
     center, on a white background'; 'no shapes, on a white background' for a scene without shapes (the scene
-    analyser reads such a scene from a blank image)."""
-    shapes = _join([describe_shape(s) for s in scene["shapes"]]) if scene["shapes"] else "no shapes"
+    analyser reads such a scene from a blank image). ``order``: the shapes' indices in the order to name them
+    (default: reading order, the canonical caption)."""
+    listed = scene["shapes"] if order is None else [scene["shapes"][i] for i in order]
+    shapes = _join([describe_shape(s) for s in listed]) if listed else "no shapes"
     return f"{shapes}, on a {scene['background']} background"
 
 
@@ -330,7 +334,7 @@ def document_row(items: list[str | Scene], image_size: int, general_metadata: di
 # ----- writing a world -----
 
 _SPLIT_IDS = {"train": 0, "heldout": 1, "validation": 2}
-_STREAM_IDS = {"documents": 0, "captions": 1, "questions": 2}
+_STREAM_IDS = {"documents": 0, "captions": 1, "questions": 2, "caption_order": 3}
 
 
 def write_parquet_shard(rows: list[dict[str, Any]], path: str) -> None:
@@ -348,7 +352,7 @@ def split_rng(seed: int, split: str, stream: str) -> np.random.Generator:
 
 
 def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noise: WorldNoise,
-                     questions: WorldQuestions) -> dict[str, int]:  # fmt: skip
+                     questions: WorldQuestions, order: CaptionOrder) -> dict[str, int]:  # fmt: skip
     fs, root = fsspec.core.url_to_fs(out_dir)
     fs.makedirs(root, exist_ok=True)
     for stale in fs.glob(posixpath.join(root, "shard-*.parquet")):
@@ -360,7 +364,7 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noi
         for start in range(0, count, per_shard):
             rows = []
             for doc_id in range(start, min(count, start + per_shard)):
-                items = noise.document(random_document(rng, cfg, split, noise, questions))
+                items = order.document(noise.document(random_document(rng, cfg, split, noise, questions)))
                 images += sum(not isinstance(item, str) for item in items)
                 general = {"url": f"shapes-world://{split}/{doc_id}", "split": split, "doc_id": doc_id}
                 rows.append(document_row(items, cfg.image_size, general))
@@ -368,10 +372,11 @@ def _write_documents(cfg: WorldConfig, split: str, count: int, out_dir: str, noi
             write_parquet_shard(rows, posixpath.join(out_dir, f"shard-{shards:05d}.parquet"))
             shards += 1
     return {f"{split}_documents": count, f"{split}_document_images": images, f"{split}_shards": shards,
-            **noise.summary("document_images"), **questions.summary()}
+            **noise.summary("document_images"), **questions.summary(), **order.summary("document_captions")}
 
 
-def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: str, noise: WorldNoise) -> dict[str, int]:
+def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: str, noise: WorldNoise,
+                         order: CaptionOrder) -> dict[str, int]:  # fmt: skip
     fs, jsonl = fsspec.core.url_to_fs(jsonl_path)
     image_dir_name = posixpath.basename(jsonl).removesuffix(".jsonl")
     image_dir = posixpath.join(posixpath.dirname(jsonl), image_dir_name)
@@ -388,16 +393,18 @@ def _write_caption_pairs(cfg: WorldConfig, split: str, count: int, jsonl_path: s
             image, metadata = render_scene(scene, cfg.image_size), scene
         else:
             image, caption, metadata = noise.caption_pair(i, _scene_in(split, rng, cfg, noise))
+            caption = order.caption(metadata, caption)
         relative = f"{image_dir_name}/{i:06d}.png"
         write_atomic(posixpath.join(posixpath.dirname(jsonl), relative), png_bytes(image), fs)
         lines.append(json.dumps({"image": relative, "caption": caption, "metadata": metadata}))
     write_atomic(jsonl, "".join(line + "\n" for line in lines), fs)
-    return {f"{split}_caption_pairs": count, **noise.summary("caption_pairs")}
+    return {f"{split}_caption_pairs": count, **noise.summary("caption_pairs"), **order.summary("caption_pairs")}
 
 
 def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
     """Write the train and held-out splits (OBELICS shards and caption pairs) and the validation caption pairs;
     return what was written."""
+    from mmgen.data.caption_order import CaptionOrder  # builds on this module's captions, so it is imported here
     from mmgen.data.world_noise import WorldNoise  # builds on this module's scenes, so it is imported here
     from mmgen.data.world_questions import WorldQuestions  # likewise
 
@@ -407,14 +414,17 @@ def generate_world(cfg: WorldConfig, paths: RunPaths) -> dict[str, int]:
         ("train", cfg.train_documents, cfg.train_caption_pairs),
         ("heldout", cfg.heldout_documents, cfg.heldout_caption_pairs),
     ):
+        # one caption-order stream per split: documents are written first, then the caption pairs
+        order = CaptionOrder(cfg, split)
         counts |= _write_documents(cfg, split, documents, paths.corpus_split(split), WorldNoise(cfg, split, "documents"),
-                                   WorldQuestions(cfg, split))
-        counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"))
+                                   WorldQuestions(cfg, split), order)
+        counts |= _write_caption_pairs(cfg, split, pairs, paths.caption_pairs(split), WorldNoise(cfg, split, "captions"),
+                                       order)
     # The SFT prompts for choosing settings (eval/compare_sft.py --eval.split validation), as many as the held-out
     # ones so a choice is measured as precisely as the figures it leads to. Written last from their own stream:
     # the splits above are the same bytes as before they existed, and these do not depend on the train counts.
     counts |= _write_caption_pairs(cfg, "validation", cfg.heldout_caption_pairs, paths.caption_pairs("validation"),
-                                   WorldNoise(cfg, "validation", "captions"))
+                                   WorldNoise(cfg, "validation", "captions"), CaptionOrder(cfg, "validation"))
     # the bank defines every entity, entities.json records their uses in what was just written (none: both removed)
     from mmgen.data.entities import write_entity_files
 
