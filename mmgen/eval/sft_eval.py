@@ -25,9 +25,8 @@ from mmgen.config.paths import RunPaths
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.data.token_shards import TokenShards
-from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, attribute_score, caption_scene,
-                                   permutation_chance)
-from mmgen.eval.intervals import paired_ratio_difference_interval, wilson_interval, with_interval
+from mmgen.eval.attributes import attribute_score, caption_scene, permutation_chance
+from mmgen.eval.intervals import paired_ratio_difference_interval, ratio_interval, wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, read_model_description
@@ -53,18 +52,23 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
     def run(desc, batch_prompts, **params):
         return sample_in_batches(model, vocab, batch_prompts, SamplingParams(seed=seed, **params), batch_size, desc=desc)
 
-    metrics: dict[str, float] = {}
+    metrics: dict = {}
     # each item's (right, total) per accuracy, so two checkpoints scored on these prompts compare item by item
     item_scores: dict[str, list[list[int]]] = {}
+
+    def scored(name: str, truths: list[dict], predicted: list[dict]) -> dict:
+        """Attribute accuracy over the items with its bootstrap interval, each item's score kept."""
+        item_scores[name] = [list(attribute_score(t, p)) for t, p in zip(truths, predicted, strict=True)]
+        right, total = zip(*item_scores[name])
+        return with_interval(name, sum(right) / max(1, sum(total)), ratio_interval(right, total, seed=seed), len(right))
+
     if by_task.get("caption"):
         idx = by_task["caption"]
         outs = run("SFT captions", prompts(idx), max_new_tokens=64, temperature=0.0, max_images=0)
         truths = [shards.metadata(i)["scene"] for i in idx]
         stated = [caption_scene(sampled_text(tokenizer, o)) for o in outs]
-        metrics |= with_interval("caption_accuracy", attribute_accuracy(truths, stated),
-                                 attribute_accuracy_interval(truths, stated, seed=seed), len(idx))
+        metrics |= scored("caption_accuracy", truths, stated)
         metrics["caption_chance"] = permutation_chance(truths, stated, seed=seed)
-        item_scores["caption_accuracy"] = [list(attribute_score(t, s)) for t, s in zip(truths, stated)]
     if by_task.get("vqa"):
         idx = by_task["vqa"]
         outs = run("SFT visual QA", prompts(idx), max_new_tokens=8, temperature=0.0, max_images=0)
@@ -94,9 +98,7 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
             grids = [vocab.id_to_code(torch.tensor(o[: h * w])).view(h, w) for o in outs]
             read = [analyse_scene(im) for im in tokenizer.decode_images(grids)]
             name = "t2i_accuracy" if unguided else f"t2i_accuracy_cfg{scale:g}"
-            metrics |= with_interval(name, attribute_accuracy(truths, read),
-                                     attribute_accuracy_interval(truths, read, seed=seed), len(idx))
-            item_scores[name] = [list(attribute_score(t, r)) for t, r in zip(truths, read)]
+            metrics |= scored(name, truths, read)
             if unguided:
                 metrics["t2i_chance"] = permutation_chance(truths, read, seed=seed)
     metrics["items_per_task"] = {task: len(v) for task, v in by_task.items()}
