@@ -60,16 +60,29 @@ def caption_states_scene(caption: str, scene: dict) -> bool:
     return right == total
 
 
+def attribute_scores(truths: Sequence[dict], stated: Sequence[dict]) -> list[tuple[int, int]]:
+    """``attribute_score`` of each item."""
+    return [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]
+
+
+def pooled_accuracy(scores: Sequence[tuple[int, int]]) -> float:
+    """Share of all attributes right over items scored by ``attribute_score``."""
+    return sum(c for c, _ in scores) / max(1, sum(n for _, n in scores))
+
+
+def pooled_accuracy_interval(scores: Sequence[tuple[int, int]], *, seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap interval (over items) of ``pooled_accuracy``."""
+    return ratio_interval([c for c, _ in scores], [n for _, n in scores], seed=seed)
+
+
 def attribute_accuracy(truths: Sequence[dict], stated: Sequence[dict]) -> float:
     """Share of all true attributes stated correctly (pooled over items)."""
-    scores = [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]
-    return sum(c for c, _ in scores) / max(1, sum(n for _, n in scores))
+    return pooled_accuracy(attribute_scores(truths, stated))
 
 
 def attribute_accuracy_interval(truths: Sequence[dict], stated: Sequence[dict], *, seed: int = 0) -> tuple[float, float]:
     """95 % bootstrap interval (over items) of ``attribute_accuracy``."""
-    scores = [attribute_score(t, s) for t, s in zip(truths, stated, strict=True)]
-    return ratio_interval([c for c, _ in scores], [n for _, n in scores], seed=seed)
+    return pooled_accuracy_interval(attribute_scores(truths, stated), seed=seed)
 
 
 def permutation_chance(truths: Sequence[dict], stated: Sequence[dict], *, rounds: int = 20, seed: int = 0) -> float:

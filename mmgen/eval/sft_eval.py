@@ -25,8 +25,9 @@ from mmgen.config.paths import RunPaths
 
 from mmgen.data.sft_tasks import ANSWER_CHOICES
 from mmgen.data.token_shards import TokenShards
-from mmgen.eval.attributes import attribute_score, caption_scene, permutation_chance
-from mmgen.eval.intervals import paired_ratio_difference_interval, ratio_interval, wilson_interval, with_interval
+from mmgen.eval.attributes import (attribute_scores, caption_scene, permutation_chance, pooled_accuracy,
+                                   pooled_accuracy_interval)
+from mmgen.eval.intervals import paired_ratio_difference_interval, wilson_interval, with_interval
 from mmgen.eval.scene_analyser import analyse_scene
 from mmgen.files import exists
 from mmgen.model.checkpoint import MODEL_FILE, read_model_description
@@ -58,9 +59,9 @@ def sft_eval(model, tokenizer, shards, *, per_task: int = 128, cfg_scales: Seque
 
     def scored(name: str, truths: list[dict], predicted: list[dict]) -> dict:
         """Attribute accuracy over the items with its bootstrap interval, each item's score kept."""
-        item_scores[name] = [list(attribute_score(t, p)) for t, p in zip(truths, predicted, strict=True)]
-        right, total = zip(*item_scores[name])
-        return with_interval(name, sum(right) / max(1, sum(total)), ratio_interval(right, total, seed=seed), len(right))
+        scores = attribute_scores(truths, predicted)
+        item_scores[name] = [list(score) for score in scores]
+        return with_interval(name, pooled_accuracy(scores), pooled_accuracy_interval(scores, seed=seed), len(scores))
 
     if by_task.get("caption"):
         idx = by_task["caption"]
