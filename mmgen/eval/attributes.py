@@ -80,9 +80,11 @@ def attribute_accuracy(truths: Sequence[dict], stated: Sequence[dict]) -> float:
     return pooled_accuracy(attribute_scores(truths, stated))
 
 
-def attribute_accuracy_interval(truths: Sequence[dict], stated: Sequence[dict], *, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap interval (over items) of ``attribute_accuracy``."""
-    return pooled_accuracy_interval(attribute_scores(truths, stated), seed=seed)
+def attribute_accuracy_with_interval(truths: Sequence[dict], stated: Sequence[dict], *,
+                                     seed: int = 0) -> tuple[float, tuple[float, float]]:  # fmt: skip
+    """``attribute_accuracy`` and its 95 % bootstrap interval (over items), each item scored once."""
+    scores = attribute_scores(truths, stated)
+    return pooled_accuracy(scores), pooled_accuracy_interval(scores, seed=seed)
 
 
 def permutation_chance(truths: Sequence[dict], stated: Sequence[dict], *, rounds: int = 20, seed: int = 0) -> float:

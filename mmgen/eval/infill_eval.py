@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mmgen.data.objectives import choose_span, image_spans
-from mmgen.eval.attributes import attribute_accuracy, attribute_accuracy_interval, permutation_chance
+from mmgen.eval.attributes import attribute_accuracy_with_interval, permutation_chance
 from mmgen.eval.intervals import paired_difference_interval, wilson_interval, with_interval
 from mmgen.eval.likelihood import grouped_continuation_logprobs
 from mmgen.eval.scene_analyser import analyse_scene
@@ -109,8 +109,7 @@ def infill_eval(model, tokenizer, shards, *, documents: int, seed: int = 0, temp
         infilled = tokenizer.decode_images([grids[k] for k in kept]) if kept else []
         truth = [analyse_scene(im) for im in originals]
         read = [analyse_scene(im) for im in infilled]
-        result |= with_interval("image_accuracy", attribute_accuracy(truth, read),
-                                attribute_accuracy_interval(truth, read, seed=seed), len(kept))
+        result |= with_interval("image_accuracy", *attribute_accuracy_with_interval(truth, read, seed=seed), len(kept))
         result |= {
             "image_chance": permutation_chance(truth, read, seed=seed),
             "image_incomplete": len(image_items) - len(kept),

@@ -21,7 +21,7 @@ from mmgen.data.document import Document
 from mmgen.data.shapes_world import (COLORS, SHAPES, describe_scene, random_document, random_scene, render_scene,
                                      scene_split, split_rng)
 from mmgen.data.token_shards import TokenShards
-from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_interval, caption_scene,
+from mmgen.eval.attributes import (attribute_accuracy, attribute_accuracy_with_interval, caption_scene,
                                    permutation_chance)
 from mmgen.eval.classify import classify_both_ways
 from mmgen.eval.intervals import with_interval
@@ -119,9 +119,10 @@ def caption_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_si
     captions = caption_images(model, tokenizer, images, prompt=cfg.caption_prompt, lead=cfg.caption_lead,
                               max_tokens=cfg.caption_max_tokens, seed=cfg.seed)  # fmt: skip
     stated = [caption_scene(c) for c in captions]
+    accuracy, ci95 = attribute_accuracy_with_interval(scenes, stated, seed=cfg.seed)
     return {
-        "accuracy": attribute_accuracy(scenes, stated),
-        "ci95": attribute_accuracy_interval(scenes, stated, seed=cfg.seed),
+        "accuracy": accuracy,
+        "ci95": ci95,
         "chance": permutation_chance(scenes, stated, seed=cfg.seed),
         "items": [{"image": im, "truth": describe_scene(s), "caption": c} for im, s, c in zip(images, scenes, captions)],
     }
@@ -142,9 +143,10 @@ def t2i_eval(model, tokenizer, scenes: list[dict], cfg: EvalConfig, image_size: 
     # the analyser on VQ round trips of the true renders: the best a perfect generator could score
     truth_images = [render_scene(s, image_size) for s in scenes]
     round_trip = _at_size(tokenizer.decode_images(tokenizer.image_tok.encode(truth_images)), image_size)
+    accuracy, ci95 = attribute_accuracy_with_interval(scenes, read, seed=cfg.seed)
     return {
-        "accuracy": attribute_accuracy(scenes, read),
-        "ci95": attribute_accuracy_interval(scenes, read, seed=cfg.seed),
+        "accuracy": accuracy,
+        "ci95": ci95,
         "chance": permutation_chance(scenes, read, seed=cfg.seed),
         "analyser_accuracy_renders": attribute_accuracy(scenes, [analyse_scene(im) for im in truth_images]),
         "analyser_accuracy_vq": attribute_accuracy(scenes, [analyse_scene(im) for im in round_trip]),
