@@ -67,16 +67,16 @@ def interleaved(runners: dict, repeats: int) -> tuple[dict[str, tuple[float, flo
 
 
 def decode_figures(bench: BenchConfig, batch: int, new_tokens: int, repeats: int, *,
-                   compile: bool = False) -> list[Figure]:
+                   compile: bool = False, dtype: torch.dtype = torch.float32) -> list[Figure]:
     """Tokens per CPU-second of the sampler (eager, and with ``compile`` its whole step compiled as one graph)
-    against ``generate``'s; the wall-clock ratio goes in the note, and the compiled step's first call (its
-    compilation: the compiler's worker processes are not in this process's CPU time)."""
+    against ``generate``'s, both models in ``dtype``; the wall-clock ratio goes in the note, and the compiled
+    step's first call (its compilation: the compiler's worker processes are not in this process's CPU time)."""
     import transformers
 
     transformers.logging.set_verbosity_error()
     model, hf = build_models(bench.model, bench.vocab)
-    model.eval()
-    hf.eval()
+    model.to(dtype).eval()
+    hf.to(dtype).eval()
     prompts = text_prompts(bench.vocab, batch)
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, max_images=0, eos_stops=False)
     ids = torch.tensor(prompts)
@@ -92,11 +92,12 @@ def decode_figures(bench: BenchConfig, batch: int, new_tokens: int, repeats: int
         best, results, first = interleaved(runners, repeats)
     tokens = batch * new_tokens
     (ref_wall, ref_cpu), figures = best.pop("generate"), []
+    dtype_label = "" if dtype == torch.float32 else f", {dtype}"  # float32 rows keep their names of earlier runs
     for name, (wall, cpu) in best.items():
         same = sum(a == b for x, y in zip(results[name], results["generate"]) for a, b in zip(x, y)) / tokens
         compilation = f"; first call {first[name]:.0f} s wall (compilation)" if name == "compiled" else ""
         figures.append(Figure(
-            "3 decode", f"{bench.name} batch {batch} sampler {name}", tokens / cpu, "tokens/CPU-s",
+            "3 decode", f"{bench.name} batch {batch} sampler {name}{dtype_label}", tokens / cpu, "tokens/CPU-s",
             "transformers generate", tokens / ref_cpu,
             note=f"wall {tokens / wall:.4g} vs {tokens / ref_wall:.4g} tokens/s ({ref_wall / wall:.2f}x); greedy, "
                  f"{new_tokens} new tokens, {same:.0%} of them identical to generate's{compilation}"))

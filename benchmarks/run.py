@@ -5,7 +5,8 @@
 Sections (the issue-17 list):
 1. bf16 and float32 matmul peak; training tokens/s and MFU against that peak, demo config and a ~42 M one;
 2. the training step against transformers' Chameleon of the same configuration (same weights, batches, dtype);
-3. decode tokens/s of the sampler against transformers' ``generate`` (greedy, KV cache on both; batch 1 and 8);
+3. decode tokens/s of the sampler against transformers' ``generate`` (greedy, KV cache on both; batch 1 and 8;
+   float32, and bf16 as well where the CPU computes it natively);
 4. seconds per generated image with classifier-free guidance, at the demo's 8 x 8 codes and at 1,024 codes;
    speculative Jacobi decoding against plain sampling: forward passes and seconds per image, and text-to-image
    accuracy of both on validation scenes when ``--run`` names a trained demo run (default ``outputs/demo``);
@@ -40,6 +41,7 @@ from figures import Figure, number, show  # noqa: E402
 from hf_reference import require_transformers  # noqa: E402
 
 from mmgen.cpu_features import cpu_model_name  # noqa: E402
+from mmgen.device import compute_dtype  # noqa: E402
 from mmgen.files import write_atomic  # noqa: E402
 from mmgen.tokenizers.vocab import Vocab  # noqa: E402
 
@@ -132,9 +134,12 @@ def measure(sections: set[str], budget: Budget, *, compile: bool, run_dir: str |
         from decode import decode_figures
 
         log("== 3: decode tokens/s against transformers' generate")
-        for bench in (demo, medium):
-            for batch in (1, 8):
-                add(decode_figures(bench, batch, budget.decode_tokens, budget.decode_rounds, compile=compile))
+        # float32, and where the CPU computes bf16 natively (pretraining then trains in it) both decoders in bf16
+        for dtype in dict.fromkeys((torch.float32, compute_dtype("auto", "cpu"))):
+            for bench in (demo, medium):
+                for batch in (1, 8):
+                    add(decode_figures(bench, batch, budget.decode_tokens, budget.decode_rounds, compile=compile,
+                                       dtype=dtype))
     if "4" in sections:
         from decode import image_figures
 
