@@ -26,7 +26,7 @@ from PIL import Image
 
 from mmgen.cli import run_cli, start_stage
 from mmgen.retrieval.bank_documents import bank_documents
-from mmgen.device import generation_device
+from mmgen.device import compute_dtype, generation_device
 from mmgen.files import CorruptFileError
 from mmgen.generation.render import render_html, render_sample
 from mmgen.generation.sampler import SamplingParams, sample
@@ -60,6 +60,7 @@ def main() -> None:
     # a missing bank or encoder is reported before the model is loaded
     retriever = load_retriever(paths.retrieval_encoder, paths.memory_bank, device=device) if s.retrieve > 0 else None
     model, step = load_pretrained_model(cfg, paths, device)
+    model.to(compute_dtype(s.dtype, device))
     prompt = tokenizer.encode_parts([s.prompt, *_load_images(s.prompt_images)], eos=False)
     if s.prompt_sep:  # Chameleon's chat form: the answer follows a separator
         prompt.append(tokenizer.vocab.sep)

@@ -38,7 +38,7 @@ def test_debug_pipeline_every_stage_then_resume(tmp_path):
     for unwanted in ("lspci", "A100", "-0.00GiB", "DTensor", "initial_load_model_only", "TORCH_NCCL"):
         assert unwanted not in console, (unwanted, console)
     assert "GFLOP/s, the best " in console and "mfu: " in console  # float32 or bfloat16 by CPU
-    stage(script("eval/sample.py"), out, "--prompt", "a small blue square")
+    stage(script("eval/sample.py"), out, "--prompt", "a small blue square", "--sample.dtype", "bfloat16")
     stage(script("eval/report.py"), out)
     screen = stage(script("eval/summary.py"), out).stdout
     assert "What it produced" in screen and str(out / "pretrain" / "checkpoint" / "step-6") in screen
