@@ -310,7 +310,7 @@ class SampleConfig:
     jacobi_window: int = 0
     """Speculative Jacobi decoding: image codes guessed this far ahead and checked in the same forward pass, which keeps the sampling distribution exact (greedy: the same tokens) in fewer passes; 0 off."""
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
-    """Dtype the decoder samples in; 'auto' is bf16 where the hardware computes it natively (on such a CPU the compiled step decodes the demo's decoder about 1.5x faster at batch 8 than in float32: docs/BENCHMARKS.md), at bf16's rounding."""
+    """Dtype the decoder samples in; 'auto' is bf16 where the hardware computes it natively (on such a CPU the compiled step decodes the demo's decoder about 2x faster at batch 8 than in float32 (6,693 against 3,401 tokens per CPU-second on a 2-core EPYC): docs/BENCHMARKS.md), at bf16's rounding."""
     prompt_sep: bool = False
     """End the prompt with the separator token, as Chameleon's processor does in chat mode (instruction-tuned checkpoints)."""
     prompt_images: str = ""
