@@ -277,3 +277,33 @@ def test_describe_first_scores_the_image_the_model_draws_after_its_words(run, mo
     metrics = {"entities": len(entities), "entities_head": 0, "knowledge_retrieval_t2i_accuracy_tail": 0.0}
     page = _knowledge_section(metrics, {"runs": {"retrieval": {"t2i": {"tail": described}}}, "recall": {}})
     assert page.count("<img") == 2 and "(no image drawn)" in page and page.count("<i>It is what I draw.</i>") == 2
+
+
+def test_entity_steps_measures_each_named_group_and_names_a_missing_one(run, tmp_path):
+    """benchmarks/entity_steps.py: one line per checkpoint and entity group (words, then drawing from the true
+    words, each with items and interval); a group the run has no items of is one error line naming those it has."""
+    import torch.distributed.checkpoint as dcp
+
+    from mmgen.model.checkpoint import save_model_description
+
+    vocab = load_run_tokenizer(run).vocab
+    pretrain = tmp_path / "pretrain"
+    model_cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=512)
+    save_model_description(str(pretrain), model_cfg, vocab.size)
+    torch.manual_seed(0)
+    model = Transformer(model_cfg, vocab.size)
+    model.init_weights()
+    dcp.save(model.state_dict(), checkpoint_id=str(pretrain / "checkpoint" / "step-2"), no_dist=True)
+    small = ("--eval.entity_items", "2", "--eval.caption_max_tokens", "8", "--eval.t2i_cfg_scale", "0")
+    done = cli("benchmarks/entity_steps.py", Path(run.root), *small, "--groups", "head,tail", str(pretrain))
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if " step 2, " in line]
+    assert [line.split(" step 2, ")[1].split(":")[0] for line in lines] == ["head", "tail"]
+    for line in lines:
+        for figure in ("words exact", "shapes stated", "drawn right from the true words"):
+            share, interval = line.split(figure + " ")[1].split(" [", 1)
+            lo, hi = (float(x) for x in interval.split("]")[0].split(", "))
+            assert 0 <= lo <= float(share) <= hi <= 1
+    missing = cli("benchmarks/entity_steps.py", Path(run.root), *small, "--groups", "tail,nonesuch", str(pretrain))
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "nonesuch" in missing.stderr and "tail" in missing.stderr.split("there are:")[1]
