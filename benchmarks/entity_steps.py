@@ -38,10 +38,14 @@ def share(hits: int, n: int) -> str:
 
 def split_arguments(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     """(pretraining folders, config flags, entity groups): a flag is ``--section.field VALUE``,
-    ``--section.field=VALUE`` or ``-h``/``--help``, as load_config reads them; ``--groups a,b`` names the groups."""
+    ``--section.field=VALUE`` or ``-h``/``--help``, as load_config reads them; ``--groups a,b`` (or
+    ``--groups=a,b``) names the groups."""
     targets, flags, groups, k = [], [], ["tail"], 0
     while k < len(argv):
-        if argv[k] == "--groups" and k + 1 < len(argv):
+        if argv[k].startswith("--groups="):
+            groups = [g for g in argv[k].partition("=")[2].split(",") if g]
+            k += 1
+        elif argv[k] == "--groups" and k + 1 < len(argv):
             groups = [g for g in argv[k + 1].split(",") if g]
             k += 2
         elif argv[k] in ("-h", "--help") or (argv[k].startswith("--") and "=" in argv[k]):
@@ -69,6 +73,8 @@ def main() -> None:
     entities = {x["name"]: x for x in record["entities"]}
     chosen = pick_items(record, e.split, e.entity_items, seed=e.seed)
     unknown = [g for g in groups if not chosen.get(g)]
+    if not groups:
+        raise SystemExit("error: --groups names no entity group (e.g. --groups tail,replaced,added)")
     if unknown:
         have = ", ".join(g for g in chosen if chosen[g])
         raise SystemExit(f"error: no {e.split} items of entity group(s) {', '.join(unknown)} (there are: {have})")

@@ -304,6 +304,6 @@ def test_entity_steps_measures_each_named_group_and_names_a_missing_one(run, tmp
             share, interval = line.split(figure + " ")[1].split(" [", 1)
             lo, hi = (float(x) for x in interval.split("]")[0].split(", "))
             assert 0 <= lo <= float(share) <= hi <= 1
-    missing = cli("benchmarks/entity_steps.py", Path(run.root), *small, "--groups", "tail,nonesuch", str(pretrain))
+    missing = cli("benchmarks/entity_steps.py", Path(run.root), *small, "--groups=tail,nonesuch", str(pretrain))
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert "nonesuch" in missing.stderr and "tail" in missing.stderr.split("there are:")[1]
