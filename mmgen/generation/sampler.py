@@ -57,6 +57,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 
 from mmgen.generation import jacobi
+from mmgen.generation.frozen import freezes, frozen_decode, own_code
 from mmgen.generation.logits_processors import (
     BEGIN_IMAGE,
     DONE,
@@ -206,6 +207,8 @@ def sample(
     as one graph (``_whole_step``) when ``decoding`` is a ``CachedDecoding`` and Jacobi decoding is off; with
     Jacobi decoding (windows of varying width) it compiles the model's forward alone. The first call pays
     the compilation (minutes on a CPU); later calls with the same model, params and batch shape reuse it.
+    Inductor on a CPU freezes the weights into the step (frozen.py): they are laid out once for the matrix
+    kernels, and a change of the weights compiles the step anew.
     ``progress(step, max_new_tokens)`` is called every ``_PROGRESS_EVERY`` steps
     (it gets no tensors, so it adds no host sync).
     """
@@ -220,13 +223,17 @@ def sample(
     whole_step = (bool(compile) and not params.jacobi_window
                   and (decoding is None or isinstance(decoding, CachedDecoding)))
     decoding = decoding or CachedDecoding(model, compile=compile if not whole_step else False)
+    backend, rows, length = _backend(compile), len(streams), seq.shape[1]
+    frozen = None
+    if whole_step and freezes(model, backend):
+        frozen = frozen_decode(model, backend, lambda: _compiled(own_code(_whole_step), backend))
     was_training = model.training
     model.eval()
     try:
-        with decoding.open(len(streams), seq.shape[1]), _room_to_compile(compile):
+        with frozen.open(model, rows, length) if frozen else decoding.open(rows, length), _room_to_compile(compile):
             if whole_step:
-                return _decode_whole_steps(decoding, vocab, prompts, params, seq, prompt_len, progress,
-                                           _backend(compile))
+                step = frozen.step if frozen else _compiled_whole_step(backend)
+                return _decode_whole_steps(decoding, vocab, prompts, params, seq, prompt_len, progress, step)
             return _decode(decoding, vocab, prompts, params, seq, prompt_len, progress)
     finally:
         model.train(was_training)
@@ -334,8 +341,9 @@ def _next_window(vocab, done, last, row_len, fed_counts, is_cond):
 
 
 def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: SamplingParams, seq, row_len, progress,
-                        backend) -> list[list[int]]:
-    """``_decode`` without Jacobi decoding, each step after the first one compiled graph (``_whole_step``).
+                        whole_step: Callable) -> list[list[int]]:
+    """``_decode`` without Jacobi decoding, each step after the first one compiled graph (``whole_step``, a
+    compiled ``_whole_step``).
 
     The same tokens as ``_decode`` for a seed, up to the compiler's float rounding: the draw's random
     numbers (``race_times``) come from the same generator in the same order, drawn outside the graph and
@@ -357,7 +365,6 @@ def _decode_whole_steps(decoding: CachedDecoding, vocab, prompts, params: Sampli
 
     last = _decide(logits, grammar, params, times())
     fed_counts = torch.zeros_like(row_len)
-    whole_step = _compiled_whole_step(backend)
     with contextlib.ExitStack() as guards_checked:
         for step in itertools.count(1):
             if _one_token_loop_ends(step, grammar, params, progress):
@@ -411,8 +418,12 @@ def _cache_span(written: int, cache_len: int) -> int:
 
 @functools.cache
 def _compiled_whole_step(backend):
+    return _compiled(_whole_step, backend)
+
+
+def _compiled(step, backend):
     # fullgraph: a graph break would split the step and bring the dispatch back; static shapes throughout
-    return torch.compile(_whole_step, backend=backend, fullgraph=True, dynamic=False)
+    return torch.compile(step, backend=backend, fullgraph=True, dynamic=False)
 
 
 def _room_to_compile(compile) -> AbstractContextManager:

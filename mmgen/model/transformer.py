@@ -41,6 +41,16 @@ from mmgen.model.norms import RMSNorm
 from mmgen.model.rope import rope_rotation
 
 
+class DecodeCache(NamedTuple):
+    """What ``Transformer.setup_cache`` installs: each layer's KV cache and fused projection weights, and the
+    slots' tokens of the grid embedding. ``install_cache`` puts these very tensors back, for a compiled graph
+    that holds them by identity (inductor's freezing: mmgen/generation/frozen.py)."""
+
+    layers: tuple[tuple[KVCache, torch.Tensor | None, torch.Tensor | None], ...]
+    """Per block: (KV cache, fused q/k/v weight, fused gate/up weight)."""
+    slot_tokens: torch.Tensor | None
+
+
 class HiddenStates(NamedTuple):
     """What ``forward(..., return_hidden=True)`` returns instead of logits: logits = hidden @ head_weight.T."""
 
@@ -292,10 +302,10 @@ class Transformer(nn.Module):
         max_seq_len: int,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
-    ) -> None:
+    ) -> DecodeCache:
         """Allocate a static KV cache per layer (dtype/device default to the parameters'), and fuse the
         projections that take the same input into one matmul each until ``clear_cache`` (the weights must
-        not change in between)."""
+        not change in between). Returns what it installed."""
         weight = self.tok_embeddings.weight
         for block in self.layers.values():
             attn = block.attention
@@ -311,6 +321,18 @@ class Transformer(nn.Module):
             )
         if self.cfg.image_grid_embedding:
             self.slot_tokens = torch.full((batch_size, max_seq_len), -1, dtype=torch.long, device=device or weight.device)
+        return DecodeCache(tuple((block.attention.kv_cache, block.attention.fused_qkv, block.feed_forward.fused_w13)
+                                 for block in self.layers.values()), self.slot_tokens)
+
+    def install_cache(self, cache: DecodeCache) -> None:
+        """Install again what an earlier ``setup_cache`` of this model returned, until ``clear_cache``. The fused
+        weights are copies made then: the weights must not have changed since. Stale slots need no clearing: a
+        query reads only slots its own sequence has written (kv_cache.py)."""
+        for block, (kv_cache, fused_qkv, fused_w13) in zip(self.layers.values(), cache.layers, strict=True):
+            block.attention.kv_cache = kv_cache
+            block.attention.fused_qkv = fused_qkv
+            block.feed_forward.fused_w13 = fused_w13
+        self.slot_tokens = cache.slot_tokens
 
     def clear_cache(self) -> None:
         self.slot_tokens = None
