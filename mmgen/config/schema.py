@@ -306,7 +306,7 @@ class SampleConfig:
     cdk_alpha: float = 0.1
     """CD-K plausibility: keep codes with p >= alpha · (k-th largest p)."""
     compile: bool = False
-    """torch.compile the whole decode step (model, modality mask, guidance, draw) as one graph; with Jacobi decoding the model's forward alone. The first call compiles (minutes on a CPU)."""
+    """torch.compile the whole decode step (model, modality mask, guidance, draw) as one graph, on a CPU with the weights frozen into it (laid out once for the matrix kernels); with Jacobi decoding the model's forward alone. The first call compiles (minutes on a CPU)."""
     jacobi_window: int = 0
     """Speculative Jacobi decoding: image codes guessed this far ahead and checked in the same forward pass, which keeps the sampling distribution exact (greedy: the same tokens) in fewer passes; 0 off."""
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"

@@ -3,8 +3,9 @@
 With ``torch._inductor.config.freezing`` a graph compiled under inference mode takes the model's weights as
 constants and lays out every matrix product's weight once for the CPU's kernels (MKL's or oneDNN's packed
 format). A decode step reads every weight once per token, so this is where a weight-bound decoder's time goes:
-the ~42 M-parameter decoder of ``benchmarks/run.py`` decoded 1.6x faster in float32 and 1.8x faster in bf16 at
-batch 1 on a 2-core EPYC (docs/BENCHMARKS.md, "Decode with frozen weights").
+the ~42 M-parameter decoder of ``benchmarks/run.py`` decoded 2.5x faster in float32 (with max-autotune,
+``_inductor_settings``) and 1.8x faster in bf16 at batch 1 on a 2-core EPYC than the compiled step without it
+(docs/BENCHMARKS.md, "Decode with frozen weights").
 
 The price is that such a graph holds the weights, the KV cache and the fused projections by identity: dynamo
 guards them with ``id()`` alone, so a graph compiled for one model would run on another model's tensors that
@@ -57,7 +58,7 @@ class FrozenDecode:
     def open(self, model, rows: int, length: int) -> Iterator[None]:
         """``CachedDecoding.open`` with the cache these graphs were compiled on (a new one for a new shape), and
         freezing on for the step's tracing (dynamo reads the setting to guard the weights by identity) and its
-        compilation (inductor's, to fold them)."""
+        compilation (inductor's, to fold them; ``_inductor_settings``)."""
         param = next(model.parameters())
         key = (rows, length, param.dtype, param.device)
         if key in self._caches:
@@ -65,10 +66,22 @@ class FrozenDecode:
         else:
             self._caches[key] = model.setup_cache(rows, length, dtype=param.dtype, device=param.device)
         try:
-            with torch._inductor.config.patch(freezing=True):
+            with torch._inductor.config.patch(_inductor_settings(param.dtype)):
                 yield
         finally:
             model.clear_cache()
+
+
+def _inductor_settings(dtype: torch.dtype) -> dict:
+    """Freezing; for float32 weights also max-autotune, which times inductor's own C++ matrix-product template
+    against ATen's for every product and keeps the faster. On the AVX512-BF16 EPYC, one thread, against the
+    frozen step without it: the ~42 M decoder 1.64x faster at batch 1 and 1.26x at batch 8, the demo's 1.43x
+    and 1.39x; in bf16 it was slower (0.69x and 0.96x), so bf16 keeps oneDNN's packed products alone."""
+    if dtype == torch.float32:
+        # its timings of each product's candidates are printed unless turned off: nothing a user can act on
+        return {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+                "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+    return {"freezing": True}
 
 
 def frozen_decode(model, backend, compile_step: Callable[[], Callable]) -> FrozenDecode:
