@@ -11,7 +11,7 @@ import weakref
 import pytest
 import torch
 from torch._dynamo.utils import counters
-from test_sampler import PROMPTS, T0, VOCAB  # noqa: F401  (VOCAB: conftest's model fixture reads it)
+from test_sampler import HW, PROMPTS, VOCAB
 
 from mmgen.config.schema import ModelConfig
 from mmgen.generation import frozen
@@ -75,3 +75,15 @@ def test_a_model_loaded_under_inference_mode_is_compiled_for_each_call():
         assert first == sample(model, VOCAB, PROMPTS, GREEDY)
         model.output.weight.neg_()
         assert sample(model, VOCAB, PROMPTS, GREEDY, compile=True) == sample(model, VOCAB, PROMPTS, GREEDY) != first
+
+
+def test_jacobi_decoding_freezes_the_forward_alone_and_samples_as_eager():
+    """With Jacobi decoding only the model's forward is compiled (a graph per window width): frozen as well, on
+    its own cache, the same tokens as eager Jacobi decoding, and nothing compiled on a second call."""
+    model = decoder(5)
+    params = SamplingParams(max_new_tokens=HW + 6, temperature=0.0, force_image=True, eos_stops=False, jacobi_window=3)
+    eager = sample(model, VOCAB, PROMPTS, params)
+    assert sample(model, VOCAB, PROMPTS, params, compile=True) == eager
+    before = compilations()
+    assert sample(model, VOCAB, PROMPTS, params, compile=True) == eager
+    assert compilations() == before and set(frozen._sessions[model]) == {"forward"}

@@ -44,9 +44,9 @@ def own_code(fn: Callable) -> Callable:
 
 
 class FrozenDecode:
-    """A model's frozen compiled step (``step``, compiled from a function of its own, ``own_code``) and the KV caches
-    its graphs were compiled on (one per batch shape, dtype and device used since it was made: they stay allocated
-    while it lives)."""
+    """A model's frozen compiled step or forward (``step``, compiled from a function of its own, ``own_code``) and
+    the KV caches its graphs were compiled on (one per batch shape, dtype and device used since it was made: they
+    stay allocated while it lives)."""
 
     def __init__(self, model, backend, compile_step: Callable[[], Callable]) -> None:
         self.backend = backend
@@ -84,12 +84,14 @@ def _inductor_settings(dtype: torch.dtype) -> dict:
     return {"freezing": True}
 
 
-def frozen_decode(model, backend, compile_step: Callable[[], Callable]) -> FrozenDecode:
-    """The model's ``FrozenDecode`` for ``backend``: the last one, unless its weights changed since (or it was for
-    another backend); a new one's step is ``compile_step()``, a compiled ``own_code`` copy of the step."""
-    session = _sessions.get(model)
+def frozen_decode(model, backend, what: str, compile_step: Callable[[], Callable]) -> FrozenDecode:
+    """The model's ``FrozenDecode`` of ``what`` (the sampler's whole step, or the model's forward alone) for
+    ``backend``: the last one, unless its weights changed since (or it was for another backend); a new one's step
+    is ``compile_step()``, a compiled ``own_code`` copy."""
+    sessions = _sessions.setdefault(model, {})
+    session = sessions.get(what)
     if session is None or session.backend != backend or session.fingerprint != weights_fingerprint(model):
-        session = _sessions[model] = FrozenDecode(model, backend, compile_step)
+        session = sessions[what] = FrozenDecode(model, backend, compile_step)
     return session
 
 

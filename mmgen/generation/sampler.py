@@ -151,16 +151,28 @@ class CachedDecoding:
     (one token, or with Jacobi decoding the decided token and the guesses after it).
 
     ``compile`` (True or a torch.compile backend) compiles the model's forward alone (one graph per window
-    width); ``sample(..., compile=...)`` without Jacobi decoding compiles the whole step instead.
+    width; inductor on a CPU with the weights frozen in, frozen.py); ``sample(..., compile=...)`` without
+    Jacobi decoding compiles the whole step instead.
     """
 
     def __init__(self, model, *, compile: bool | str | Callable = False):
         self.model = model
-        self.decode = torch.compile(model, backend=_backend(compile), dynamic=False) if compile else model
+        self.backend = _backend(compile) if compile else None
+        self.frozen = self.backend is not None and freezes(model, self.backend)
+        # frozen: ``open`` sets it, to the graphs of the model's weights as they are then
+        self.decode = model if not compile or self.frozen else torch.compile(model, backend=self.backend, dynamic=False)
         self.forward_passes = 0  # prefill included: what speculative decoding saves
 
     @contextmanager
     def open(self, rows: int, length: int) -> Iterator[None]:
+        if self.frozen:
+            backend = self.backend
+            frozen = frozen_decode(self.model, backend, "forward",
+                                   lambda: torch.compile(own_code(_cached_forward), backend=backend, dynamic=False))
+            self.decode = functools.partial(frozen.step, self.model)
+            with frozen.open(self.model, rows, length):
+                yield
+            return
         param = next(self.model.parameters())
         self.model.setup_cache(rows, length, dtype=param.dtype, device=param.device)
         try:
@@ -184,6 +196,11 @@ class CachedDecoding:
         slots the step reads (``Transformer.forward``'s ``cache_span``)."""
         slots = slot[:, None] + torch.arange(fed.shape[1], device=fed.device)
         return self.decode(fed, input_pos=slots, cache_span=span).float()
+
+
+def _cached_forward(model, tokens: torch.Tensor, *, input_pos: torch.Tensor, cache_span: int | None) -> torch.Tensor:
+    """The model's cached forward as a function of its own, for a frozen compilation (``own_code``)."""
+    return model(tokens, input_pos=input_pos, cache_span=cache_span)
 
 
 @torch.inference_mode()
@@ -226,7 +243,7 @@ def sample(
     backend, rows, length = _backend(compile), len(streams), seq.shape[1]
     frozen = None
     if whole_step and freezes(model, backend):
-        frozen = frozen_decode(model, backend, lambda: _compiled(own_code(_whole_step), backend))
+        frozen = frozen_decode(model, backend, "step", lambda: _compiled(own_code(_whole_step), backend))
     was_training = model.training
     model.eval()
     try:
