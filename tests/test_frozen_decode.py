@@ -40,9 +40,9 @@ def test_frozen_step_samples_as_eager_and_compiles_once():
     for params in (GREEDY, SAMPLED):
         assert sample(model, VOCAB, PROMPTS, params, compile=True) == sample(model, VOCAB, PROMPTS, params)
     before = compilations()
-    session = frozen._sessions[model]
+    session = frozen._sessions[model]["step"]
     assert sample(model, VOCAB, PROMPTS, GREEDY, compile=True) == sample(model, VOCAB, PROMPTS, GREEDY)
-    assert compilations() == before and frozen._sessions[model] is session  # the same graph, on the same cache
+    assert compilations() == before and frozen._sessions[model]["step"] is session  # the same graph and cache
     assert model.layers["0"].attention.kv_cache is None  # and the model is left without it, ready to train
 
 
