@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
 from datetime import timedelta
 
@@ -23,6 +25,24 @@ def generation_device() -> torch.device:
     if device.type == "cpu":
         torch.set_num_threads(1)
     return device
+
+
+def import_cpp_extension_quietly() -> None:
+    """Import ``torch.utils.cpp_extension`` (inductor's C++ code generation does, at its first compilation)
+    without the warning its import logs on a CUDA build of torch where no CUDA runtime is installed, as on the
+    CPU machines the registries' default torch wheel lands on: it changes nothing a CPU compilation does."""
+    if "torch.utils.cpp_extension" in sys.modules:
+        return
+    log = logging.getLogger("torch.utils.cpp_extension")
+
+    def not_the_cuda_home_guess(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+    log.addFilter(not_the_cuda_home_guess)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        log.removeFilter(not_the_cuda_home_guess)
 
 
 def torchrun_rank() -> tuple[int, int]:

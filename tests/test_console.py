@@ -117,3 +117,21 @@ def test_allocator_settings_leave_the_users_own_and_apply_to_glibc_cpu_runs_only
     assert allocator.training_allocator_env({}, cpu=False) == {}
     monkeypatch.setattr(allocator, "uses_glibc", lambda: False)  # musl, macOS: other variables, other meaning
     assert allocator.training_allocator_env({}) == {}
+
+
+def test_a_compiled_samples_cpp_extension_import_drops_only_the_cuda_home_guess():
+    """torch's C++ extension module warns at import on a CUDA build of torch without a CUDA runtime; the sampler's
+    compilation imports it without that line, and another warning of the module still shows."""
+    import subprocess
+    import sys
+
+    def stderr_of(code: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+
+    plain = stderr_of("import torch.utils.cpp_extension")
+    if "No CUDA runtime is found" not in plain:
+        pytest.skip("this torch build logs no CUDA guess at import (a CPU wheel, or a CUDA runtime is present)")
+    quiet = stderr_of("import logging\nfrom mmgen.device import import_cpp_extension_quietly\n"
+                      "import_cpp_extension_quietly()\n"
+                      "logging.getLogger('torch.utils.cpp_extension').warning('another warning')")
+    assert "No CUDA runtime is found" not in quiet and "another warning" in quiet

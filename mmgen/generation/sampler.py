@@ -56,6 +56,7 @@ from typing import Callable, Iterator, Protocol
 
 import torch
 
+from mmgen.device import import_cpp_extension_quietly
 from mmgen.generation import jacobi
 from mmgen.generation.frozen import freezes, frozen_decode, own_code
 from mmgen.generation.logits_processors import (
@@ -444,10 +445,12 @@ def _compiled(step, backend):
 
 
 def _room_to_compile(compile) -> AbstractContextManager:
-    """``_COMPILED_VARIANTS`` graphs per compiled function while a compiled sample runs (eager: nothing, and
-    dynamo stays unimported)."""
+    """``_COMPILED_VARIANTS`` graphs per compiled function while a compiled sample runs, and the C++ extension
+    module the compilation imports imported without its CUDA warning (eager: nothing, and dynamo stays
+    unimported)."""
     if not compile:
         return contextlib.nullcontext()
+    import_cpp_extension_quietly()
     return torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, _COMPILED_VARIANTS))
 
 
