@@ -48,8 +48,7 @@ class FrozenDecode:
     the KV caches its graphs were compiled on (one per batch shape, dtype and device used since it was made: they
     stay allocated while it lives)."""
 
-    def __init__(self, model, backend, compile_step: Callable[[], Callable]) -> None:
-        self.backend = backend
+    def __init__(self, model, compile_step: Callable[[], Callable]) -> None:
         self.fingerprint = weights_fingerprint(model)
         self.step = compile_step()
         self._caches: dict[tuple, DecodeCache] = {}
@@ -84,14 +83,14 @@ def _inductor_settings(dtype: torch.dtype) -> dict:
     return {"freezing": True}
 
 
-def frozen_decode(model, backend, what: str, compile_step: Callable[[], Callable]) -> FrozenDecode:
-    """The model's ``FrozenDecode`` of ``what`` (the sampler's whole step, or the model's forward alone) for
-    ``backend``: the last one, unless its weights changed since (or it was for another backend); a new one's step
-    is ``compile_step()``, a compiled ``own_code`` copy."""
+def frozen_decode(model, what: str, compile_step: Callable[[], Callable]) -> FrozenDecode:
+    """The model's ``FrozenDecode`` of ``what`` (the sampler's whole step, or the model's forward alone): the last
+    one, unless its weights changed since; a new one's step is ``compile_step()``, a compiled ``own_code`` copy
+    (``freezes``: always inductor's)."""
     sessions = _sessions.setdefault(model, {})
     session = sessions.get(what)
-    if session is None or session.backend != backend or session.fingerprint != weights_fingerprint(model):
-        session = sessions[what] = FrozenDecode(model, backend, compile_step)
+    if session is None or session.fingerprint != weights_fingerprint(model):
+        session = sessions[what] = FrozenDecode(model, compile_step)
     return session
 
 

@@ -168,7 +168,7 @@ class CachedDecoding:
     def open(self, rows: int, length: int) -> Iterator[None]:
         if self.frozen:
             backend = self.backend
-            frozen = frozen_decode(self.model, backend, "forward",
+            frozen = frozen_decode(self.model, "forward",
                                    lambda: torch.compile(own_code(_cached_forward), backend=backend, dynamic=False))
             self.decode = functools.partial(frozen.step, self.model)
             with frozen.open(self.model, rows, length):
@@ -244,7 +244,7 @@ def sample(
     backend, rows, length = _backend(compile), len(streams), seq.shape[1]
     frozen = None
     if whole_step and freezes(model, backend):
-        frozen = frozen_decode(model, backend, "step", lambda: _compiled(own_code(_whole_step), backend))
+        frozen = frozen_decode(model, "step", lambda: _compiled(own_code(_whole_step), backend))
     was_training = model.training
     model.eval()
     try:
